@@ -1,0 +1,3 @@
+from situation.cli import main
+
+main()
