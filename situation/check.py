@@ -1,0 +1,194 @@
+"""`situation check`: connect as an agent would and report how secure that is."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import asyncpg
+
+from situation.connect import connect
+from situation.dsn import ConnectParams
+from situation.migrations import latest_version, schema_version
+from situation.tls import VERIFY_NONE, build_ssl_context, describe_certificate
+
+_PRIVILEGES = """
+SELECT r.rolsuper AS superuser,
+       r.rolcreaterole AS createrole,
+       r.rolbypassrls AS bypassrls,
+       has_database_privilege(current_database(), 'CREATE') AS database_create,
+       EXISTS (SELECT 1 FROM pg_namespace n
+               WHERE n.nspname = 'situation' AND pg_has_role(n.nspowner, 'USAGE')) AS owns_schema,
+       EXISTS (SELECT 1 FROM pg_namespace n
+               WHERE n.nspname = 'situation' AND has_schema_privilege(n.oid, 'CREATE')) AS schema_create,
+       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'situation' AND pg_has_role(c.relowner, 'USAGE')) AS owns_tables,
+       EXISTS (SELECT 1 FROM pg_namespace n
+               WHERE n.nspname = 'public' AND has_schema_privilege(n.oid, 'CREATE')) AS public_create
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+@dataclass
+class CheckReport:
+    server: str
+    server_version: str
+    tls: bool
+    tls_version: str | None
+    cipher: str | None
+    sslmode: str
+    verification: str
+    root_certificates: str | None
+    server_certificate: dict | None
+    client_certificate: str | None
+    role: str
+    session_user: str
+    schema_changes: list[str]
+    schema_version: int | None
+    expected_version: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def can_change_schema(self) -> bool:
+        return bool(self.schema_changes)
+
+    def as_dict(self) -> dict:
+        report = asdict(self)
+        report["can_change_schema"] = self.can_change_schema
+        return report
+
+
+async def inspect(params: ConnectParams) -> CheckReport:
+    """Connect with the agent's exact settings and gather the facts."""
+    tls = build_ssl_context(params)
+    connection = await connect(params, tls=tls, server_settings={"application_name": "situation check"})
+    try:
+        return await _gather(connection, params, tls)
+    finally:
+        await connection.close()
+
+
+async def _gather(connection: asyncpg.Connection, params: ConnectParams, tls) -> CheckReport:
+    ssl_row = await connection.fetchrow(
+        "SELECT ssl, version, cipher, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    )
+    who = await connection.fetchrow(
+        "SELECT current_user AS role, session_user AS session, "
+        "current_setting('server_version') AS version, inet_server_addr()::text AS address"
+    )
+    privileges = await connection.fetchrow(_PRIVILEGES)
+    version, notes = await _schema_version(connection)
+    on_tls = bool(ssl_row and ssl_row["ssl"])
+    policy = tls.policy if (tls is not None and on_tls) else None
+    endpoint = _connected_endpoint(connection, params)
+    report = CheckReport(
+        server=endpoint + (f" ({who['address']})" if who["address"] else ""),
+        server_version=who["version"],
+        tls=on_tls,
+        tls_version=ssl_row["version"] if on_tls else None,
+        cipher=ssl_row["cipher"] if on_tls else None,
+        sslmode=params.sslmode,
+        verification=policy.verify if policy else VERIFY_NONE,
+        root_certificates=policy.root if policy else None,
+        server_certificate=(
+            describe_certificate(tls.last_peer_certificate) if policy and tls.last_peer_certificate else None
+        ),
+        client_certificate=(ssl_row["client_dn"] or None) if on_tls else None,
+        role=who["role"],
+        session_user=who["session"],
+        schema_changes=_schema_powers(privileges),
+        schema_version=version,
+        expected_version=latest_version(),
+        notes=notes,
+    )
+    report.notes.extend(_advice(report, privileges))
+    return report
+
+
+def _connected_endpoint(connection: asyncpg.Connection, params: ConnectParams) -> str:
+    address = connection._addr  # asyncpg keeps the address it dialled; no public accessor exists
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+async def _schema_version(connection: asyncpg.Connection) -> tuple[int | None, list[str]]:
+    try:
+        return await schema_version(connection), []
+    except asyncpg.InsufficientPrivilegeError:
+        return None, ["this role may not read situation.schema_migrations; grant it situation_agent"]
+
+
+def _schema_powers(privileges) -> list[str]:
+    """Why this role could change the situation schema (empty: it cannot)."""
+    powers = []
+    if privileges["superuser"]:
+        powers.append("superuser")
+    if privileges["owns_schema"]:
+        powers.append("owns schema situation")
+    if privileges["owns_tables"]:
+        powers.append("owns tables in schema situation")
+    if privileges["schema_create"]:
+        powers.append("CREATE on schema situation")
+    return powers
+
+
+def _advice(report: CheckReport, privileges) -> list[str]:
+    notes = []
+    if not report.tls:
+        notes.append("the connection is NOT encrypted; use sslmode=verify-full")
+    elif report.verification == VERIFY_NONE:
+        notes.append("the server certificate is NOT verified; use sslmode=verify-full with sslrootcert")
+    elif report.sslmode != "verify-full":
+        notes.append("the server's host name is not checked; use sslmode=verify-full")
+    if privileges["database_create"] and not privileges["superuser"]:
+        notes.append("this role may create schemas in the database (CREATE on the database)")
+    if privileges["public_create"] and not privileges["superuser"]:
+        notes.append("this role may create tables in schema public")
+    if privileges["createrole"]:
+        notes.append("this role has CREATEROLE")
+    if report.schema_version is not None and report.schema_version < report.expected_version:
+        notes.append("the schema is behind this build; run `situation migrate` with the owner role")
+    elif report.schema_version is not None and report.schema_version > report.expected_version:
+        notes.append("the schema is newer than this build; upgrade situation")
+    return notes
+
+
+def format_report(report: CheckReport) -> str:
+    rows = [
+        ("server", f"{report.server}, PostgreSQL {report.server_version}"),
+        ("tls", f"on, {report.tls_version}, {report.cipher}" if report.tls else "off"),
+        ("verification", _verification_text(report)),
+    ]
+    if report.server_certificate:
+        cert = report.server_certificate
+        rows.append(("server cert", f"{cert['subject']}, issued by {cert['issuer']}, expires {cert['not_after']}"))
+    rows += [
+        ("client cert", report.client_certificate or "none"),
+        ("role", f"{report.role}" + (f" (session user {report.session_user})" if report.session_user != report.role else "")),
+        ("schema changes", "ALLOWED: " + ", ".join(report.schema_changes) if report.schema_changes else "not allowed"),
+        ("schema version", _version_text(report)),
+    ]
+    lines = [f"{name:<15} {value}" for name, value in rows]
+    lines += [f"{'note':<15} {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def _verification_text(report: CheckReport) -> str:
+    if not report.tls:
+        return f"none (sslmode={report.sslmode})"
+    root = f", roots: {report.root_certificates}" if report.root_certificates else ""
+    return f"{report.verification} (sslmode={report.sslmode}{root})"
+
+
+def _version_text(report: CheckReport) -> str:
+    found = "unknown" if report.schema_version is None else str(report.schema_version)
+    state = ""
+    if report.schema_version is not None:
+        if report.schema_version == report.expected_version:
+            state = ": up to date"
+        elif report.schema_version < report.expected_version:
+            state = ": behind"
+        else:
+            state = ": ahead"
+    return f"{found} (this build expects {report.expected_version}){state}"

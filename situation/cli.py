@@ -1,0 +1,244 @@
+"""The `situation` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import structlog
+import uvloop
+
+from situation import __version__, logs
+from situation.dsn import ConnectParams, parse_dsn
+from situation.errors import ConfigError, SituationError
+
+log = structlog.get_logger("situation")
+
+
+def run_async(coroutine):
+    return uvloop.run(coroutine)
+
+
+def _level_option(_ctx, _param, value: str) -> str:
+    try:
+        return logs.parse_level(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level", "-l", default="info", show_default=True, envvar="SITUATION_LOG_LEVEL",
+    callback=_level_option, help="debug, info, warning or error (the original's 0-5 work too).",
+)
+@click.option(
+    "--log-format", type=click.Choice(logs.FORMATS), default="auto", show_default=True,
+    envvar="SITUATION_LOG_FORMAT", help="auto: console on a terminal, JSON lines otherwise.",
+)
+@click.version_option(__version__, "--version", "-v", prog_name="situation")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
+    """Collect IT data about this host and its network into a database."""
+    logs.configure(log_level, log_format)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+# -- database options -----------------------------------------------------------
+
+
+def database_options(command):
+    """--db / SITUATION_DB and --db-file / SITUATION_DB_FILE (a file holding the DSN)."""
+
+    @click.option("--db", "db", metavar="DSN", envvar="SITUATION_DB", help="PostgreSQL DSN (URI or key=value).")
+    @click.option(
+        "--db-file", "db_file", metavar="PATH", envvar="SITUATION_DB_FILE",
+        type=click.Path(dir_okay=False, path_type=Path), help="Read the DSN from this file (container secrets).",
+    )
+    @functools.wraps(command)
+    def wrapper(*args, db: str | None, db_file: Path | None, **kwargs):
+        kwargs["dsn"] = choose_dsn(db, db_file)
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+def choose_dsn(db: str | None, db_file: Path | None) -> str | None:
+    """The DSN text; a flag beats an environment variable, and two sources of one kind clash."""
+    ctx = click.get_current_context()
+    if db is not None and db_file is not None:
+        from_flag = {
+            name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+            for name in ("db", "db_file")
+        }
+        if from_flag["db"] == from_flag["db_file"]:
+            raise ConfigError("both a DSN (--db/SITUATION_DB) and a DSN file (--db-file/SITUATION_DB_FILE) are given; keep one")
+        return db if from_flag["db"] else read_dsn_file(db_file)
+    if db_file is not None:
+        return read_dsn_file(db_file)
+    return db
+
+
+def read_dsn_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f'DSN file "{path}" does not exist; fix --db-file or SITUATION_DB_FILE') from None
+    except OSError as exc:
+        raise ConfigError(f'DSN file "{path}" cannot be read ({exc.strerror}); check its permissions') from None
+    if not text:
+        raise ConfigError(f'DSN file "{path}" is empty; write the PostgreSQL DSN into it')
+    return text
+
+
+def postgres_params(dsn: str | None) -> ConnectParams:
+    params = parse_dsn(dsn)
+    log.debug("database", db=params.redacted())
+    return params
+
+
+async def _direct_connection(params: ConnectParams):
+    from situation.connect import connect
+
+    return await connect(params, statement_cache_size=0, server_settings={"application_name": "situation migrate"})
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+@cli.command()
+@database_options
+@click.option("--status", is_flag=True, help="List applied and pending migrations; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be applied; change nothing.")
+@click.option("--lock-wait", default=300.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for another migrate to finish.")
+def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> None:
+    """Create or upgrade the database schema (run as the owner role)."""
+    from situation import migrations
+
+    params = postgres_params(dsn)
+
+    async def main():
+        connection = await _direct_connection(params)
+        try:
+            if status:
+                return await migrations.status(connection)
+            return await migrations.migrate(connection, dry_run=dry_run, lock_wait=lock_wait)
+        finally:
+            await connection.close()
+
+    report = run_async(main())
+    if status:
+        for row in report.history:
+            click.echo(f"{row.version:04d}_{row.name}  applied {row.applied_at:%Y-%m-%d %H:%M:%S} by {row.applied_by}")
+        for migration in report.pending:
+            click.echo(f"{migration.filename}  pending")
+        return
+    if dry_run:
+        for migration in report.pending:
+            click.echo(f"would apply {migration.filename}")
+        if not report.pending:
+            click.echo("schema is up to date")
+        return
+    for migration in report.applied:
+        click.echo(f"applied {migration.filename}")
+    if not report.applied:
+        click.echo("schema is up to date")
+
+
+@cli.command()
+@database_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(dsn: str | None, as_json: bool) -> None:
+    """Connect exactly as an agent would and report TLS, identity and privileges."""
+    from situation.check import format_report, inspect
+
+    report = run_async(inspect(postgres_params(dsn)))
+    click.echo(json.dumps(report.as_dict(), indent=2, default=str) if as_json else format_report(report))
+
+
+@cli.command()
+@database_options
+@click.argument("role")
+@click.option("--reader", is_flag=True, help="Make ROLE a read-only consumer instead of an agent.")
+def grant(dsn: str | None, role: str, reader: bool) -> None:
+    """Make an existing login ROLE an agent (situation_agent) or a reader (situation_reader)."""
+    from situation.roles import grant as grant_role
+
+    params = postgres_params(dsn)
+
+    async def main():
+        connection = await _direct_connection(params)
+        try:
+            return await grant_role(connection, role, reader=reader)
+        finally:
+            await connection.close()
+
+    group = run_async(main())
+    click.echo(f"{role} is now a member of {group}")
+
+
+@cli.command()
+@database_options
+@click.option("--once", is_flag=True, help="Run one collection cycle and exit.")
+@click.option("--no-migration", "--no-migrate", "no_migration", is_flag=True,
+              help="Never change the schema; refuse to start if it is behind this build.")
+def run(dsn: str | None = None, once: bool = False, no_migration: bool = False) -> None:
+    """Run the agent (the default command)."""
+    if dsn is None:
+        raise ConfigError("the embedded SQLite store is not available yet; give a PostgreSQL DSN with --db")
+    params = postgres_params(dsn)
+    run_async(_prepare_database(params, no_migration))
+    log.info("database ready; collection modules are not part of this build yet")
+
+
+async def _prepare_database(params: ConnectParams, no_migration: bool) -> None:
+    from situation import migrations
+
+    connection = await _direct_connection(params)
+    try:
+        if no_migration:
+            await migrations.verify_agent_schema(connection)
+        else:
+            await migrations.migrate(connection)
+    finally:
+        await connection.close()
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"situation {__version__}")
+
+
+# -- entry point ------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a failure is one line on stderr (a traceback only at debug level)."""
+    try:
+        result = cli.main(args=argv, prog_name="situation", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("situation: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SituationError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last resort: still one line
+        _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level debug for details)", 1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    if logs.is_debug():
+        traceback.print_exc(file=sys.stderr)
+    click.echo(f"situation: error: {message}", err=True)
+    sys.exit(code)

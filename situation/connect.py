@@ -1,0 +1,251 @@
+"""Open asyncpg connections the way libpq would for the same DSN.
+
+asyncpg gets fully resolved arguments and our own SSLContext, never the DSN:
+the host list, sslmode fallbacks (``allow`` and ``prefer``) and error wording
+are decided here. Every failure is turned into a :class:`ConnectError` whose
+message is one line saying what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+import asyncpg
+import structlog
+
+from situation.dsn import ConnectParams, Endpoint, password_for
+from situation.errors import ConnectError
+from situation.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context
+
+log = structlog.get_logger("situation.connect")
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+class _ServerHasNoTls(ConnectionError):
+    pass
+
+
+async def connect(
+    params: ConnectParams,
+    *,
+    tls: LibpqSSLContext | None = None,
+    server_settings: dict[str, str] | None = None,
+    statement_cache_size: int = 100,
+    **kwargs: Any,
+) -> asyncpg.Connection:
+    """One connection, trying each host in turn as libpq does.
+
+    ``tls`` lets a caller reuse (and later inspect) a context; by default one is
+    built from ``params``. Extra keyword arguments go to :func:`asyncpg.connect`
+    (the pool passes ``connection_class`` and ``record_class`` this way).
+    """
+    if tls is None:
+        tls = build_ssl_context(params)
+    settings = dict(server_settings or {})
+    if params.application_name and "application_name" not in settings:
+        settings["application_name"] = params.application_name
+    last_error: Exception | None = None
+    for endpoint in params.endpoints:
+        try:
+            return await _connect_endpoint(params, endpoint, tls, settings, statement_cache_size, kwargs)
+        except (OSError, asyncio.TimeoutError) as exc:
+            # Unreachable: libpq moves on to the next host. A server that
+            # answered and refused us ends the search.
+            if isinstance(exc, ssl.SSLError) or isinstance(exc, _ServerHasNoTls):
+                raise explain(exc, params, endpoint) from exc
+            last_error = exc
+            continue
+        except Exception as exc:
+            raise explain(exc, params, endpoint) from exc
+    assert last_error is not None
+    raise explain(last_error, params, params.endpoints[-1]) from last_error
+
+
+async def _connect_endpoint(params, endpoint, tls, settings, statement_cache_size, kwargs) -> asyncpg.Connection:
+    async def attempt(context: ssl.SSLContext | None) -> asyncpg.Connection:
+        return await _open(params, endpoint, context, settings, statement_cache_size, kwargs)
+
+    if endpoint.is_unix_socket or tls is None:
+        return await attempt(None)
+    if params.sslmode == "allow":
+        try:
+            return await attempt(None)
+        except asyncpg.PostgresError as exc:
+            log.info("plaintext connection refused, retrying with TLS", host=endpoint.host, reason=_one_line(exc))
+            return await attempt(tls)
+    if params.sslmode == "prefer":
+        try:
+            return await attempt(tls)
+        except (_ServerHasNoTls, ssl.SSLError, asyncpg.PostgresError) as exc:
+            log.warning(
+                "TLS failed, falling back to an UNENCRYPTED connection because sslmode=prefer; "
+                "use sslmode=verify-full",
+                host=endpoint.host,
+                reason=_one_line(exc),
+            )
+            return await attempt(None)
+    return await attempt(tls)
+
+
+async def _open(params, endpoint: Endpoint, context, settings, statement_cache_size, kwargs) -> asyncpg.Connection:
+    timeout = params.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+    try:
+        return await asyncpg.connect(
+            host=endpoint.host,
+            port=endpoint.port,
+            user=params.user,
+            database=params.database,
+            password=password_for(params, endpoint),
+            passfile=params.passfile,
+            ssl=context if context is not None else False,
+            direct_tls=params.sslnegotiation == "direct" and context is not None,
+            target_session_attrs=params.target_session_attrs,
+            timeout=timeout,
+            server_settings=settings,
+            statement_cache_size=statement_cache_size,
+            **kwargs,
+        )
+    except ConnectionError as exc:
+        if "rejected SSL upgrade" in str(exc):
+            raise _ServerHasNoTls(str(exc)) from None
+        raise
+
+
+async def create_pool(
+    params: ConnectParams,
+    *,
+    min_size: int = 0,
+    max_size: int = 4,
+    statement_cache: bool = True,
+    application_name: str = "situation",
+    server_settings: dict[str, str] | None = None,
+    init=None,
+) -> asyncpg.Pool:
+    """The process's one pool: small, because agents are many.
+
+    ``search_path`` and ``application_name`` travel as startup parameters, which
+    survive the pool's ``RESET ALL`` between uses, unlike a ``SET`` in ``init``.
+    Turn ``statement_cache`` off behind a PgBouncer in transaction mode.
+    """
+    tls = build_ssl_context(params)
+    settings = {"application_name": params.application_name or application_name, "search_path": "situation"}
+    settings.update(server_settings or {})
+
+    async def open_connection(*_args, **kwargs):
+        kwargs.pop("loop", None)
+        return await connect(
+            params,
+            tls=tls,
+            server_settings=settings,
+            statement_cache_size=100 if statement_cache else 0,
+            **kwargs,
+        )
+
+    try:
+        return await asyncpg.create_pool(
+            connect=open_connection, min_size=min_size, max_size=max_size, init=init
+        )
+    except ConnectError:
+        raise
+    except Exception as exc:  # raised by the first connection when min_size > 0
+        raise explain(exc, params, params.endpoints[0]) from exc
+
+
+# -- errors --------------------------------------------------------------------
+
+
+def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> ConnectError:
+    """One line for a failed connection: what happened, and what to do."""
+    where = _where(endpoint)
+    role, database = params.user, params.database
+    text = _one_line(exc)
+    lowered = text.lower()
+    if isinstance(exc, ConnectError):
+        return exc
+    if isinstance(exc, HostNameMismatch):
+        names = ", ".join(exc.names) or "none"
+        return ConnectError(
+            f"server certificate at {where} does not match host name {endpoint.host!r} "
+            f"(it names: {names}); connect using a name the certificate lists, or reissue it with that name"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = getattr(exc, "verify_message", None) or text
+        return ConnectError(
+            f"server certificate at {where} is not trusted ({reason}); "
+            "set sslrootcert to the CA that signed it"
+        )
+    if isinstance(exc, _ServerHasNoTls):
+        return ConnectError(
+            f"server at {where} does not support TLS but sslmode={params.sslmode} requires it; "
+            "enable ssl on the server (ssl = on)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        if "unknown ca" in lowered or "certificate unknown" in lowered or "bad certificate" in lowered:
+            return ConnectError(
+                f"server at {where} rejected our client certificate ({text}); "
+                "use a certificate signed by the CA in the server's ssl_ca_file"
+            )
+        if "certificate required" in lowered:
+            return ConnectError(f"server at {where} requires a client certificate; set sslcert and sslkey")
+        return ConnectError(f"TLS handshake with {where} failed ({text})")
+    if isinstance(exc, asyncpg.InvalidPasswordError) or "password authentication failed" in lowered:
+        return ConnectError(
+            f'password authentication failed for role "{role}" at {where}; '
+            "check the password given in the DSN, PGPASSWORD or the .pgpass file"
+        )
+    if "certificate authentication failed" in lowered:
+        return ConnectError(
+            f'client certificate authentication failed for role "{role}" at {where}; '
+            "the certificate's CN must be the role name (or be mapped to it in pg_ident.conf)"
+        )
+    if "password is required" in lowered or "no password" in lowered:
+        return ConnectError(
+            f'server at {where} asks a password for role "{role}" and none was given; '
+            "put it in the DSN, PGPASSWORD or ~/.pgpass"
+        )
+    if "no pg_hba.conf entry" in lowered:
+        if "no encryption" in lowered:
+            return ConnectError(
+                f"server at {where} refuses unencrypted connections (pg_hba.conf); "
+                "use sslmode=verify-full with sslrootcert"
+            )
+        return ConnectError(
+            f'server at {where} has no pg_hba.conf entry for role "{role}" and database "{database}" '
+            "from this address; ask its administrator to add one"
+        )
+    if isinstance(exc, asyncpg.InvalidCatalogNameError) or "database" in lowered and "does not exist" in lowered:
+        return ConnectError(f'database "{database}" does not exist at {where}; create it or fix dbname')
+    if "role" in lowered and "does not exist" in lowered:
+        return ConnectError(f'role "{role}" does not exist at {where}; create it or fix user')
+    if isinstance(exc, asyncpg.TooManyConnectionsError) or "too many connections" in lowered:
+        return ConnectError(
+            f"server at {where} has too many connections; raise max_connections, "
+            "lower the agents' pool size, or put PgBouncer in front"
+        )
+    if isinstance(exc, asyncpg.CannotConnectNowError):
+        return ConnectError(f"server at {where} is starting up or shutting down; try again shortly")
+    if isinstance(exc, asyncio.TimeoutError):
+        return ConnectError(f"timed out connecting to {where}; check the address and firewalls, or raise connect_timeout")
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"cannot resolve host {endpoint.host!r}; check the host name")
+    if isinstance(exc, OSError):
+        return ConnectError(f"cannot reach server at {where} ({exc.strerror or text}); is it running and listening there?")
+    if isinstance(exc, asyncpg.PostgresError):
+        return ConnectError(f"server at {where} refused the connection: {text}")
+    return ConnectError(f"cannot connect to {where}: {text}")
+
+
+def _where(endpoint: Endpoint) -> str:
+    if endpoint.is_unix_socket:
+        return f"{endpoint.host}/.s.PGSQL.{endpoint.port}"
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    return f"{host}:{endpoint.port}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())

@@ -1,0 +1,322 @@
+"""Numbered plain-SQL migrations for PostgreSQL.
+
+Files are ``sql/postgres/NNNN_description.sql``. Each runs in its own
+transaction with a ``lock_timeout`` on a dedicated connection (never the
+pool), under a session advisory lock taken by polling ``pg_try_advisory_lock``
+(a blocking wait would deadlock against ``CREATE INDEX CONCURRENTLY``).
+A file whose first line is ``-- situation:no-transaction`` holds exactly one
+statement and runs outside a transaction.
+
+History lives in ``situation.schema_migrations``; applied files are checked
+against their sha256 so that an edited file, a gap, or a database newer than
+this build is refused instead of guessed at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from situation.errors import MigrationError
+
+log = structlog.get_logger("situation.migrations")
+
+SCHEMA = "situation"
+HISTORY_TABLE = f"{SCHEMA}.schema_migrations"
+NO_TRANSACTION_MARK = "-- situation:no-transaction"
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# pg_try_advisory_lock takes a bigint: the first 8 bytes of a fixed digest.
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"situation.migrations").digest()[:8], "big", signed=True)
+LOCK_POLL_SECONDS = 0.2
+STATEMENT_LOCK_TIMEOUT = "10s"
+LOCK_TIMEOUT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+    @property
+    def transactional(self) -> bool:
+        return not self.sql.lstrip().startswith(NO_TRANSACTION_MARK)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.version:04d}_{self.name}.sql"
+
+
+@dataclass(frozen=True)
+class Applied:
+    version: int
+    name: str
+    checksum: str
+    applied_at: datetime
+    applied_by: str
+    duration_ms: int
+
+
+@dataclass
+class MigrationReport:
+    applied: list[Migration] = field(default_factory=list)
+    pending: list[Migration] = field(default_factory=list)
+    history: list[Applied] = field(default_factory=list)
+
+
+def sql_root() -> Path:
+    """The ``sql/`` tree: inside the installed package, or beside it in a checkout."""
+    packaged = resources.files("situation").joinpath("sql")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+def read_sql(name: str, dialect: str = "postgres") -> str:
+    return (sql_root() / dialect / name).read_text(encoding="utf-8")
+
+
+def load_migrations(dialect: str = "postgres", directory: Path | None = None) -> list[Migration]:
+    """The build's migrations, in order; numbering must run 1, 2, 3 … without gaps."""
+    directory = directory or sql_root() / dialect
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            continue
+        raw = path.read_bytes()
+        text = raw.decode("utf-8").replace("\r\n", "\n")
+        checksum = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        migrations.append(Migration(int(match.group(1)), match.group(2), text, checksum))
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise MigrationError(
+                f"migration files in {directory} skip from {expected - 1:04d} to {migration.version:04d}; "
+                "this build is broken, reinstall situation"
+            )
+    return migrations
+
+
+def latest_version(dialect: str = "postgres") -> int:
+    migrations = load_migrations(dialect)
+    return migrations[-1].version if migrations else 0
+
+
+def plan(migrations: list[Migration], history: list[Applied]) -> list[Migration]:
+    """What is left to apply, after refusing drift, gaps and a newer database."""
+    known = {m.version: m for m in migrations}
+    newest_known = migrations[-1].version if migrations else 0
+    for row in history:
+        if row.version > newest_known:
+            raise MigrationError(
+                f"database schema is at version {max(r.version for r in history)}, newer than this build "
+                f"({newest_known}); upgrade situation before migrating"
+            )
+        migration = known[row.version]
+        if migration.checksum != row.checksum:
+            raise MigrationError(
+                f"migration {migration.filename} was changed after it was applied "
+                f"(checksum {row.checksum[:12]}… in the database, {migration.checksum[:12]}… in this build); "
+                "restore the original file: applied migrations must never be edited"
+            )
+    applied_versions = sorted(row.version for row in history)
+    if applied_versions != list(range(1, len(applied_versions) + 1)):
+        missing = sorted(set(range(1, applied_versions[-1] + 1)) - set(applied_versions))
+        raise MigrationError(
+            f"database migration history has a gap (missing {', '.join(f'{v:04d}' for v in missing)}); "
+            "it was changed by hand, restore it before migrating"
+        )
+    return [m for m in migrations if m.version > len(applied_versions)]
+
+
+async def read_history(connection: asyncpg.Connection) -> list[Applied] | None:
+    """Applied migrations, or None when the history table does not exist yet."""
+    exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", HISTORY_TABLE)
+    if not exists:
+        return None
+    rows = await connection.fetch(
+        f"SELECT version, name, checksum, applied_at, applied_by, duration_ms FROM {HISTORY_TABLE} ORDER BY version"
+    )
+    return [Applied(**dict(row)) for row in rows]
+
+
+async def schema_version(connection: asyncpg.Connection) -> int:
+    history = await read_history(connection)
+    return max((row.version for row in history), default=0) if history else 0
+
+
+async def status(connection: asyncpg.Connection) -> MigrationReport:
+    migrations = load_migrations()
+    history = await read_history(connection) or []
+    return MigrationReport(history=history, pending=plan(migrations, history))
+
+
+async def migrate(connection: asyncpg.Connection, *, dry_run: bool = False, lock_wait: float = 300.0) -> MigrationReport:
+    """Bring the database to this build's version, on a connection of its own."""
+    migrations = load_migrations()
+    if dry_run:
+        report = await status(connection)
+        return report
+    await _acquire_lock(connection, lock_wait)
+    try:
+        await _bootstrap(connection)
+        history = await read_history(connection) or []
+        report = MigrationReport(history=history, pending=plan(migrations, history))
+        if report.pending:
+            await _note_go_agent_history(connection)
+        for migration in report.pending:
+            await _apply(connection, migration)
+            report.applied.append(migration)
+        if report.applied or not await _roles_exist(connection):
+            await apply_roles(connection)
+        report.pending = []
+        return report
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+
+
+async def _acquire_lock(connection: asyncpg.Connection, lock_wait: float) -> None:
+    deadline = time.monotonic() + lock_wait
+    announced = False
+    while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+        if not announced:
+            holder = await connection.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND ((classid::bigint << 32) | objid::bigint) = $1 LIMIT 1",
+                LOCK_KEY,
+            )
+            log.info("waiting for another migration to finish", holder_pid=holder)
+            announced = True
+        if time.monotonic() > deadline:
+            raise MigrationError(
+                f"another `situation migrate` has held the migration lock for over {lock_wait:.0f}s; "
+                "wait for it to finish, or end that session"
+            )
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+
+
+async def _bootstrap(connection: asyncpg.Connection) -> None:
+    try:
+        await connection.execute(read_sql("history.sql"))
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise _privilege_error(exc) from None
+
+
+async def _apply(connection: asyncpg.Connection, migration: Migration) -> None:
+    log.info("applying migration", version=migration.version, name=migration.name)
+    for attempt in range(1, LOCK_TIMEOUT_RETRIES + 1):
+        started = time.monotonic()
+        try:
+            if migration.transactional:
+                async with connection.transaction():
+                    await connection.execute(f"SET LOCAL lock_timeout = '{STATEMENT_LOCK_TIMEOUT}'")
+                    await connection.execute(migration.sql)
+                    await _record(connection, migration, started)
+            else:
+                await connection.execute(migration.sql)
+                await _record(connection, migration, started)
+            return
+        except asyncpg.LockNotAvailableError:
+            if attempt == LOCK_TIMEOUT_RETRIES:
+                raise MigrationError(
+                    f"migration {migration.filename} could not lock its tables after {attempt} tries; "
+                    "long transactions are holding them, retry when the database is quieter"
+                ) from None
+            log.warning("migration waited too long for a lock, retrying", version=migration.version)
+            await asyncio.sleep(attempt)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise _privilege_error(exc) from None
+        except asyncpg.PostgresError as exc:
+            raise MigrationError(f"migration {migration.filename} failed: {exc}") from None
+
+
+async def _record(connection: asyncpg.Connection, migration: Migration, started: float) -> None:
+    await connection.execute(
+        f"INSERT INTO {HISTORY_TABLE} (version, name, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
+        migration.version,
+        migration.name,
+        migration.checksum,
+        int((time.monotonic() - started) * 1000),
+    )
+
+
+async def _roles_exist(connection: asyncpg.Connection) -> bool:
+    count = await connection.fetchval(
+        "SELECT count(*) FROM pg_roles WHERE rolname IN ('situation_agent', 'situation_reader')"
+    )
+    return count == 2
+
+
+async def apply_roles(connection: asyncpg.Connection) -> None:
+    """Create the group roles when allowed, and grant them what every table needs."""
+    try:
+        async with connection.transaction():
+            await connection.execute(read_sql("roles.sql"))
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise _privilege_error(exc) from None
+    if not await _roles_exist(connection):
+        log.warning(
+            "the migrating role may not create roles: situation_agent and situation_reader were not created; "
+            "create them as NOLOGIN roles and rerun `situation migrate`"
+        )
+
+
+async def _note_go_agent_history(connection: asyncpg.Connection) -> None:
+    """A database first migrated by the Go agent keeps Bun's bookkeeping tables.
+
+    Our 0001 is written to be idempotent over the Go agent's tables, so we simply
+    continue in our own history table, and say so once.
+    """
+    schemas = await connection.fetch(
+        "SELECT table_schema FROM information_schema.tables WHERE table_name = 'bun_migrations'"
+    )
+    for row in schemas:
+        schema = row["table_schema"]
+        if schema == SCHEMA:
+            log.info("found the Go agent's bun_migrations; continuing its schema in situation.schema_migrations")
+        else:
+            log.warning(
+                "the Go agent's tables are in another schema and are left there; move them to schema "
+                "situation by hand if this database should keep their data",
+                schema=schema,
+            )
+
+
+def _privilege_error(exc: Exception) -> MigrationError:
+    return MigrationError(
+        f"the connected role may not change the schema ({exc}); run `situation migrate` as the owner role"
+    )
+
+
+async def verify_agent_schema(connection: asyncpg.Connection) -> int:
+    """The `--no-migration` gate: no DDL, refuse a schema behind this build, warn when ahead."""
+    expected = latest_version()
+    try:
+        found = await schema_version(connection)
+    except asyncpg.InsufficientPrivilegeError:
+        raise MigrationError(
+            f"this role may not read {HISTORY_TABLE}; grant it situation_agent (`situation grant ROLE`)"
+        ) from None
+    if found < expected:
+        raise MigrationError(
+            f"database schema is at version {found} but this build needs {expected}; "
+            "run `situation migrate` with an owner role"
+        )
+    if found > expected:
+        log.warning(
+            "database schema is newer than this build; upgrade situation",
+            schema_version=found,
+            expected_version=expected,
+        )
+    return found

@@ -1,0 +1,45 @@
+"""Making a login role an agent (writes data) or a reader (reads it)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from situation.errors import ConfigError, MigrationError
+from situation.migrations import apply_roles, schema_version
+
+AGENT_GROUP = "situation_agent"
+READER_GROUP = "situation_reader"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def grant(connection: asyncpg.Connection, role: str, *, reader: bool = False) -> str:
+    """Add ``role`` to the agent (or reader) group; return the group's name."""
+    found = await connection.fetchrow("SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = $1", role)
+    if found is None:
+        raise ConfigError(
+            f'role "{role}" does not exist; create it first: CREATE ROLE {quote_ident(role)} LOGIN PASSWORD \'…\''
+        )
+    if await schema_version(connection) == 0:
+        raise MigrationError("the database has no situation schema yet; run `situation migrate` first")
+    await apply_roles(connection)
+    group = READER_GROUP if reader else AGENT_GROUP
+    if not await connection.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", group):
+        raise MigrationError(
+            f"group role {group} does not exist and the connected role may not create it; "
+            f"ask a superuser to run: CREATE ROLE {group} NOLOGIN, then `situation migrate`"
+        )
+    try:
+        await connection.execute(f"GRANT {group} TO {quote_ident(role)}")
+        # Queries written for the original agent use unqualified table names.
+        await connection.execute(f"ALTER ROLE {quote_ident(role)} SET search_path = situation")
+        if reader:
+            await connection.execute(f"ALTER ROLE {quote_ident(role)} SET default_transaction_read_only = on")
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise MigrationError(
+            f"the connected role may not grant {group} to {role} ({exc}); run `situation grant` as the "
+            "owner role with CREATEROLE, or as a superuser"
+        ) from None
+    return group
