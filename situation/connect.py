@@ -207,7 +207,7 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
             f'server at {where} asks a password for role "{role}" and none was given; '
             "put it in the DSN, PGPASSWORD or ~/.pgpass"
         )
-    if "no pg_hba.conf entry" in lowered:
+    if "no pg_hba.conf entry" in lowered or "pg_hba.conf rejects" in lowered:
         if "no encryption" in lowered:
             return ConnectError(
                 f"server at {where} refuses unencrypted connections (pg_hba.conf); "

@@ -1,0 +1,887 @@
+"""libpq-compatible connection strings, turned into validated, frozen settings.
+
+``parse_dsn`` accepts the two forms libpq accepts -- a ``postgresql://`` URI or
+whitespace-separated ``key=value`` pairs -- fills unset options from the PG*
+environment variables, applies libpq's defaults and cross-option rules, and
+returns a :class:`ConnectParams`. Nothing here touches the network.
+
+Every problem is reported as a one-line :class:`~situation.errors.DsnError`
+that names the option (or environment variable), the bad value and the fix.
+Password and sslpassword values never appear in messages, ``repr`` or logs.
+
+Deliberate departures from libpq, all in the direction of failing loudly:
+options libpq knows but we do not implement are refused instead of ignored,
+empty environment variables count as unset, ``requiressl``/``PGREQUIRESSL``
+accept only 0 and 1, and ``sslsni`` only 0 and 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import pwd
+import re
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote_to_bytes
+
+from situation.errors import DsnError
+
+log = logging.getLogger(__name__)
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SSLNEGOTIATIONS = ("postgres", "direct")
+SSLCERTMODES = ("disable", "allow")
+TARGET_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+GSSENCMODES_ACCEPTED = ("disable", "prefer")
+
+DEFAULT_PORT = 5432
+DEFAULT_MIN_TLS_VERSION = "TLSv1.2"
+# Where libpq builds on Debian/Red Hat/upstream put the server socket; the first that exists wins.
+DEFAULT_SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql", "/tmp")
+
+# Supported options and the environment variable that fills each one when the DSN leaves it unset.
+_OPTION_ENV_VARS: dict[str, str | None] = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+    "fallback_application_name": None,
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "sslmode": "PGSSLMODE",
+    "requiressl": None,  # rewritten to sslmode while parsing; PGREQUIRESSL is handled with sslmode
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslpassword": None,  # libpq has no environment variable for it
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "sslcertmode": "PGSSLCERTMODE",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "client_encoding": "PGCLIENTENCODING",
+    "gssencmode": "PGGSSENCMODE",
+}
+SUPPORTED_OPTIONS = tuple(_OPTION_ENV_VARS)
+
+# Options libpq accepts that we refuse rather than silently ignore.
+UNSUPPORTED_LIBPQ_OPTIONS = (
+    "hostaddr",
+    "service",
+    "servicefile",
+    "options",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "channel_binding",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "replication",
+    "requirepeer",
+    "require_auth",
+    "load_balance_hosts",
+    "sslcompression",
+    "sslkeylogfile",
+    "min_protocol_version",
+    "max_protocol_version",
+    "scram_client_key",
+    "scram_server_key",
+    "oauth_issuer",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
+)
+
+# Environment variables libpq would act on but we cannot honour, with the option each one sets.
+_UNSUPPORTED_ENV_VARS = {
+    "PGHOSTADDR": "hostaddr",
+    "PGSERVICE": "service",
+    "PGOPTIONS": "options",
+    "PGCHANNELBINDING": "channel_binding",
+    "PGSSLCOMPRESSION": "sslcompression",
+    "PGKRBSRVNAME": "krbsrvname",
+    "PGGSSLIB": "gsslib",
+    "PGGSSDELEGATION": "gssdelegation",
+    "PGREQUIREPEER": "requirepeer",
+    "PGREQUIREAUTH": "require_auth",
+    "PGLOADBALANCEHOSTS": "load_balance_hosts",
+    "PGMINPROTOCOLVERSION": "min_protocol_version",
+    "PGMAXPROTOCOLVERSION": "max_protocol_version",
+}
+
+# Names people reach for that libpq spells differently.
+_OPTION_ALIASES = {
+    "database": "dbname",
+    "db": "dbname",
+    "username": "user",
+    "hostname": "host",
+    "pass": "password",
+    "passwd": "password",
+    "ssl_mode": "sslmode",
+    "timeout": "connect_timeout",
+}
+
+_SECRET_OPTIONS = frozenset({"password", "sslpassword"})
+_TLS_VERSION_BY_LOWER = {version.lower(): version for version in TLS_VERSIONS}
+_URI_SCHEMES = ("postgresql", "postgres")
+# Scheme-like prefix; ':' is allowed so "jdbc:postgresql://" is reported as a scheme too.
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-:]*)://")
+_INTEGER_RE = re.compile(r"\s*[+-]?\d+\s*")
+_BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ACCEPTED_FORMS = (
+    "use a URI like postgresql://user@host:5432/dbname?sslmode=verify-full "
+    "or key=value pairs like 'host=db.example.com dbname=situation'"
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One server to try: a host name, an IP literal (no brackets) or a Unix-socket directory."""
+
+    host: str
+    port: int
+
+    @property
+    def is_unix_socket(self) -> bool:
+        # libpq: an absolute path is a socket directory, "@name" a Linux abstract socket.
+        return self.host.startswith(("/", "@"))
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """Everything needed to open a connection, after the DSN, environment and defaults are merged."""
+
+    endpoints: tuple[Endpoint, ...]
+    user: str
+    database: str
+    password: str | None = field(repr=False)
+    passfile: str
+    sslmode: str
+    sslnegotiation: str
+    sslrootcert: str | None
+    sslcert: str | None
+    sslkey: str | None
+    sslpassword: str | None = field(repr=False)
+    sslcrl: str | None
+    sslcrldir: str | None
+    sslsni: bool
+    sslcertmode: str
+    ssl_min_protocol_version: str
+    ssl_max_protocol_version: str | None
+    connect_timeout: float | None
+    application_name: str | None
+    target_session_attrs: str | None
+    home: str
+
+    def redacted(self) -> str:
+        """A URI for logs; an explicit password shows as ``***``, sslpassword never appears."""
+        userinfo = quote(self.user, safe="")
+        if self.password is not None:
+            userinfo += ":***"
+        hosts = ",".join(_uri_host(endpoint) for endpoint in self.endpoints)
+        query = "&".join(f"{key}={quote(value, safe='/')}" for key, value in self._query_items())
+        return f"postgresql://{userinfo}@{hosts}/{quote(self.database, safe='')}?{query}"
+
+    def _query_items(self) -> list[tuple[str, str]]:
+        items = [("sslmode", self.sslmode)]
+        if self.sslnegotiation != "postgres":
+            items.append(("sslnegotiation", self.sslnegotiation))
+        for key in ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir"):
+            value = getattr(self, key)
+            if value is not None:
+                items.append((key, value))
+        if not self.sslsni:
+            items.append(("sslsni", "0"))
+        if self.sslcertmode != "allow":
+            items.append(("sslcertmode", self.sslcertmode))
+        if self.ssl_min_protocol_version != DEFAULT_MIN_TLS_VERSION:
+            items.append(("ssl_min_protocol_version", self.ssl_min_protocol_version))
+        if self.ssl_max_protocol_version is not None:
+            items.append(("ssl_max_protocol_version", self.ssl_max_protocol_version))
+        if self.connect_timeout is not None:
+            items.append(("connect_timeout", f"{self.connect_timeout:g}"))
+        if self.application_name is not None:
+            items.append(("application_name", self.application_name))
+        if self.target_session_attrs is not None:
+            items.append(("target_session_attrs", self.target_session_attrs))
+        return items
+
+
+def _uri_host(endpoint: Endpoint) -> str:
+    if ":" in endpoint.host and not endpoint.is_unix_socket:
+        host = f"[{endpoint.host}]"
+    else:
+        host = quote(endpoint.host, safe="")
+    return f"{host}:{endpoint.port}"
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _escape(value: str, limit: int) -> str:
+    """Control characters escaped and long text cut, so a message stays on one line."""
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _quoted(value: str, limit: int = 80) -> str:
+    return '"' + _escape(value, limit).replace('"', '\\"') + '"'
+
+
+def _show(value: str, limit: int = 80) -> str:
+    """A value for a one-line message, quoted only when it is not a plain word or path."""
+    shown = _escape(value, limit)
+    return shown if re.fullmatch(r"[\w.,/:@+\-~]+", shown) else _quoted(value, limit)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """A raw option value and where it came from: the option name (DSN) or the variable name."""
+
+    value: str
+    origin: str
+
+
+def _bad_value(setting: _Setting, problem: str, fix: str) -> DsnError:
+    return DsnError(f"{setting.origin}={_show(setting.value)}: {problem}; {fix}")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _percent_decode(text: str, what: str, secret: bool = False) -> str:
+    """Strict percent-decoding like libpq: a lone '%' and an encoded NUL are errors."""
+    shown = "" if secret else f" {_show(text)}"
+    if _BAD_PERCENT_RE.search(text):
+        raise DsnError(f"invalid percent-encoding in the URI {what}{shown}; write a literal % as %25")
+    try:
+        decoded = unquote_to_bytes(text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DsnError(f"the URI {what}{shown} is not UTF-8 once percent-decoded; fix its %XX escapes") from None
+    if "\x00" in decoded:
+        raise DsnError(f"the URI {what}{shown} contains %00, which is forbidden; remove it")
+    return decoded
+
+
+def _parse_uri(text: str, scheme_match: re.Match[str]) -> list[tuple[str, str]]:
+    """Split ``postgresql://[user[:password]@][netloc][,netloc...][/dbname][?k=v&...]`` into options."""
+    scheme = scheme_match.group(1)
+    if scheme.lower() not in _URI_SCHEMES:
+        raise DsnError(f'unsupported scheme "{_escape(scheme, 40)}://" in the DSN; {_ACCEPTED_FORMS}')
+    rest = text[scheme_match.end() :]
+    # A '/' or '?' inside a password must be percent-encoded, as in any URI.
+    authority_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:authority_end], rest[authority_end:]
+
+    pairs: list[tuple[str, str]] = []
+    userinfo, at, netlocs = authority.rpartition("@")
+    if at:
+        pairs.extend(_uri_credentials(userinfo))
+    pairs.extend(_uri_hosts_and_ports(netlocs))
+    path, _, query = tail.partition("?")
+    dbname = path[1:]
+    if dbname:
+        pairs.append(("dbname", _percent_decode(dbname, "database name")))
+    pairs.extend(_uri_query(query))
+    return pairs
+
+
+def _uri_credentials(userinfo: str) -> list[tuple[str, str]]:
+    user, colon, password = userinfo.partition(":")
+    pairs = []
+    if user:
+        pairs.append(("user", _percent_decode(user, "user name")))
+    if colon and password:
+        pairs.append(("password", _percent_decode(password, "password", secret=True)))
+    return pairs
+
+
+def _uri_hosts_and_ports(netlocs: str) -> list[tuple[str, str]]:
+    """Turn ``h1:p1,[::1]:p2,h3`` into comma-joined host and port options, as libpq does."""
+    hosts: list[str] = []
+    ports: list[str] = []
+    i, end = 0, len(netlocs)
+    while True:
+        if netlocs.startswith("[", i):
+            close = netlocs.find("]", i)
+            if close < 0:
+                raise DsnError('IPv6 address in the URI is missing its "]"; write hosts like [::1]:5432')
+            host = netlocs[i + 1 : close]
+            if not host:
+                raise DsnError('empty IPv6 address "[]" in the URI; write hosts like [::1]:5432')
+            i = close + 1
+            if i < end and netlocs[i] not in ":,":
+                raise DsnError(f"unexpected text after the IPv6 address [{_show(host)}] in the URI; "
+                               "write hosts like [::1]:5432")
+        else:
+            stop = _find_first(netlocs, ":,", i)
+            host, i = netlocs[i:stop], stop
+        port = ""
+        if i < end and netlocs[i] == ":":
+            stop = _find_first(netlocs, ",", i + 1)
+            port, i = netlocs[i + 1 : stop], stop
+        hosts.append(_percent_decode(host, "host"))
+        ports.append(_percent_decode(port, "port"))
+        if i < end and netlocs[i] == ",":
+            i += 1
+            continue
+        break
+    pairs = []
+    if any(hosts):
+        pairs.append(("host", ",".join(hosts)))
+    if any(ports):
+        pairs.append(("port", ",".join(ports)))
+    return pairs
+
+
+def _find_first(text: str, chars: str, start: int) -> int:
+    positions = [pos for pos in (text.find(ch, start) for ch in chars) if pos >= 0]
+    return min(positions, default=len(text))
+
+
+def _uri_query(query: str) -> list[tuple[str, str]]:
+    pairs = []
+    for parameter in query.split("&"):
+        if not parameter:
+            continue
+        raw_key, equals, raw_value = parameter.partition("=")
+        key = _percent_decode(raw_key, "query parameter name")
+        if not equals:
+            raise DsnError(f'URI query parameter {_quoted(key)} has no "="; write ?key=value&key=value')
+        if "=" in raw_value:
+            raise DsnError(f'URI query parameter {_quoted(key)} has a second "=" in its value; '
+                           "percent-encode it as %3D")
+        value = _percent_decode(raw_value, f'value of {_quoted(key)}', secret=key in _SECRET_OPTIONS)
+        if key == "ssl" and value == "true":
+            key, value = "sslmode", "require"  # libpq accepts this JDBC spelling in URIs only
+        pairs.append((key, value))
+    return pairs
+
+
+def _parse_keyword_value(text: str) -> list[tuple[str, str]]:
+    """Split libpq's ``key = value key='quoted \\' value'`` form into (key, value) pairs."""
+    pairs: list[tuple[str, str]] = []
+    i, end = 0, len(text)
+    while True:
+        i = _skip_space(text, i)
+        if i >= end:
+            return pairs
+        start = i
+        while i < end and not text[i].isspace() and text[i] != "=":
+            i += 1
+        key = text[start:i]
+        i = _skip_space(text, i)
+        if i >= end or text[i] != "=":
+            raise _missing_equals(key, pairs)
+        i = _skip_space(text, i + 1)
+        value, i = _read_value(text, i, key)
+        pairs.append((key, value))
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
+
+
+def _missing_equals(word: str, previous: list[tuple[str, str]]) -> DsnError:
+    if previous and previous[-1][0] in _SECRET_OPTIONS:
+        # The stray word is probably the rest of a password with a space in it: do not echo it.
+        return DsnError(f'text after the {previous[-1][0]} value has no "="; quote values that contain '
+                        f"spaces, like {previous[-1][0]}='...'")
+    return DsnError(f'missing "=" after {_quoted(word)} in the key=value DSN; write key=value pairs '
+                    "separated by spaces, quoting values with spaces as key='a b'")
+
+
+def _read_value(text: str, i: int, key: str) -> tuple[str, int]:
+    """Read one value at ``i``: quoted ('...' with \\' and \\\\) or bare up to whitespace."""
+    chars: list[str] = []
+    end = len(text)
+    if i < end and text[i] == "'":
+        i += 1
+        while i < end:
+            ch = text[i]
+            if ch == "\\" and i + 1 < end:
+                chars.append(text[i + 1])
+                i += 2
+            elif ch == "'":
+                return "".join(chars), i + 1
+            else:
+                chars.append(ch)
+                i += 1
+        raise DsnError(f'unterminated quoted value for {_quoted(key)} in the key=value DSN; close it with \' '
+                       "and write a quote inside it as \\'")
+    while i < end and not text[i].isspace():
+        if text[i] == "\\" and i + 1 < end:
+            i += 1  # libpq lets a backslash escape the next character in bare values too
+        chars.append(text[i])
+        i += 1
+    return "".join(chars), i
+
+
+def _collect_options(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Check every key and keep the last value of each, like libpq."""
+    options: dict[str, str] = {}
+    for key, value in pairs:
+        _check_option_name(key)
+        if key == "requiressl":
+            key, value = "sslmode", _sslmode_from_requiressl(_Setting(value, "requiressl"))
+        options[key] = value
+    return options
+
+
+def _check_option_name(key: str) -> None:
+    if key in _OPTION_ENV_VARS:
+        return
+    if key in UNSUPPORTED_LIBPQ_OPTIONS:
+        raise DsnError(f"{key} is a libpq option situation does not support; remove it")
+    suggestion = _OPTION_ALIASES.get(key.lower()) or next(
+        iter(difflib.get_close_matches(key.lower(), SUPPORTED_OPTIONS, n=1, cutoff=0.75)), None)
+    hint = f'did you mean "{suggestion}"? ' if suggestion else ""
+    raise DsnError(f'unknown connection option {_quoted(key, 40)}; {hint}check its spelling '
+                   f"(libpq options: {', '.join(SUPPORTED_OPTIONS)})")
+
+
+def _sslmode_from_requiressl(setting: _Setting) -> str:
+    # libpq rewrites requiressl to sslmode as it reads it: 1 -> require, anything else -> prefer.
+    if setting.value == "1":
+        return "require"
+    if setting.value == "0":
+        return "prefer"
+    raise _bad_value(setting, "invalid value for the deprecated requiressl", "use 1 or 0, or better sslmode=require")
+
+
+def _parse_options(dsn: str | None) -> dict[str, str]:
+    text = (dsn or "").strip()
+    if not text:
+        return {}
+    scheme = _SCHEME_RE.match(text)
+    if scheme:
+        return _collect_options(_parse_uri(text, scheme))
+    if "=" in text:
+        return _collect_options(_parse_keyword_value(text))
+    raise DsnError(f"the DSN is neither a URI nor key=value pairs; {_ACCEPTED_FORMS}")
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+class _Sources:
+    """Looks an option up in the DSN first, then in its environment variable (empty = unset)."""
+
+    def __init__(self, options: Mapping[str, str], environ: Mapping[str, str]) -> None:
+        self.options = options
+        self.environ = environ
+
+    def get(self, key: str) -> _Setting | None:
+        if key in self.options:
+            return _Setting(self.options[key], key)
+        var = _OPTION_ENV_VARS.get(key)
+        return self.env(var) if var else None
+
+    def env(self, var: str) -> _Setting | None:
+        value = self.environ.get(var)
+        return _Setting(value, var) if value else None
+
+    def text(self, key: str) -> str | None:
+        """A free-form option; an empty value means "use the default"."""
+        setting = self.get(key)
+        return setting.value if setting and setting.value else None
+
+
+def _reject_unsupported_environment(environ: Mapping[str, str]) -> None:
+    for var, option in _UNSUPPORTED_ENV_VARS.items():
+        if environ.get(var):
+            raise DsnError(f"{var} is set, but situation does not support the libpq option {option}; "
+                           f"unset {var}")
+
+
+def _choose(setting: _Setting, accepted: tuple[str, ...], what: str) -> str:
+    if setting.value in accepted:
+        return setting.value
+    raise _bad_value(setting, f"invalid {what}", f"use one of {', '.join(accepted)}")
+
+
+def _os_account() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwuid(os.getuid())
+    except KeyError:
+        return None
+
+
+def _home_directory(environ: Mapping[str, str]) -> str:
+    if environ.get("HOME"):
+        return environ["HOME"]
+    account = _os_account()
+    return account.pw_dir if account else ""
+
+
+def _user_name(sources: _Sources) -> str:
+    user = sources.text("user")
+    if user:
+        return user
+    account = _os_account()
+    if account is None:
+        raise DsnError(f"cannot tell which database user to use: uid {os.getuid()} has no passwd entry; "
+                       "set user= in the DSN or PGUSER")
+    return account.pw_name
+
+
+def _default_host() -> str:
+    return next((d for d in DEFAULT_SOCKET_DIRS if os.path.isdir(d)), "localhost")
+
+
+def _split_hosts(sources: _Sources) -> tuple[list[str], _Setting | None]:
+    setting = sources.get("host")
+    raw = setting.value.split(",") if setting and setting.value else [""]
+    return [_normalise_host(host) for host in raw], setting
+
+
+def _normalise_host(host: str) -> str:
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]") and ":" in host:
+        host = host[1:-1]  # tolerate a bracketed IPv6 literal outside a URI
+    return host or _default_host()
+
+
+def _split_ports(sources: _Sources, host_count: int, host_setting: _Setting | None) -> list[int]:
+    setting = sources.get("port")
+    if setting is None or not setting.value:
+        return [DEFAULT_PORT] * host_count
+    ports = [_port_number(item, setting) for item in setting.value.split(",")]
+    if len(ports) == 1:
+        return ports * host_count
+    if len(ports) != host_count:
+        hosts_from = host_setting.origin if host_setting else "the default host"
+        raise _bad_value(setting, f"{len(ports)} ports for {host_count} hosts (from {hosts_from})",
+                         "give one port for all hosts or one port per host")
+    return ports
+
+
+def _port_number(item: str, setting: _Setting) -> int:
+    if not item.strip():
+        return DEFAULT_PORT
+    if _INTEGER_RE.fullmatch(item):
+        number = int(item)
+        if 1 <= number <= 65535:
+            return number
+    raise _bad_value(setting, f"invalid port number {_show(item)}", "use an integer from 1 to 65535")
+
+
+def _endpoints(sources: _Sources) -> tuple[Endpoint, ...]:
+    hosts, host_setting = _split_hosts(sources)
+    ports = _split_ports(sources, len(hosts), host_setting)
+    return tuple(Endpoint(host, port) for host, port in zip(hosts, ports))
+
+
+def _sslmode(sources: _Sources, sslrootcert: str | None) -> str:
+    setting = sources.get("sslmode")
+    requiressl = sources.env("PGREQUIRESSL")
+    if requiressl is not None:
+        # Checked even when PGSSLMODE wins, so a typo in it is not silently ignored.
+        mode_from_requiressl = _sslmode_from_requiressl(requiressl)
+        if setting is None and mode_from_requiressl == "require":
+            setting = _Setting("require", "PGREQUIRESSL")
+    if setting is None:
+        # libpq 16+: trusting the system CA store only makes sense with host name checks.
+        return "verify-full" if sslrootcert == "system" else "prefer"
+    mode = _choose(setting, SSLMODES, "sslmode")
+    if sslrootcert == "system" and mode != "verify-full":
+        origin = f" (sslmode comes from {setting.origin})" if setting.origin != "sslmode" else ""
+        raise DsnError(f'weak sslmode "{mode}" may not be used with sslrootcert=system (use "verify-full"){origin}')
+    return mode
+
+
+def _sslnegotiation(sources: _Sources, sslmode: str) -> str:
+    setting = sources.get("sslnegotiation")
+    if setting is None:
+        return "postgres"
+    negotiation = _choose(setting, SSLNEGOTIATIONS, "sslnegotiation")
+    if negotiation == "direct" and sslmode not in ("require", "verify-ca", "verify-full"):
+        raise DsnError(f'sslnegotiation=direct needs sslmode require, verify-ca or verify-full, not "{sslmode}": '
+                       "with a weaker mode a failed direct TLS handshake would fall back to plaintext")
+    return negotiation
+
+
+def _sslsni(sources: _Sources) -> bool:
+    setting = sources.get("sslsni")
+    if setting is None:
+        return True
+    return _choose(setting, ("0", "1"), "sslsni") == "1"
+
+
+def _sslcertmode(sources: _Sources) -> str:
+    setting = sources.get("sslcertmode")
+    if setting is None:
+        return "allow"
+    if setting.value == "require":
+        raise _bad_value(setting, "not supported by situation",
+                         "use allow (the default) or disable")
+    return _choose(setting, SSLCERTMODES, "sslcertmode")
+
+
+def _tls_version(sources: _Sources, key: str) -> str | None:
+    setting = sources.get(key)
+    if setting is None or not setting.value:
+        return None  # libpq: an empty value means "no explicit bound"
+    version = _TLS_VERSION_BY_LOWER.get(setting.value.lower())
+    if version is None:
+        raise _bad_value(setting, f"invalid {key}", f"use one of {', '.join(TLS_VERSIONS)}")
+    return version
+
+
+def _tls_versions(sources: _Sources) -> tuple[str, str | None]:
+    minimum = _tls_version(sources, "ssl_min_protocol_version") or DEFAULT_MIN_TLS_VERSION
+    maximum = _tls_version(sources, "ssl_max_protocol_version")
+    if maximum is not None and TLS_VERSIONS.index(minimum) > TLS_VERSIONS.index(maximum):
+        raise DsnError(f"invalid SSL protocol version range: ssl_min_protocol_version={minimum} is above "
+                       f"ssl_max_protocol_version={maximum}; lower the minimum or raise the maximum")
+    return minimum, maximum
+
+
+def _connect_timeout(sources: _Sources) -> float | None:
+    setting = sources.get("connect_timeout")
+    if setting is None:
+        return None
+    if not _INTEGER_RE.fullmatch(setting.value):
+        raise _bad_value(setting, "invalid connect_timeout", "use a whole number of seconds (0 = wait forever)")
+    seconds = int(setting.value)
+    if seconds <= 0:
+        return None  # libpq: zero or negative means no timeout
+    return float(max(seconds, 2))  # libpq raises 1 to 2 seconds
+
+
+def _target_session_attrs(sources: _Sources) -> str | None:
+    setting = sources.get("target_session_attrs")
+    return None if setting is None else _choose(setting, TARGET_SESSION_ATTRS, "target_session_attrs")
+
+
+def _application_name(sources: _Sources) -> str | None:
+    return sources.text("application_name") or sources.text("fallback_application_name")
+
+
+def _check_client_encoding(sources: _Sources) -> None:
+    setting = sources.get("client_encoding")
+    if setting and setting.value and setting.value.upper().replace("-", "") not in ("UTF8", "UNICODE"):
+        raise _bad_value(setting, "situation always talks UTF8 to the server", "use UTF8 or remove it")
+
+
+def _check_gssencmode(sources: _Sources) -> None:
+    setting = sources.get("gssencmode")
+    if setting is None:
+        return
+    if setting.value == "require":
+        raise _bad_value(setting, "situation has no GSSAPI support, so it cannot require GSS encryption",
+                         "use disable or prefer (TLS is controlled by sslmode)")
+    _choose(setting, GSSENCMODES_ACCEPTED, "gssencmode")
+
+
+def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> ConnectParams:
+    """Parse a URI or key=value DSN, fill gaps from ``environ`` (default ``os.environ``), validate."""
+    environ = os.environ if environ is None else environ
+    sources = _Sources(_parse_options(dsn), environ)
+    _reject_unsupported_environment(environ)
+    _check_client_encoding(sources)
+    _check_gssencmode(sources)
+
+    home = _home_directory(environ)
+    user = _user_name(sources)
+    password = sources.text("password")
+    sslrootcert = sources.text("sslrootcert")
+    sslmode = _sslmode(sources, sslrootcert)
+    min_tls, max_tls = _tls_versions(sources)
+    return ConnectParams(
+        endpoints=_endpoints(sources),
+        user=user,
+        database=sources.text("dbname") or user,
+        password=password,
+        passfile=sources.text("passfile") or (os.path.join(home, ".pgpass") if home else ""),
+        sslmode=sslmode,
+        sslnegotiation=_sslnegotiation(sources, sslmode),
+        sslrootcert=sslrootcert,
+        sslcert=sources.text("sslcert"),
+        sslkey=sources.text("sslkey"),
+        sslpassword=sources.text("sslpassword"),
+        sslcrl=sources.text("sslcrl"),
+        sslcrldir=sources.text("sslcrldir"),
+        sslsni=_sslsni(sources),
+        sslcertmode=_sslcertmode(sources),
+        ssl_min_protocol_version=min_tls,
+        ssl_max_protocol_version=max_tls,
+        connect_timeout=_connect_timeout(sources),
+        application_name=_application_name(sources),
+        target_session_attrs=_target_session_attrs(sources),
+        home=home,
+    )
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def password_for(params: ConnectParams, endpoint: Endpoint) -> str | None:
+    """The explicit password (DSN or PGPASSWORD), else the matching ``.pgpass`` entry."""
+    if params.password is not None:
+        return params.password
+    return pgpass_password(params, endpoint)
+
+
+def pgpass_password(params: ConnectParams, endpoint: Endpoint) -> str | None:
+    """The password of the first ``.pgpass`` line matching this endpoint, database and user."""
+    lines = _read_private_lines(params.passfile) if params.passfile else None
+    if lines is None:
+        return None
+    # libpq matches a socket in the default directory as "localhost"; we also accept the literal path.
+    hosts = {"localhost", endpoint.host} if endpoint.is_unix_socket else {endpoint.host}
+    wanted = (hosts, {str(endpoint.port)}, {params.database}, {params.user})
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        entry = _split_pgpass_line(line)
+        if entry is None:
+            continue
+        patterns, password = entry
+        if all(pattern is None or pattern in accepted for pattern, accepted in zip(patterns, wanted)):
+            return password or None
+    return None
+
+
+def _read_private_lines(path: str) -> list[str] | None:
+    """The file's lines, or None if it is missing, not a regular file, or readable by others."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        log.warning("password file %s is not a plain file; ignoring it", path)
+        return None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("password file %s has group or world access (mode %04o); ignoring it, "
+                    "fix with chmod 0600", path, stat.S_IMODE(info.st_mode))
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.rstrip("\r\n") for line in handle]
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _split_pgpass_line(line: str) -> tuple[list[str | None], str] | None:
+    """``host:port:db:user:password`` -> four patterns (None = ``*``) and the password.
+
+    A backslash escapes the next character, so ``\\:`` and ``\\\\`` are literal; an escaped
+    ``\\*`` is a literal star, not a wildcard. Lines with fewer than five fields never match.
+    """
+    fields: list[tuple[str, bool]] = []  # (unescaped text, was a bare "*")
+    chars: list[str] = []
+    raw_start = i = 0
+    while len(fields) < 5:
+        if i == len(line) or line[i] == ":":
+            fields.append(("".join(chars), line[raw_start:i] == "*"))
+            if i == len(line):
+                break
+            chars, raw_start = [], i + 1
+        elif line[i] == "\\" and i + 1 < len(line):
+            i += 1
+            chars.append(line[i])
+        else:
+            chars.append(line[i])
+        i += 1
+    if len(fields) < 5:
+        return None
+    patterns = [None if wildcard else text for text, wildcard in fields[:4]]
+    return patterns, fields[4][0]
+
+
+# --------------------------------------------------------------------------- redaction
+
+# Keys whose values are hidden by redact_dsn: the secrets plus likely misspellings of them.
+_SECRET_KEY_RE = re.compile(r"pa?s+w|pass(?!file)|pwd|secret", re.IGNORECASE)
+_KEYWORD_VALUE_RE = re.compile(
+    r"(?P<key>[^\s=']+)(?P<sep>\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)*)", re.DOTALL)
+_BARE_SECRET_RE = re.compile(r"(?<![^\s])((?:ssl)?password)(\s+)(?![^\s]*=)(\S+)")
+
+
+def redact_dsn(dsn: str) -> str:
+    """Hide password-like values in a raw DSN, for logs. Best effort; never raises."""
+    try:
+        text = dsn if isinstance(dsn, str) else str(dsn)
+        scheme = _SCHEME_RE.match(text.lstrip())
+        if scheme:
+            redacted = _redact_uri(text.lstrip())
+        else:
+            redacted = _redact_keyword_value(text)
+        return _mask_parsed_secrets(text, redacted)
+    except Exception:  # noqa: BLE001 - redaction must never be the thing that fails
+        return "<DSN hidden: could not be redacted>"
+
+
+def _redact_uri(text: str) -> str:
+    scheme_end = text.index("://") + 3
+    head, rest = text[:scheme_end], text[scheme_end:]
+    rest = _redact_uri_userinfo(rest)
+    main, question, query = rest.partition("?")
+    if not question:
+        return head + main
+    parameters = []
+    for parameter in query.split("&"):
+        key, equals, _ = parameter.partition("=")
+        if equals and _SECRET_KEY_RE.search(_lenient_unquote(key)):
+            parameter = f"{key}=***"
+        parameters.append(parameter)
+    return head + main + "?" + "&".join(parameters)
+
+
+def _redact_uri_userinfo(rest: str) -> str:
+    # The userinfo normally ends at the last '@' before the first '/'; a password with a raw
+    # '/' in it is caught by also looking before the first '?'.
+    at = -1
+    for stop_char in "/?":
+        stop = rest.find(stop_char)
+        at = rest.rfind("@", 0, stop if stop >= 0 else len(rest))
+        if at >= 0:
+            break
+    if at < 0:
+        return rest
+    colon = rest.find(":", 0, at)
+    if colon < 0:
+        return rest
+    return rest[: colon + 1] + "***" + rest[at:]
+
+
+def _lenient_unquote(text: str) -> str:
+    return unquote_to_bytes(text).decode("utf-8", "replace")
+
+
+def _redact_keyword_value(text: str) -> str:
+    def hide(match: re.Match[str]) -> str:
+        if _SECRET_KEY_RE.search(match["key"]):
+            return f"{match['key']}{match['sep']}***"
+        return match[0]
+
+    text = _KEYWORD_VALUE_RE.sub(hide, text)
+    return _BARE_SECRET_RE.sub(lambda m: f"{m[1]}{m[2]}***", text)
+
+
+def _mask_parsed_secrets(original: str, redacted: str) -> str:
+    """Safety net: if a real parse finds a secret that the textual pass missed, hide it too."""
+    try:
+        options = _parse_options(original)
+    except Exception:  # noqa: BLE001 - garbage DSNs keep the textual redaction
+        return redacted
+    for key in _SECRET_OPTIONS:
+        secret = options.get(key)
+        if secret and len(secret) >= 4 and secret != "***":
+            redacted = redacted.replace(secret, "***")
+    return redacted
