@@ -155,18 +155,26 @@ async def schema_version(connection: asyncpg.Connection) -> int:
     return max((row.version for row in history), default=0) if history else 0
 
 
-async def status(connection: asyncpg.Connection) -> MigrationReport:
-    migrations = load_migrations()
+async def status(connection: asyncpg.Connection, migrations: list[Migration] | None = None) -> MigrationReport:
+    migrations = load_migrations() if migrations is None else migrations
     history = await read_history(connection) or []
     return MigrationReport(history=history, pending=plan(migrations, history))
 
 
-async def migrate(connection: asyncpg.Connection, *, dry_run: bool = False, lock_wait: float = 300.0) -> MigrationReport:
-    """Bring the database to this build's version, on a connection of its own."""
-    migrations = load_migrations()
+async def migrate(
+    connection: asyncpg.Connection,
+    *,
+    dry_run: bool = False,
+    lock_wait: float = 300.0,
+    migrations: list[Migration] | None = None,
+) -> MigrationReport:
+    """Bring the database to this build's version, on a connection of its own.
+
+    ``migrations`` replaces the build's files (tests use it to add versions).
+    """
+    migrations = load_migrations() if migrations is None else migrations
     if dry_run:
-        report = await status(connection)
-        return report
+        return await status(connection, migrations)
     await _acquire_lock(connection, lock_wait)
     try:
         await _bootstrap(connection)
