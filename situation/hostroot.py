@@ -1,0 +1,61 @@
+"""Where a module reads the host from: /proc, /sys, /etc … or a fixture tree.
+
+In the spirit of gopsutil's HOST_PROC / HOST_SYS / HOST_ETC, every path a host
+module reads goes through one :class:`HostRoot`, so that tests can point it at
+a fixture tree and a container can point it at the host's mounted /proc.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# (attribute, default path, environment override)
+_PARTS = (
+    ("proc", "/proc", "HOST_PROC"),
+    ("sys", "/sys", "HOST_SYS"),
+    ("etc", "/etc", "HOST_ETC"),
+    ("run", "/run", "HOST_RUN"),
+    ("var", "/var", "HOST_VAR"),
+    ("usr", "/usr", "HOST_USR"),
+)
+
+
+@dataclass(frozen=True)
+class HostRoot:
+    proc: Path = Path("/proc")
+    sys: Path = Path("/sys")
+    etc: Path = Path("/etc")
+    run: Path = Path("/run")
+    var: Path = Path("/var")
+    usr: Path = Path("/usr")
+    base: Path = Path("/")  # for files outside the parts above (e.g. /.dockerenv)
+
+    @property
+    def is_live(self) -> bool:
+        """True when this is the running system (psutil and sockets may be used)."""
+        return self == HostRoot()
+
+    @classmethod
+    def under(cls, root: Path | str) -> HostRoot:
+        """Every part below ``root``: a fixture tree laid out like ``/``."""
+        root = Path(root)
+        return cls(**{name: root / default.lstrip("/") for name, default, _env in _PARTS}, base=root)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> HostRoot:
+        """``SITUATION_HOST_ROOT`` for the whole tree, then HOST_PROC, HOST_SYS … per part."""
+        environ = os.environ if environ is None else environ
+        root = environ.get("SITUATION_HOST_ROOT")
+        start = cls.under(root) if root else cls()
+        overrides = {name: Path(environ[env]) for name, _default, env in _PARTS if environ.get(env)}
+        return cls(**{**start.__dict__, **overrides})
+
+    def path(self, absolute: str) -> Path:
+        """Map an absolute host path (``/sys/block``) into this root."""
+        for name, default, _env in _PARTS:
+            if absolute == default or absolute.startswith(default + "/"):
+                return getattr(self, name) / absolute[len(default) :].lstrip("/")
+        return self.base / absolute.lstrip("/")

@@ -1,0 +1,1 @@
+"""Collection modules, one file each; importing a file registers its module."""

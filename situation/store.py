@@ -1,0 +1,199 @@
+"""The one interface collection modules write through, with two backends.
+
+Modules never build SQL from data. They call:
+
+- ``await store.upsert(table, rows, key=..., update=...)``: a batch of dicts
+  (column → value) upserted on a named conflict target (see ``CONFLICT_KEYS``).
+  The batch is de-duplicated on the key (last row wins) and sorted by it, so
+  that many agents writing the same rows never deadlock; rows that would not
+  change are not rewritten. JSON columns take Python lists/dicts,
+  ``network_interfaces.ip`` takes a list of strings. ``updated_at`` and
+  ``updated_by`` (this agent) are set by the store. Returns an
+  :class:`UpsertResult` with the number of rows written and, for every input
+  row, the id of its row.
+- ``await store.fetch(name, *args)`` / ``fetchrow`` / ``fetchval`` /
+  ``execute``: a named query (``-- name: xyz`` blocks) from
+  ``sql/queries/<topic>.sql`` (portable SQL with ``$1 … $n`` placeholders),
+  overridden per dialect by ``sql/<dialect>/queries/<topic>.sql``. Rows come
+  back as dicts with JSON decoded.
+- ``async with store.transaction():`` groups calls into one short transaction,
+  retried as a unit on connection loss, deadlock or serialization failure.
+
+Backends: :mod:`situation.store_postgres` (asyncpg pool) and
+:mod:`situation.store_sqlite` (sqlite3 on a worker thread).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Protocol
+
+from situation.migrations import sql_root
+
+# Conflict targets by name, per table: the key columns, and the expression list
+# used in ON CONFLICT (...) where it differs from the plain columns on a backend.
+# From sql/README.md; the index behind each exists in both schemas.
+
+
+@dataclass(frozen=True)
+class ConflictKey:
+    columns: tuple[str, ...]
+    postgres: str | None = None  # ON CONFLICT target text, when not the plain column list
+    sqlite: str | None = None
+
+    def target(self, dialect: str) -> str:
+        custom = self.postgres if dialect == "postgres" else self.sqlite
+        return custom or ", ".join(_quote(c) for c in self.columns)
+
+
+CONFLICT_KEYS: dict[str, dict[str, ConflictKey]] = {
+    "subnetworks": {"cidr_tag": ConflictKey(("network_cidr", "tag"))},
+    "machines": {"agent": ConflictKey(("agent",)), "host_id": ConflictKey(("host_id",))},
+    "cpus": {"machine_id": ConflictKey(("machine_id",))},
+    "gpus": {"machine_gpu_index": ConflictKey(("index", "machine_id"))},
+    "disks": {"machine_disk_name": ConflictKey(("name", "machine_id"))},
+    "network_interfaces": {
+        "machine_mac_tag": ConflictKey(("mac", "tag", "machine_id")),
+        "machine_nic_name": ConflictKey(("name", "machine_id")),
+    },
+    "packages": {"name_version_machine_id": ConflictKey(("name", "version", "machine_id"))},
+    "applications": {"machine_app_name_pid": ConflictKey(("name", "pid", "machine_id"))},
+    "application_endpoints": {
+        "port_protocol_addr_network_interface_id": ConflictKey(
+            ("port", "protocol", "addr", "network_interface_id"),
+            postgres="port, protocol, addr, COALESCE(network_interface_id, 0)",
+            sqlite="port, protocol, addr, COALESCE(network_interface_id, 0)",
+        )
+    },
+    "users": {"machine_user": ConflictKey(("uid", "machine_id"))},
+    "user_applications": {"user_application": ConflictKey(("user_id", "application_id"))},
+    "flows": {
+        "flow_src_dst": ConflictKey(
+            ("src_application_id", "src_addr", "dst_endpoint_id"),
+            sqlite="COALESCE(src_application_id, 0), src_addr, COALESCE(dst_endpoint_id, 0)",
+        )
+    },
+    "endpoint_policies": {
+        "endpoint_action_src": ConflictKey(
+            ("endpoint_id", "action", "src_endpoint_id", "src_addr"),
+            sqlite="endpoint_id, action, COALESCE(src_endpoint_id, 0), COALESCE(src_addr, '')",
+        )
+    },
+}
+
+
+@dataclass
+class UpsertResult:
+    written: int = 0
+    ids: list[int] = field(default_factory=list)
+
+
+class Store(Protocol):
+    dialect: str
+    agent_id: str
+
+    async def upsert(
+        self,
+        table: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        key: str,
+        update: Sequence[str] | None = None,
+    ) -> UpsertResult: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]: ...
+
+    async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    async def execute(self, query: str, *args: Any) -> int: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def close(self) -> None: ...
+
+
+def conflict_key(table: str, key: str) -> ConflictKey:
+    try:
+        return CONFLICT_KEYS[table][key]
+    except KeyError:
+        known = ", ".join(CONFLICT_KEYS.get(table, {})) or "none"
+        raise ValueError(f"no conflict key {key!r} on table {table!r} (known: {known})") from None
+
+
+def prepare_batch(rows: Sequence[Mapping[str, Any]], key: ConflictKey) -> tuple[list[str], list[dict], list[int]]:
+    """Columns, the de-duplicated rows sorted by key, and each input row's index into them.
+
+    Sorting every batch by its conflict key gives every agent the same lock
+    order (no deadlocks); de-duplicating avoids "cannot affect row a second time".
+    """
+    if not rows:
+        return [], [], []
+    columns = list(rows[0])
+    for row in rows:
+        if list(row) != columns and set(row) != set(columns):
+            raise ValueError("every row of a batch must have the same columns")
+    missing = [c for c in key.columns if c not in columns]
+    if missing:
+        raise ValueError(f"batch lacks key columns {missing}")
+    unique: dict[tuple, dict] = {}
+    for row in rows:
+        unique[_sort_key(row, key.columns)] = dict(row)
+    ordered_keys = sorted(unique)
+    position = {k: i for i, k in enumerate(ordered_keys)}
+    batch = [unique[k] for k in ordered_keys]
+    index = [position[_sort_key(row, key.columns)] for row in rows]
+    return columns, batch, index
+
+
+def _sort_key(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
+    # None sorts first; values of one column share a type.
+    return tuple((row[c] is not None, row[c] if row[c] is not None else 0) for c in columns)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+quote_ident = _quote
+
+
+# -- named queries -----------------------------------------------------------------
+
+_QUERY_NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """``-- name: xyz`` blocks of a .sql file."""
+    queries: dict[str, str] = {}
+    matches = list(_QUERY_NAME.finditer(text))
+    for match, following in zip(matches, [*matches[1:], None]):
+        body = text[match.end() : following.start() if following else len(text)]
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
+        queries[match.group(1)] = "\n".join(lines).strip().rstrip(";")
+    return queries
+
+
+@cache
+def queries_for(dialect: str) -> dict[str, str]:
+    """Portable queries of ``sql/queries/*.sql``, overridden by ``sql/<dialect>/queries/*.sql``."""
+    root = sql_root()
+    queries: dict[str, str] = {}
+    for directory in (root / "queries", root / dialect / "queries"):
+        for path in sorted(directory.glob("*.sql")):
+            queries.update(parse_queries(path.read_text(encoding="utf-8")))
+    return queries
+
+
+def query_text(dialect: str, name: str) -> str:
+    try:
+        return queries_for(dialect)[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in sql/queries/ or sql/{dialect}/queries/") from None
