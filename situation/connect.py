@@ -9,6 +9,7 @@ message is one line saying what went wrong and what to do about it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from typing import Any
@@ -99,8 +100,8 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
             port=endpoint.port,
             user=params.user,
             database=params.database,
-            password=password_for(params, endpoint),
-            passfile=params.passfile,
+            # A callable keeps asyncpg from reading .pgpass itself: we already did, by libpq's rules.
+            password=functools.partial(password_for, params, endpoint),
             ssl=context if context is not None else False,
             direct_tls=params.sslnegotiation == "direct" and context is not None,
             target_session_attrs=params.target_session_attrs,
@@ -166,6 +167,12 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
     lowered = text.lower()
     if isinstance(exc, ConnectError):
         return exc
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError) and isinstance(exc.__cause__, ssl.SSLError):
+        # Under TLS 1.3 the server's verdict on our certificate arrives after our
+        # side of the handshake; asyncpg keeps the TLS alert as the cause.
+        exc = exc.__cause__
+        text = _one_line(exc)
+        lowered = text.lower()
     if isinstance(exc, HostNameMismatch):
         names = ", ".join(exc.names) or "none"
         return ConnectError(
@@ -174,6 +181,11 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
         )
     if isinstance(exc, ssl.SSLCertVerificationError):
         reason = getattr(exc, "verify_message", None) or text
+        if "revoked" in reason.lower():
+            return ConnectError(
+                f"server certificate at {where} has been revoked (CRL in sslcrl, sslcrldir or root.crl); "
+                "the server needs a new certificate"
+            )
         return ConnectError(
             f"server certificate at {where} is not trusted ({reason}); "
             "set sslrootcert to the CA that signed it"
@@ -201,6 +213,11 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
         return ConnectError(
             f'client certificate authentication failed for role "{role}" at {where}; '
             "the certificate's CN must be the role name (or be mapped to it in pg_ident.conf)"
+        )
+    if "requires a valid client certificate" in lowered:
+        return ConnectError(
+            f'server at {where} requires a client certificate for role "{role}"; '
+            "set sslcert and sslkey (or install ~/.postgresql/postgresql.crt and postgresql.key)"
         )
     if "password is required" in lowered or "no password" in lowered:
         return ConnectError(

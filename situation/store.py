@@ -197,3 +197,74 @@ def query_text(dialect: str, name: str) -> str:
         return queries_for(dialect)[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in sql/queries/ or sql/{dialect}/queries/") from None
+
+
+# -- choosing and opening a backend ----------------------------------------------------
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def is_postgres_dsn(dsn: str) -> bool:
+    """PostgreSQL or SQLite, decided from the DSN text as the original agent does."""
+    text = dsn.strip()
+    if text.startswith(("postgres://", "postgresql://")):
+        return True
+    if text.startswith("file:") or text.endswith(_SQLITE_SUFFIXES) or text == ":memory:":
+        return False
+    if re.search(r"(^|\s)(host|dbname|user|port|sslmode|password)\s*=", text):
+        return True
+    if "://" not in text:
+        return False
+    from situation.errors import ConfigError
+
+    scheme = text.split("://", 1)[0]
+    raise ConfigError(
+        f"cannot tell the database type of a {scheme}:// DSN; use postgresql://… for PostgreSQL "
+        "or a file path (.db, .sqlite) for SQLite"
+    )
+
+
+async def open_store(
+    dsn: str,
+    agent_id: str,
+    *,
+    migrate: bool = True,
+    max_size: int = 4,
+    statement_cache: bool = True,
+) -> Store:
+    """The store for ``dsn``: migrated first (owner) or checked (``migrate=False``, agents)."""
+    if not is_postgres_dsn(dsn):
+        from situation.store_sqlite import SqliteStore
+
+        return await SqliteStore.open(_sqlite_path(dsn), agent_id, migrate=migrate)
+    from situation import migrations
+    from situation.connect import connect
+    from situation.dsn import parse_dsn
+    from situation.store_postgres import PostgresStore
+
+    params = parse_dsn(dsn)
+    if migrate:
+        connection = await connect(params, statement_cache_size=0, server_settings={"application_name": "situation migrate"})
+        try:
+            await migrations.migrate(connection)
+        finally:
+            await connection.close()
+    store = await PostgresStore.open(params, agent_id, max_size=max_size, statement_cache=statement_cache)
+    if not migrate:
+        try:
+            async with store.pool.acquire() as connection:
+                await migrations.verify_agent_schema(connection)
+        except BaseException:
+            await store.close()
+            raise
+    return store
+
+
+def _sqlite_path(dsn: str) -> str:
+    text = dsn.strip()
+    if text.startswith("file:"):
+        text = text[len("file:"):]
+        if text.startswith("//"):
+            text = text[2:]
+        text = text.split("?", 1)[0]
+    return text

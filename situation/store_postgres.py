@@ -1,0 +1,276 @@
+"""The PostgreSQL store: one small asyncpg pool shared by every module.
+
+A batch becomes one ``INSERT … SELECT FROM unnest(…) ON CONFLICT … DO UPDATE
+… WHERE … IS DISTINCT FROM …``: one round trip and one cached statement per
+table and shape, whatever the batch size, and no write when nothing changed.
+Column types are read from the catalog once, when the store opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import random
+from collections.abc import Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+
+from situation.connect import create_pool
+from situation.dsn import ConnectParams
+from situation.errors import SituationError
+from situation.store import UpsertResult, conflict_key, prepare_batch, query_text, quote_ident
+
+log = structlog.get_logger("situation.store")
+
+SCHEMA = "situation"
+RETRY_ATTEMPTS = 4
+# Worth retrying as a unit: the connection went away, or the server chose us as a
+# deadlock / serialization victim.
+_TRANSIENT = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.InvalidCachedStatementError,
+    OSError,
+    asyncio.TimeoutError,
+)
+_ARRAY_CASTS = {
+    "bigint": "bigint[]",
+    "integer": "integer[]",
+    "smallint": "smallint[]",
+    "boolean": "boolean[]",
+    "character varying": "text[]",
+    "text": "text[]",
+    "json": "jsonb[]",
+    "jsonb": "jsonb[]",
+    "timestamp with time zone": "timestamptz[]",
+    "ARRAY": "jsonb[]",  # a list per row travels as JSON, and is turned back into an array
+}
+
+
+class StoreUnavailable(SituationError):
+    """The database could not be used, even after retries."""
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    # Codecs are client-side, so they survive the pool's RESET ALL (unlike SET).
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+class PostgresStore:
+    dialect = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool, agent_id: str, columns: dict[str, dict[str, str]]):
+        self.pool = pool
+        self.agent_id = agent_id
+        self.columns = columns
+        self._connection: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
+            "situation_pg_connection", default=None
+        )
+
+    @classmethod
+    async def open(
+        cls, params: ConnectParams, agent_id: str, *, max_size: int = 4, statement_cache: bool = True
+    ) -> PostgresStore:
+        pool = await create_pool(params, max_size=max_size, statement_cache=statement_cache, init=_init_connection)
+        try:
+            async with pool.acquire() as connection:
+                columns = await _table_columns(connection)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, agent_id, columns)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout=5)
+        except asyncio.TimeoutError:
+            self.pool.terminate()
+
+    # -- running statements, retried as units ----------------------------------------
+
+    async def _with_connection(self, work):
+        """Run ``work(connection)``: inside the current transaction, or as its own retried unit."""
+        current = self._connection.get()
+        if current is not None:
+            return await work(current)
+        return await self._retrying(work)
+
+    async def _retrying(self, work):
+        delay = 0.2
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                async with self.pool.acquire() as connection:
+                    return await work(connection)
+            except _TRANSIENT as exc:
+                if attempt == RETRY_ATTEMPTS:
+                    raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+                log.debug("retrying database work", attempt=attempt, error=_describe(exc))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 3, 5.0)
+
+    @asynccontextmanager
+    async def transaction(self):
+        if self._connection.get() is not None:
+            yield
+            return
+        async with self.pool.acquire() as connection:
+            token = self._connection.set(connection)
+            try:
+                async with connection.transaction():
+                    yield
+            finally:
+                self._connection.reset(token)
+
+    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        sql = query_text(self.dialect, query)
+        rows = await self._with_connection(lambda c: c.fetch(sql, *args))
+        return [dict(r) for r in rows]
+
+    async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
+        rows = await self.fetch(query, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        sql = query_text(self.dialect, query)
+        return await self._with_connection(lambda c: c.fetchval(sql, *args))
+
+    async def execute(self, query: str, *args: Any) -> int:
+        sql = query_text(self.dialect, query)
+        status = await self._with_connection(lambda c: c.execute(sql, *args))
+        return _affected(status)
+
+    # -- upserts ---------------------------------------------------------------------
+
+    async def upsert(
+        self,
+        table: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        key: str,
+        update: Sequence[str] | None = None,
+    ) -> UpsertResult:
+        target = conflict_key(table, key)
+        columns, batch, index = prepare_batch(rows, target)
+        if not batch:
+            return UpsertResult()
+        types = self.columns[table]
+        unknown = [c for c in columns if c not in types]
+        if unknown:
+            raise ValueError(f"table {table} has no column(s) {unknown}")
+        if update is None:
+            update = [c for c in columns if c not in target.columns]
+        statement = self._upsert_sql(table, columns, target.target(self.dialect), update)
+        lookup = self._lookup_sql(table, target.columns)
+        arrays = [[_to_wire(row[c], types[c]) for row in batch] for c in columns]
+        keys = [[row[c] for row in batch] for c in target.columns]
+
+        async def work(connection: asyncpg.Connection) -> UpsertResult:
+            async with connection.transaction():
+                written = await connection.fetch(statement, *arrays, self.agent_id)
+                found = await connection.fetch(lookup, *keys)
+            ids_by_key = {tuple(r[c] for c in target.columns): r["id"] for r in found}
+            batch_ids = [ids_by_key.get(tuple(row[c] for c in target.columns)) for row in batch]
+            return UpsertResult(written=len(written), ids=[batch_ids[i] for i in index])
+
+        return await self._with_connection(work)
+
+    def _upsert_sql(self, table: str, columns: list[str], target: str, update: Sequence[str]) -> str:
+        types = self.columns[table]
+        names = ", ".join(quote_ident(c) for c in columns)
+        casts = ", ".join(f"${i}::{_ARRAY_CASTS[types[c]]}" for i, c in enumerate(columns, start=1))
+        selected = ", ".join(_from_wire(quote_ident(c), types[c]) for c in columns)
+        agent = f"${len(columns) + 1}::text"
+        has_updated_by = "updated_by" in types
+        insert_columns = names + (", updated_by" if has_updated_by else "")
+        insert_values = selected + (f", {agent}" if has_updated_by else "")
+        qualified = f"{SCHEMA}.{quote_ident(table)}"
+        sql = (
+            f"INSERT INTO {qualified} AS t ({insert_columns}) "
+            f"SELECT {insert_values} FROM unnest({casts}) AS u({names}) "
+            f"ON CONFLICT ({target}) "
+        )
+        if not update:
+            return sql + "DO NOTHING RETURNING t.id"
+        assignments = [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in update]
+        if "updated_at" in types:
+            assignments.append("updated_at = now()")
+        if has_updated_by:
+            assignments.append("updated_by = EXCLUDED.updated_by")
+        old = ", ".join(_comparable(f"t.{quote_ident(c)}", types[c]) for c in update)
+        new = ", ".join(_comparable(f"EXCLUDED.{quote_ident(c)}", types[c]) for c in update)
+        distinct = f"ROW({old}) IS DISTINCT FROM ROW({new})"
+        return sql + f"DO UPDATE SET {', '.join(assignments)} WHERE {distinct} RETURNING t.id"
+
+    def _lookup_sql(self, table: str, key_columns: Sequence[str]) -> str:
+        types = self.columns[table]
+        names = ", ".join(quote_ident(c) for c in key_columns)
+        casts = ", ".join(f"${i}::{_ARRAY_CASTS[types[c]]}" for i, c in enumerate(key_columns, start=1))
+        matches = " AND ".join(
+            f"t.{quote_ident(c)} IS NOT DISTINCT FROM k.{quote_ident(c)}" for c in key_columns
+        )
+        return (
+            f"SELECT t.id, {', '.join(f't.{quote_ident(c)}' for c in key_columns)} "
+            f"FROM {SCHEMA}.{quote_ident(table)} t JOIN unnest({casts}) AS k({names}) ON {matches}"
+        )
+
+    async def counts(self) -> dict[str, int]:
+        """Rows this agent wrote last, per table."""
+        tables = [t for t, cols in self.columns.items() if "updated_by" in cols]
+        union = " UNION ALL ".join(
+            f"SELECT '{t}' AS t, count(*) AS n FROM {SCHEMA}.{quote_ident(t)} WHERE updated_by = $1" for t in tables
+        )
+        rows = await self._with_connection(lambda c: c.fetch(union, self.agent_id))
+        return {r["t"]: r["n"] for r in rows}
+
+
+async def _table_columns(connection: asyncpg.Connection) -> dict[str, dict[str, str]]:
+    rows = await connection.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = $1",
+        SCHEMA,
+    )
+    columns: dict[str, dict[str, str]] = {}
+    for row in rows:
+        columns.setdefault(row["table_name"], {})[row["column_name"]] = row["data_type"]
+    return columns
+
+
+def _to_wire(value: Any, data_type: str) -> Any:
+    if data_type == "ARRAY" and value is not None:
+        return list(value)
+    return value
+
+
+def _from_wire(column: str, data_type: str) -> str:
+    if data_type == "ARRAY":
+        return (
+            f"CASE WHEN {column} IS NULL THEN NULL "
+            f"ELSE ARRAY(SELECT jsonb_array_elements_text({column}))::varchar[] END"
+        )
+    if data_type == "json":
+        return f"{column}::json"
+    return column
+
+
+def _comparable(column: str, data_type: str) -> str:
+    # json has no equality operator; compare it as jsonb.
+    return f"{column}::jsonb" if data_type == "json" else column
+
+
+def _affected(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _describe(exc: BaseException) -> str:
+    return " ".join((str(exc) or type(exc).__name__).split())

@@ -1,0 +1,314 @@
+"""The embedded SQLite store: stdlib sqlite3 driven from one worker thread.
+
+sqlite3 calls block, so every one of them runs on a single dedicated thread
+(which also satisfies sqlite3's one-thread-per-connection rule); the event loop
+only awaits. JSON and list columns are stored as JSON text, as the original
+agent does. Migrations are ``sql/sqlite/NNNN_*.sql`` with the same history
+table as PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from situation.errors import ConfigError, MigrationError
+from situation.migrations import Applied, Migration, load_migrations, plan
+from situation.store import UpsertResult, conflict_key, prepare_batch, query_text, quote_ident
+
+log = structlog.get_logger("situation.store")
+
+MIN_SQLITE = (3, 35, 0)  # UPSERT, RETURNING, UPDATE … FROM, JSON1
+JSON_COLUMNS = frozenset(
+    {"ip", "flags", "partitions", "config", "tls", "fingerprints", "application_protocols", "args", "files"}
+)
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_HISTORY = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    checksum    TEXT    NOT NULL,
+    applied_at  TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    applied_by  TEXT    NOT NULL DEFAULT 'situation',
+    duration_ms INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+
+def check_sqlite_version() -> None:
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise ConfigError(
+            f"SQLite {sqlite3.sqlite_version} is too old (situation needs 3.35 or newer); "
+            "use a Python built with a recent SQLite, or PostgreSQL"
+        )
+
+
+class SqliteStore:
+    dialect = "sqlite"
+
+    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor, agent_id: str, path: str):
+        self._db = connection
+        self._executor = executor
+        self.agent_id = agent_id
+        self.path = path
+        self._in_transaction: contextvars.ContextVar[bool] = contextvars.ContextVar("situation_sqlite_tx", default=False)
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str, agent_id: str, *, migrate: bool = True) -> SqliteStore:
+        check_sqlite_version()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="situation-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            connection = await loop.run_in_executor(executor, _connect, path)
+        except sqlite3.Error as exc:
+            executor.shutdown(wait=False)
+            raise ConfigError(f'cannot open SQLite database "{path}" ({exc}); check the path and its permissions') from None
+        store = cls(connection, executor, agent_id, path)
+        if migrate:
+            await store.migrate()
+        else:
+            await store.verify_schema()
+        return store
+
+    async def _call(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def close(self) -> None:
+        await self._call(self._db.close)
+        self._executor.shutdown(wait=True)
+
+    # -- migrations --------------------------------------------------------------------
+
+    async def migrate(self, migrations: list[Migration] | None = None) -> list[Migration]:
+        migrations = load_migrations("sqlite") if migrations is None else migrations
+        return await self._call(_migrate, self._db, migrations)
+
+    async def verify_schema(self) -> int:
+        expected = len(load_migrations("sqlite"))
+        found = await self._call(_schema_version, self._db)
+        if found < expected:
+            raise MigrationError(
+                f"SQLite database {self.path} is at schema version {found} but this build needs {expected}; "
+                "run without --no-migration once"
+            )
+        return found
+
+    # -- statements ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self):
+        if self._in_transaction.get():
+            yield
+            return
+        async with self._lock:
+            token = self._in_transaction.set(True)
+            await self._call(self._db.execute, "BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._call(self._db.execute, "ROLLBACK")
+                raise
+            else:
+                await self._call(self._db.execute, "COMMIT")
+            finally:
+                self._in_transaction.reset(token)
+
+    async def _run(self, function, *args):
+        """Run ``function(db, *args)`` inside the current transaction or a new one."""
+        if self._in_transaction.get():
+            return await self._call(function, self._db, *args)
+        async with self.transaction():
+            return await self._call(function, self._db, *args)
+
+    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        sql = to_sqlite_placeholders(query_text(self.dialect, query))
+        return await self._run(_fetch, sql, [_encode(a) for a in args])
+
+    async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
+        rows = await self.fetch(query, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        row = await self.fetchrow(query, *args)
+        return next(iter(row.values())) if row else None
+
+    async def execute(self, query: str, *args: Any) -> int:
+        sql = to_sqlite_placeholders(query_text(self.dialect, query))
+        return await self._run(_execute, sql, [_encode(a) for a in args])
+
+    async def upsert(
+        self,
+        table: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        key: str,
+        update: Sequence[str] | None = None,
+    ) -> UpsertResult:
+        target = conflict_key(table, key)
+        columns, batch, index = prepare_batch(rows, target)
+        if not batch:
+            return UpsertResult()
+        if update is None:
+            update = [c for c in columns if c not in target.columns]
+        statement = _upsert_sql(table, columns, target.target(self.dialect), update)
+        lookup = _lookup_sql(table, target.columns)
+        values = [[_encode(row[c]) for c in columns] + [self.agent_id] for row in batch]
+        keys = [[_encode(row[c]) for c in target.columns] for row in batch]
+        written, batch_ids = await self._run(_upsert_rows, statement, lookup, values, keys)
+        return UpsertResult(written=written, ids=[batch_ids[i] for i in index])
+
+    async def counts(self) -> dict[str, int]:
+        return await self._call(_counts, self._db, self.agent_id)
+
+
+# -- functions run on the worker thread ------------------------------------------------
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.execute("PRAGMA busy_timeout = 10000")
+    if path != ":memory:":
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+    return connection
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+    if not exists:
+        return 0
+    return db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+
+
+def _migrate(db: sqlite3.Connection, migrations: list[Migration]) -> list[Migration]:
+    db.execute("BEGIN IMMEDIATE")  # one writer at a time, also across processes
+    try:
+        db.execute(_HISTORY)
+        history = [
+            Applied(r["version"], r["name"], r["checksum"], r["applied_at"], r["applied_by"], r["duration_ms"])
+            for r in db.execute("SELECT * FROM schema_migrations ORDER BY version")
+        ]
+        pending = plan(migrations, history)
+        for migration in pending:
+            started = time.monotonic()
+            for statement in split_statements(migration.sql):
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_migrations (version, name, checksum, duration_ms) VALUES (?, ?, ?, ?)",
+                (migration.version, migration.name, migration.checksum, int((time.monotonic() - started) * 1000)),
+            )
+        db.execute("COMMIT")
+        return pending
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a script, using sqlite3's own notion of a complete statement."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip() and not all(l.strip().startswith("--") or not l.strip() for l in current.splitlines()):
+        statements.append(current.strip())
+    return statements
+
+
+def _fetch(db: sqlite3.Connection, sql: str, args: list) -> list[dict[str, Any]]:
+    return [_decode_row(row) for row in db.execute(sql, args).fetchall()]
+
+
+def _execute(db: sqlite3.Connection, sql: str, args: list) -> int:
+    return db.execute(sql, args).rowcount
+
+
+def _upsert_rows(db: sqlite3.Connection, statement: str, lookup: str, values: list, keys: list) -> tuple[int, list[int]]:
+    written, ids = 0, []
+    for row, key in zip(values, keys):
+        returned = db.execute(statement, row).fetchone()
+        if returned is not None:
+            written += 1
+            ids.append(returned[0])
+        else:
+            found = db.execute(lookup, key).fetchone()
+            ids.append(found[0] if found else None)
+    return written, ids
+
+
+def _counts(db: sqlite3.Connection, agent_id: str) -> dict[str, int]:
+    tables = [
+        r[0]
+        for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if any(c[1] == "updated_by" for c in db.execute(f"PRAGMA table_info({quote_ident(r[0])})"))
+    ]
+    return {
+        t: db.execute(f"SELECT count(*) FROM {quote_ident(t)} WHERE updated_by = ?", (agent_id,)).fetchone()[0]
+        for t in tables
+    }
+
+
+# -- SQL text ------------------------------------------------------------------------------
+
+
+def to_sqlite_placeholders(sql: str) -> str:
+    """``$1`` → ``?1``: the portable queries are written with PostgreSQL's numbered placeholders."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+def _upsert_sql(table: str, columns: list[str], target: str, update: Sequence[str]) -> str:
+    names = ", ".join(quote_ident(c) for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    sql = (
+        f"INSERT INTO {quote_ident(table)} AS t ({names}, updated_by) VALUES ({marks}, ?) "
+        f"ON CONFLICT ({target}) "
+    )
+    if not update:
+        return sql + "DO NOTHING RETURNING id"
+    assignments = [f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in update]
+    assignments += ["updated_at = CURRENT_TIMESTAMP", "updated_by = excluded.updated_by"]
+    changed = " OR ".join(f"t.{quote_ident(c)} IS NOT excluded.{quote_ident(c)}" for c in update)
+    return sql + f"DO UPDATE SET {', '.join(assignments)} WHERE {changed} RETURNING id"
+
+
+def _lookup_sql(table: str, key_columns: Sequence[str]) -> str:
+    matches = " AND ".join(f"{quote_ident(c)} IS ?" for c in key_columns)
+    return f"SELECT id FROM {quote_ident(table)} WHERE {matches}"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
+def _decode_row(row: sqlite3.Row) -> dict[str, Any]:
+    decoded = {}
+    for name in row.keys():
+        value = row[name]
+        if name in JSON_COLUMNS and isinstance(value, str) and value[:1] in ("[", "{"):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        decoded[name] = value
+    return decoded
