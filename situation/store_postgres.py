@@ -48,10 +48,12 @@ _ARRAY_CASTS = {
     "boolean": "boolean[]",
     "character varying": "text[]",
     "text": "text[]",
-    "json": "jsonb[]",
-    "jsonb": "jsonb[]",
+    # JSON values and per-row lists travel as JSON text: asyncpg would read a list
+    # inside an array parameter as one more array dimension.
+    "json": "text[]",
+    "jsonb": "text[]",
+    "ARRAY": "text[]",
     "timestamp with time zone": "timestamptz[]",
-    "ARRAY": "jsonb[]",  # a list per row travels as JSON, and is turned back into an array
 }
 
 
@@ -246,8 +248,8 @@ async def _table_columns(connection: asyncpg.Connection) -> dict[str, dict[str, 
 
 
 def _to_wire(value: Any, data_type: str) -> Any:
-    if data_type == "ARRAY" and value is not None:
-        return list(value)
+    if data_type in ("json", "jsonb", "ARRAY") and value is not None:
+        return json.dumps(list(value) if data_type == "ARRAY" else value, separators=(",", ":"))
     return value
 
 
@@ -255,10 +257,10 @@ def _from_wire(column: str, data_type: str) -> str:
     if data_type == "ARRAY":
         return (
             f"CASE WHEN {column} IS NULL THEN NULL "
-            f"ELSE ARRAY(SELECT jsonb_array_elements_text({column}))::varchar[] END"
+            f"ELSE ARRAY(SELECT jsonb_array_elements_text({column}::jsonb))::varchar[] END"
         )
-    if data_type == "json":
-        return f"{column}::json"
+    if data_type in ("json", "jsonb"):
+        return f"{column}::{data_type}"
     return column
 
 

@@ -1,0 +1,129 @@
+"""The store on both backends: batched upserts, idempotence, ids, JSON and arrays."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from situation.store import is_postgres_dsn, open_store, prepare_batch, CONFLICT_KEYS
+from situation.errors import ConfigError
+
+AGENT = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        dsn = str(tmp_path / "situation.sqlite")
+    else:
+        cluster = request.getfixturevalue("tls_cluster")
+        name = request.getfixturevalue("fresh_database")("store")
+        dsn = cluster.superuser_dsn(name)
+    opened = await open_store(dsn, AGENT)
+    yield opened
+    await opened.close()
+
+
+async def host(store) -> int:
+    result = await store.upsert("machines", [{"agent": AGENT, "hostname": "h1", "platform": "linux"}], key="agent")
+    return result.ids[0]
+
+
+async def test_upsert_inserts_then_changes_nothing(store):
+    first = await store.upsert("machines", [{"agent": AGENT, "hostname": "h1", "uptime": 5}], key="agent")
+    assert first.written == 1 and first.ids[0] is not None
+    again = await store.upsert("machines", [{"agent": AGENT, "hostname": "h1", "uptime": 5}], key="agent")
+    assert again.written == 0 and again.ids == first.ids
+    changed = await store.upsert("machines", [{"agent": AGENT, "hostname": "h2", "uptime": 5}], key="agent")
+    assert changed.written == 1 and changed.ids == first.ids
+    assert await store.counts() == {**{t: 0 for t in await store.counts()}, "machines": 1}
+
+
+async def test_batches_are_deduplicated_and_ids_follow_input_order(store):
+    machine = await host(store)
+    rows = [
+        {"uid": uid, "gid": "0", "name": name, "username": name, "domain": "", "machine_id": machine}
+        for uid, name in [("1000", "bob"), ("0", "root"), ("1000", "bobby"), ("5", "games")]
+    ]
+    result = await store.upsert("users", rows, key="machine_user")
+    assert result.written == 3
+    assert result.ids[0] == result.ids[2] and len(set(result.ids)) == 3
+    assert (await store.upsert("users", rows, key="machine_user")).written == 0
+
+
+async def test_json_and_ip_lists_round_trip(store):
+    machine = await host(store)
+    nic = {
+        "name": "eth0", "mac": "52:54:00:ab:cd:ef", "ip": ["192.168.1.10", "fe80::1"], "tag": "",
+        "flags": {"up": True, "broadcast": True}, "machine_id": machine, "gateway": None, "mac_vendor": None,
+    }
+    first = await store.upsert("network_interfaces", [nic], key="machine_mac_tag")
+    assert first.written == 1
+    assert (await store.upsert("network_interfaces", [nic], key="machine_mac_tag")).written == 0
+    nic["ip"] = ["192.168.1.10"]
+    assert (await store.upsert("network_interfaces", [nic], key="machine_mac_tag")).written == 1
+    disk = {"name": "vda", "model": "x", "size": 10, "type": "hdd", "controller": "virtio",
+            "partitions": [{"name": "vda1", "size": 5}], "machine_id": machine}
+    await store.upsert("disks", [disk], key="machine_disk_name")
+    assert (await store.upsert("disks", [disk], key="machine_disk_name")).written == 0
+
+
+async def test_null_key_parts_do_not_duplicate(store):
+    flow = {"src_application_id": None, "src_addr": "10.0.0.9", "dst_endpoint_id": None, "src_network_interface_id": None}
+    for _ in range(3):
+        result = await store.upsert("flows", [flow], key="flow_src_dst")
+    assert result.written == 0 and result.ids[0] is not None
+    endpoint = {"port": 22, "protocol": "tcp", "addr": "10.0.0.2", "network_interface_id": None}
+    ids = {(await store.upsert("application_endpoints", [endpoint], key="port_protocol_addr_network_interface_id")).ids[0]
+           for _ in range(2)}
+    assert len(ids) == 1
+
+
+async def test_do_nothing_upsert(store):
+    subnet = {"network_cidr": "10.1.0.0/24", "network_addr": "10.1.0.0", "mask_size": 24, "ip_version": 4, "tag": ""}
+    first = await store.upsert("subnetworks", [subnet], key="cidr_tag", update=[])
+    second = await store.upsert("subnetworks", [{**subnet, "gateway": "10.1.0.1"}], key="cidr_tag", update=[])
+    assert first.written == 1 and second.written == 0 and first.ids == second.ids
+
+
+async def test_empty_batch_is_a_noop(store):
+    result = await store.upsert("disks", [], key="machine_disk_name")
+    assert result.written == 0 and result.ids == []
+
+
+async def test_named_query_and_transaction_rollback(store):
+    assert await store.fetchval("ping") == 1
+    with pytest.raises(RuntimeError):
+        async with store.transaction():
+            await store.upsert("machines", [{"agent": "f" * 32, "hostname": "gone"}], key="agent")
+            raise RuntimeError("abort")
+    assert (await store.counts())["machines"] == 0
+
+
+async def test_concurrent_upserts_of_the_same_rows(store):
+    machine = await host(store)
+    rows = [{"name": f"pkg{i}", "version": "1", "vendor": "", "manager": "dpkg", "install_time_unix": 0,
+             "files": [], "machine_id": machine} for i in range(200)]
+    results = await asyncio.gather(*(
+        store.upsert("packages", list(reversed(rows)) if n % 2 else rows, key="name_version_machine_id")
+        for n in range(6)
+    ))
+    assert sum(r.written for r in results) == 200
+    assert (await store.counts())["packages"] == 200
+
+
+def test_backend_detection():
+    assert is_postgres_dsn("postgresql://u@h/db") and is_postgres_dsn("host=h dbname=d")
+    assert not is_postgres_dsn("/var/lib/situation/situation.sqlite")
+    assert not is_postgres_dsn(":memory:") and not is_postgres_dsn("file:x.db?mode=ro")
+    with pytest.raises(ConfigError, match="mysql"):
+        is_postgres_dsn("mysql://u@h/db")
+
+
+def test_prepare_batch_sorts_by_key():
+    key = CONFLICT_KEYS["packages"]["name_version_machine_id"]
+    rows = [{"name": n, "version": "1", "machine_id": 1} for n in ("b", "a", "b", "c")]
+    _columns, batch, index = prepare_batch(rows, key)
+    assert [r["name"] for r in batch] == ["a", "b", "c"]
+    assert index == [1, 0, 1, 2]
