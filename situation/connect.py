@@ -241,16 +241,23 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
     if isinstance(exc, asyncpg.TooManyConnectionsError) or "too many connections" in lowered:
         return ConnectError(
             f"server at {where} has too many connections; raise max_connections, "
-            "lower the agents' pool size, or put PgBouncer in front"
+            "lower the agents' pool size, or put PgBouncer in front",
+            transient=True,
         )
     if isinstance(exc, asyncpg.CannotConnectNowError):
-        return ConnectError(f"server at {where} is starting up or shutting down; try again shortly")
+        return ConnectError(f"server at {where} is starting up or shutting down; try again shortly", transient=True)
     if isinstance(exc, asyncio.TimeoutError):
-        return ConnectError(f"timed out connecting to {where}; check the address and firewalls, or raise connect_timeout")
+        return ConnectError(
+            f"timed out connecting to {where}; check the address and firewalls, or raise connect_timeout",
+            transient=True,
+        )
     if isinstance(exc, socket.gaierror):
-        return ConnectError(f"cannot resolve host {endpoint.host!r}; check the host name")
+        return ConnectError(f"cannot resolve host {endpoint.host!r}; check the host name", transient=True)
     if isinstance(exc, OSError):
-        return ConnectError(f"cannot reach server at {where} ({exc.strerror or text}); is it running and listening there?")
+        return ConnectError(
+            f"cannot reach server at {where} ({exc.strerror or text}); is it running and listening there?",
+            transient=True,
+        )
     if isinstance(exc, asyncpg.PostgresError):
         return ConnectError(f"server at {where} refused the connection: {text}")
     return ConnectError(f"cannot connect to {where}: {text}")

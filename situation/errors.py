@@ -18,7 +18,15 @@ class DsnError(ConfigError):
 
 
 class ConnectError(SituationError):
-    """The database could not be reached, or refused us."""
+    """The database could not be reached, or refused us.
+
+    ``transient`` marks what may pass by itself (server down, starting, full):
+    the daemon waits for those and gives up at once on the others.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class MigrationError(SituationError):

@@ -93,8 +93,12 @@ async def run_cycle(
     make_context: Callable[[ModuleSpec], Context],
     *,
     fail_fast: bool = False,
+    stopping: asyncio.Event | None = None,
 ) -> list[ModuleResult]:
-    """Run one cycle; results come back in the order modules finished."""
+    """Run one cycle; results come back in the order modules finished.
+
+    Once ``stopping`` is set no further module starts; running ones go on.
+    """
     finished = {name: asyncio.Event() for name in modules}
     results: dict[str, ModuleResult] = {}
     order: list[str] = []
@@ -105,7 +109,9 @@ async def run_cycle(
                 if dependency in finished:
                     await finished[dependency].wait()
             blockers = [d for d in spec.depends if d in results and results[d].status in _BLOCKING]
-            if blockers:
+            if stopping is not None and stopping.is_set():
+                result = ModuleResult(spec.name, CANCELLED, detail="agent stopping")
+            elif blockers:
                 result = ModuleResult(spec.name, BLOCKED, detail=f"dependency {', '.join(blockers)} did not succeed")
             else:
                 result = await _execute(spec, make_context(spec))

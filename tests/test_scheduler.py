@@ -1,0 +1,115 @@
+"""The scheduler: order, overlap, cycles, disabled dependencies, failures, fail-fast, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import structlog
+
+from situation.errors import ConfigError
+from situation.hostroot import HostRoot
+from situation.module import Context, ModuleSpec, Skip
+from situation.scheduler import ModuleFailed, plan, run_cycle
+
+
+def spec(name, depends=(), *, sleep=0.0, fail=None, timeout=5.0, log=None, rows=0):
+    async def run(ctx):
+        log.append(("start", name, time.monotonic())) if log is not None else None
+        await asyncio.sleep(sleep)
+        if fail == "error":
+            raise RuntimeError(f"{name} broke")
+        if fail == "skip":
+            raise Skip("not here")
+        ctx.count(rows)
+        log.append(("end", name, time.monotonic())) if log is not None else None
+
+    return ModuleSpec(name, run, tuple(depends), (), timeout)
+
+
+def context(module_spec):
+    return Context(store=None, log=structlog.get_logger().bind(module=module_spec.name), agent_id="a" * 32,
+                   options={}, root=HostRoot())
+
+
+def registry(*specs):
+    return {s.name: s for s in specs}
+
+
+async def test_dependencies_run_first_and_independent_modules_overlap():
+    log = []
+    modules = registry(
+        spec("fingerprint", log=log, sleep=0.01),
+        spec("host-basic", ["fingerprint"], log=log, sleep=0.01),
+        spec("host-cpu", ["host-basic"], log=log, sleep=0.2),
+        spec("host-disk", ["host-basic"], log=log, sleep=0.2),
+        spec("local-users", ["host-basic"], log=log, sleep=0.2),
+    )
+    started = time.monotonic()
+    results = await run_cycle(plan(modules, set()), context)
+    assert time.monotonic() - started < 0.5  # the three 0.2 s modules ran together
+    assert {r.status for r in results} == {"ok"}
+    when = {(kind, name): t for kind, name, t in log}
+    for child in ("host-cpu", "host-disk", "local-users"):
+        assert when[("start", child)] >= when[("end", "host-basic")]
+    assert when[("end", "host-basic")] >= when[("end", "fingerprint")]
+    starts = sorted(when[("start", c)] for c in ("host-cpu", "host-disk", "local-users"))
+    assert starts[-1] < min(when[("end", c)] for c in ("host-cpu", "host-disk", "local-users"))
+
+
+def test_cycles_are_detected_at_start():
+    modules = registry(spec("a", ["c"]), spec("b", ["a"]), spec("c", ["b"]))
+    with pytest.raises(ConfigError, match="cycle: a -> c -> b -> a"):
+        plan(modules, set())
+
+
+def test_disabled_dependency_disables_dependents():
+    modules = registry(spec("a"), spec("b", ["a"]), spec("c", ["b"]), spec("d"))
+    assert set(plan(modules, {"a"})) == {"d"}
+    assert set(plan(modules, {"a"}, ignore_missing_deps=True)) == {"b", "c", "d"}
+
+
+def test_unknown_module_name_is_refused():
+    with pytest.raises(ConfigError, match="unknown module"):
+        plan(registry(spec("a")), {"nope"})
+
+
+async def test_ignored_missing_dependency_still_runs():
+    results = await run_cycle(plan(registry(spec("a"), spec("b", ["a"])), {"a"}, ignore_missing_deps=True), context)
+    assert [(r.name, r.status) for r in results] == [("b", "ok")]
+
+
+async def test_failure_blocks_dependents_only():
+    modules = registry(spec("a", fail="error"), spec("b", ["a"]), spec("c", ["b"]), spec("d", rows=3))
+    results = {r.name: r for r in await run_cycle(plan(modules, set()), context)}
+    assert results["a"].status == "failed" and "a broke" in results["a"].detail
+    assert results["b"].status == "blocked" and results["c"].status == "blocked"
+    assert results["d"].status == "ok" and results["d"].rows == 3
+
+
+async def test_skip_is_not_a_failure():
+    results = {r.name: r for r in await run_cycle(plan(registry(spec("a", fail="skip"), spec("b", ["a"])), set()), context)}
+    assert results["a"].status == "skipped" and results["b"].status == "ok"
+
+
+async def test_fail_fast_stops_the_cycle():
+    log = []
+    modules = registry(spec("a", fail="error"), spec("slow", sleep=2, log=log), spec("b", ["a"], log=log))
+    started = time.monotonic()
+    with pytest.raises(ModuleFailed, match="module a failed"):
+        await run_cycle(plan(modules, set()), context, fail_fast=True)
+    assert time.monotonic() - started < 1
+    assert ("end", "slow") not in {(k, n) for k, n, _t in log}
+
+
+async def test_timeout():
+    results = {r.name: r for r in await run_cycle(plan(registry(spec("a", sleep=5, timeout=0.1)), set()), context)}
+    assert results["a"].status == "timeout"
+
+
+async def test_stopping_prevents_new_modules():
+    stopping = asyncio.Event()
+    stopping.set()
+    results = await run_cycle(plan(registry(spec("a"), spec("b", ["a"])), set()), context, stopping=stopping)
+    assert {r.status for r in results} == {"cancelled"}
