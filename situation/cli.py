@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import structlog
 import uvloop
 
 from situation import __version__, logs
+from situation.config import click_options, convert, core_settings, defaults_document, module_settings
 from situation.dsn import ConnectParams, parse_dsn
 from situation.errors import ConfigError, SituationError
+from situation.module import load_builtin_modules
 
 log = structlog.get_logger("situation")
 
@@ -182,31 +186,103 @@ def grant(dsn: str | None, role: str, reader: bool) -> None:
     click.echo(f"{role} is now a member of {group}")
 
 
+MODULES = load_builtin_modules()
+RUN_SETTINGS = core_settings() + module_settings(MODULES)
+
+
 @cli.command()
 @database_options
-@click.option("--once", is_flag=True, help="Run one collection cycle and exit.")
-@click.option("--no-migration", "--no-migrate", "no_migration", is_flag=True,
-              help="Never change the schema; refuse to start if it is behind this build.")
-def run(dsn: str | None = None, once: bool = False, no_migration: bool = False) -> None:
-    """Run the agent (the default command)."""
-    if dsn is None:
-        raise ConfigError("the embedded SQLite store is not available yet; give a PostgreSQL DSN with --db")
-    params = postgres_params(dsn)
-    run_async(_prepare_database(params, no_migration))
-    log.info("database ready; collection modules are not part of this build yet")
+@click_options(RUN_SETTINGS)
+def run(dsn: str | None = None, **values) -> None:
+    """Run the agent (the default command): a cycle every --interval, or one with --once."""
+    from situation.agent import Agent
+
+    config = agent_config(dsn, values)
+    status = run_async(Agent(config).run())
+    sys.exit(status)
 
 
-async def _prepare_database(params: ConnectParams, no_migration: bool) -> None:
-    from situation import migrations
+def agent_config(dsn: str | None, values: dict):
+    from situation.agent import AgentConfig
+    from situation.identity import default_state_dir, resolve_agent_id
 
-    connection = await _direct_connection(params)
+    settings = {s.dest: convert(s, values.get(s.dest)) for s in RUN_SETTINGS}
+    state_dir = Path(settings["state_dir"]) if settings["state_dir"] else default_state_dir()
+    module_options: dict[str, dict] = {}
+    for setting in RUN_SETTINGS:
+        if setting.option is not None and values.get(setting.dest) is not None:
+            module_options.setdefault(setting.module, {})[setting.option] = settings[setting.dest]
+    summary = settings["summary"]
+    return AgentConfig(
+        dsn=dsn,
+        state_dir=state_dir,
+        agent_id=resolve_agent_id(settings["agent_id"], state_dir),
+        once=settings["once"],
+        interval=settings["interval"],
+        no_migration=settings["no_migration"],
+        fail_fast=settings["fail_fast"],
+        ignore_missing_deps=settings["ignore_missing_deps"],
+        disabled={s.module for s in RUN_SETTINGS if s.key.startswith("no-module-") and settings[s.dest]},
+        module_options=module_options,
+        pool_size=settings["pool_size"],
+        statement_cache=not settings["no_statement_cache"],
+        summary=sys.stdout.isatty() if summary is None else summary,
+    )
+
+
+@cli.command()
+def defaults() -> None:
+    """Print every setting of `run` as JSON: default, current value, flag and environment name."""
+    from situation.dsn import redact_dsn
+
+    document = {
+        "db": {"default": None, "value": redact_dsn(os.environ["SITUATION_DB"]) if os.environ.get("SITUATION_DB") else None,
+               "flag": "--db", "env": "SITUATION_DB", "env_aliases": [],
+               "help": "Database: a PostgreSQL DSN, or an SQLite path (default: situation.sqlite in the state directory)."},
+        "db-file": {"default": None, "value": os.environ.get("SITUATION_DB_FILE") or None, "flag": "--db-file",
+                    "env": "SITUATION_DB_FILE", "env_aliases": [], "help": "A file holding the DSN."},
+    }
+    document.update(defaults_document(RUN_SETTINGS))
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@cli.command(name="id")
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="SITUATION_STATE_DIR", help="State directory.")
+def show_id(state_dir: Path | None) -> None:
+    """Print this agent's id (created on first use)."""
+    from situation.identity import AGENT_ID_ENV, default_state_dir, resolve_agent_id
+
+    click.echo(resolve_agent_id(os.environ.get(AGENT_ID_ENV) or None, state_dir or default_state_dir()))
+
+
+@cli.command(name="refresh-id")
+@click.argument("hex_id", metavar="[HEX]", required=False)
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="SITUATION_STATE_DIR", help="State directory.")
+def refresh_id(hex_id: str | None, state_dir: Path | None) -> None:
+    """Give this agent a new id: HEX (32 hex digits) or 16 random bytes."""
+    from situation.identity import default_state_dir, new_agent_id, parse_agent_id, write_agent_id
+
+    agent_id = parse_agent_id(hex_id) if hex_id else new_agent_id()
+    click.echo(write_agent_id(state_dir or default_state_dir(), agent_id))
+
+
+@cli.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="SITUATION_STATE_DIR", help="State directory.")
+def health(state_dir: Path | None) -> None:
+    """Exit 0 when the running daemon finished a cycle recently and its database was up."""
+    from situation.agent import HEALTH_FILE
+    from situation.identity import default_state_dir
+
+    path = (state_dir or default_state_dir()) / HEALTH_FILE
     try:
-        if no_migration:
-            await migrations.verify_agent_schema(connection)
-        else:
-            await migrations.migrate(connection)
-    finally:
-        await connection.close()
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise SituationError(f"no health record at {path} yet; the daemon has not finished a cycle") from None
+    if time.time() > record.get("next_cycle_before", 0):
+        raise SituationError("the daemon's last cycle is overdue; check its logs")
+    if record.get("database") != "up":
+        raise SituationError("the daemon cannot reach its database; check its logs")
+    click.echo("healthy")
 
 
 @cli.command()

@@ -144,7 +144,6 @@ async def _execute(spec: ModuleSpec, context: Context) -> ModuleResult:
         async with asyncio.timeout(spec.timeout):
             await spec.run(context)
     except Skip as reason:
-        context.log.warning("module does not apply here", reason=str(reason))
         return ModuleResult(spec.name, SKIPPED, time.monotonic() - started, context.rows_written, str(reason))
     except TimeoutError:
         return ModuleResult(spec.name, TIMEOUT, time.monotonic() - started, context.rows_written,

@@ -121,3 +121,15 @@ def fresh_database(tls_cluster: Cluster):
     for name in reversed(created):
         tls_cluster.drop_database(name)
 
+
+
+@pytest.fixture
+def test_host():
+    """An isolated host (network namespace + veth to a peer namespace); see support/netns.py."""
+    from support.netns import TestHost, netns_available
+
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    host = TestHost().create()
+    yield host
+    host.destroy()

@@ -1,0 +1,296 @@
+"""The agent service: open the store, run cycles, sleep, survive the database going away.
+
+``run --once`` does one cycle. Otherwise cycles repeat every ``interval`` (plus
+a little jitter, so a fleet does not hit the database in step) until SIGTERM
+or SIGINT; then no new module starts, running ones get a few seconds to
+finish their transactions, the pool closes and the process exits 0.
+
+When the database is unreachable (at start or mid-run) the agent says so once
+per change of state and retries with capped exponential backoff and jitter.
+Upserts are idempotent, so a cycle re-run after an outage duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from situation.errors import ConfigError, SituationError
+from situation.hostroot import HostRoot
+from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
+from situation.notify import Notifier
+from situation.scheduler import ModuleFailed, ModuleResult, plan, run_cycle
+from situation.store import Store, is_postgres_dsn, open_store
+from situation.store_postgres import StoreUnavailable
+
+log = structlog.get_logger("situation.agent")
+
+DEFAULT_INTERVAL = 15 * 60.0
+SHUTDOWN_GRACE = 5.0
+BACKOFF_START, BACKOFF_CAP = 1.0, 60.0
+HEALTH_FILE = "health.json"
+DEFAULT_SQLITE_NAME = "situation.sqlite"
+
+# Kinds shown in the --once summary, in this order.
+SUMMARY_KINDS = (
+    ("machines", "machines"), ("network_interfaces", "interfaces"), ("subnetworks", "subnetworks"),
+    ("cpus", "cpus"), ("gpus", "gpus"), ("disks", "disks"), ("users", "users"), ("packages", "packages"),
+    ("applications", "applications"), ("application_endpoints", "endpoints"), ("flows", "flows"),
+)
+
+
+@dataclass
+class AgentConfig:
+    dsn: str | None
+    state_dir: Path
+    agent_id: str
+    once: bool = False
+    interval: float = DEFAULT_INTERVAL
+    no_migration: bool = False
+    fail_fast: bool = False
+    ignore_missing_deps: bool = False
+    disabled: set[str] = field(default_factory=set)
+    module_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    pool_size: int = 4
+    statement_cache: bool = True
+    summary: bool = False
+
+    @property
+    def database(self) -> str:
+        return self.dsn or str(self.state_dir / DEFAULT_SQLITE_NAME)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, registry: Mapping[str, ModuleSpec] | None = None):
+        self.config = config
+        self.modules = plan(
+            registry if registry is not None else load_builtin_modules(),
+            config.disabled,
+            ignore_missing_deps=config.ignore_missing_deps,
+        )
+        self.root = HostRoot.from_environment()
+        self.notifier = Notifier()
+        self.stopping = asyncio.Event()
+        self.store: Store | None = None
+        self._database_up: bool | None = None
+        self._backoff = BACKOFF_START / 2
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._install_signal_handlers()
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            self.store = await self._open_store()
+            if self.store is None:  # stopped while waiting for the database
+                return 0
+            self.notifier.ready(status="first cycle")
+            return await self._loop()
+        finally:
+            self.notifier.stopping()
+            watchdog.cancel()
+            if self.store is not None:
+                await self.store.close()
+
+    async def _loop(self) -> int:
+        while True:
+            results, healthy = await self._guarded_cycle()
+            if self.config.once:
+                if self.config.summary:
+                    await self._print_summary()
+                return 0 if healthy else 1
+            delay = self._next_delay(healthy)
+            self._write_health(results, healthy, delay)
+            if await self._sleep(delay):
+                return 0
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(number, self._stop, number)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+
+    def _stop(self, number: int) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping", signal=signal.Signals(number).name)
+        self.stopping.set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; True when asked to stop meanwhile."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+            return True
+        except asyncio.TimeoutError:
+            return self.stopping.is_set()
+
+    # -- the database ---------------------------------------------------------------------
+
+    async def _open_store(self) -> Store | None:
+        database = self.config.database
+        if not is_postgres_dsn(database):
+            log.info("using the embedded SQLite database", path=database)
+        delay = BACKOFF_START
+        while True:
+            try:
+                store = await open_store(
+                    database,
+                    self.config.agent_id,
+                    migrate=not self.config.no_migration,
+                    max_size=self.config.pool_size,
+                    statement_cache=self.config.statement_cache,
+                )
+                self._database_state(True)
+                return store
+            except (ConfigError, ModuleFailed):
+                raise
+            except SituationError as exc:
+                if self.config.once or not _is_transient(exc):
+                    raise
+                self._database_state(False, str(exc))
+            if await self._sleep(_jittered(delay)):
+                return None
+            delay = min(delay * 2, BACKOFF_CAP)
+
+    def _database_state(self, up: bool, reason: str = "") -> None:
+        """Log the database's state once per change, not once per retry."""
+        if up == self._database_up:
+            return
+        if up and self._database_up is False:
+            log.info("database reachable again")
+        elif not up:
+            log.error("database unreachable, retrying with backoff", reason=reason)
+        self._database_up = up
+
+    async def _database_usable(self) -> bool:
+        try:
+            await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
+        except (SituationError, OSError, asyncio.TimeoutError) as exc:
+            self._database_state(False, str(exc))
+            return False
+        self._database_state(True)
+        return True
+
+    # -- cycles ---------------------------------------------------------------------------
+
+    async def _guarded_cycle(self) -> tuple[list[ModuleResult], bool]:
+        """One cycle, bounded at shutdown; returns its results and whether the database held up."""
+        host = HostMachine()  # resolved afresh every cycle by fingerprint / host-basic
+        cycle = asyncio.create_task(
+            run_cycle(
+                self.modules,
+                lambda spec: self._context(spec, host),
+                fail_fast=self.config.fail_fast,
+                stopping=self.stopping,
+            )
+        )
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({cycle, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not cycle.done():
+                # Asked to stop: running modules get a few seconds to finish their transactions.
+                await asyncio.wait({cycle}, timeout=SHUTDOWN_GRACE)
+                if not cycle.done():
+                    cycle.cancel()
+                    await asyncio.gather(cycle, return_exceptions=True)
+                    return [], True
+            results = cycle.result()
+        finally:
+            stop_wait.cancel()
+        healthy = await self._database_usable()
+        self.notifier.status(_status_line(results, healthy))
+        return results, healthy
+
+    def _context(self, spec: ModuleSpec, host: HostMachine) -> Context:
+        options = {o.name: o.default for o in spec.options}
+        options.update(self.config.module_options.get(spec.name, {}))
+        return Context(
+            store=self.store,
+            log=structlog.get_logger(f"situation.modules.{spec.name}").bind(module=spec.name),
+            agent_id=self.config.agent_id,
+            options=options,
+            root=self.root,
+            host=host,
+        )
+
+    def _next_delay(self, healthy: bool) -> float:
+        if not healthy:
+            self._backoff = min(self._backoff * 2, BACKOFF_CAP)
+            return _jittered(self._backoff)
+        self._backoff = BACKOFF_START / 2
+        return self.config.interval + random.uniform(0, min(self.config.interval * 0.1, 60.0))
+
+    def _write_health(self, results: list[ModuleResult], healthy: bool, delay: float) -> None:
+        """What `situation health` reads: when the next cycle is due, and how the last one went."""
+        now = time.time()
+        record = {
+            "pid": os.getpid(),
+            "finished_at": now,
+            "next_cycle_before": now + delay + SHUTDOWN_GRACE + 60,
+            "database": "up" if healthy else "down",
+            "failed_modules": [r.name for r in results if r.failed],
+        }
+        path = self.config.state_dir / HEALTH_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(record))
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.debug("cannot write the health file", path=str(path), error=str(exc))
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if not interval:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _print_summary(self) -> None:
+        try:
+            counts = await self.store.counts()
+        except SituationError:
+            return
+        where = _describe_database(self.config.database)
+        print(f"recorded in {where}:", file=sys.stdout)
+        for table, label in SUMMARY_KINDS:
+            if counts.get(table):
+                print(f"  {label:<13} {counts[table]}", file=sys.stdout)
+
+
+def _status_line(results: list[ModuleResult], healthy: bool) -> str:
+    failed = [r.name for r in results if r.failed]
+    text = f"{len(results)} modules, {sum(r.rows for r in results)} rows written"
+    if failed:
+        text += f", failed: {', '.join(failed)}"
+    return text if healthy else text + ", database unreachable"
+
+
+def _describe_database(database: str) -> str:
+    if not is_postgres_dsn(database):
+        return f"SQLite {database}"
+    from situation.dsn import parse_dsn
+
+    return "PostgreSQL " + parse_dsn(database).redacted()
+
+
+def _is_transient(exc: SituationError) -> bool:
+    """Worth waiting for: the server is down or busy. Bad credentials or TLS are not."""
+    return isinstance(exc, StoreUnavailable) or getattr(exc, "transient", False)
+
+
+def _jittered(seconds: float) -> float:
+    return seconds * random.uniform(0.5, 1.0)
