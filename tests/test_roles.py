@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import asyncpg
 import pytest
-from support.cluster import clean_environ
 
 from situation import migrations
 from situation.connect import connect
@@ -154,31 +150,8 @@ async def test_non_superuser_owner_can_migrate(tls_cluster, fresh_database, cert
         await owner.close()
 
 
-def _run_cli(*args, home):
-    return subprocess.run(
-        [sys.executable, "-m", "situation", *args],
-        env=clean_environ(HOME=str(home)), capture_output=True, text=True, timeout=60,
-    )
-
-
-def test_no_migration_agent_starts_on_a_migrated_database(migrated, tls_cluster, certs, tmp_path):
-    dsn = tls_cluster.uri(AGENT, AGENT_PASSWORD, dbname=migrated[0], sslmode="verify-full", sslrootcert=certs.ca_crt)
-    result = _run_cli("run", "--once", "--no-migration", "--db", dsn, home=tmp_path)
-    assert result.returncode == 0, result.stderr
-    result = _run_cli("run", "--once", "--no-migrate", "--db", dsn, home=tmp_path)
-    assert result.returncode == 0, result.stderr
-
-
-def test_no_migration_agent_refuses_an_unmigrated_database(tls_cluster, fresh_database, certs, login_roles, tmp_path):
-    name = fresh_database("bare")
-    dsn = tls_cluster.uri(AGENT, AGENT_PASSWORD, dbname=name, sslmode="verify-full", sslrootcert=certs.ca_crt)
-    result = _run_cli("run", "--once", "--no-migration", "--db", dsn, home=tmp_path)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
-        f"situation: error: database schema is at version 0 but this build needs {migrations.latest_version()}; "
-        "run `situation migrate` with an owner role"
-    ]
-    assert tls_cluster.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'situation'", dbname=name) == "0"
+# `run --no-migration` as an agent role runs whole cycles, so it is tested inside an
+# isolated host in test_agent.py.
 
 
 async def test_no_migration_refuses_a_database_one_version_behind(migrated):

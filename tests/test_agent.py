@@ -1,0 +1,247 @@
+"""The agent as a process, inside an isolated test host (DEVELOPERS.md, rule 1).
+
+Every test here runs whole cycles, so the agent runs in a network namespace
+(support/netns.py) behind a guard that refuses the machine's own namespace;
+PostgreSQL is reached over its Unix socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from support.cluster import Cluster, clean_environ
+
+from situation import migrations
+
+AGENT_ID = "5a17da7a5a17da7a5a17da7a5a17da7a"
+TABLES = ("machines", "network_interfaces", "subnetworks", "network_interface_subnets", "cpus", "disks", "users")
+
+
+def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"), **extra)
+
+
+def situation(test_host, *args, env, timeout=120):
+    return test_host.run(sys.executable, "-m", "situation", *args, env=env, timeout=timeout)
+
+
+def sqlite_counts(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+def pg_counts(cluster, database) -> dict[str, int]:
+    return {t: int(cluster.psql(f"SELECT count(*) FROM situation.{t}", dbname=database)) for t in TABLES}
+
+
+def test_guard_refuses_the_machine_namespace(tmp_path):
+    from support.netns import GUARD, home_namespace
+
+    env = {**agent_env(tmp_path), "SITUATION_TEST_HOME_NETNS": str(home_namespace())}
+    result = subprocess.run([sys.executable, str(GUARD), "true"], env=env, capture_output=True, text=True)
+    assert result.returncode == 97 and "refusing" in result.stderr
+
+
+def test_once_on_the_default_sqlite_database(test_host, tmp_path):
+    env = agent_env(tmp_path)
+    first = situation(test_host, "run", "--once", "--summary", env=env)
+    assert first.returncode == 0, first.stderr
+    database = tmp_path / "state" / "situation.sqlite"
+    assert f"recorded in SQLite {database}:" in first.stdout
+    assert "machines" in first.stdout and "interfaces" in first.stdout
+    logs = [json.loads(line) for line in first.stderr.splitlines()]  # JSON lines: stderr is not a terminal
+    assert {"event", "level", "timestamp"} <= set(logs[0])
+    assert any(line["event"] == "cycle finished" for line in logs)
+    counts = sqlite_counts(database)
+    second = situation(test_host, "run", "--once", env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == ""  # no summary when stdout is not a terminal
+    assert sqlite_counts(database) == counts
+
+
+def test_real_run_records_this_host(test_host, tmp_path):
+    """The rows of one real cycle, checked against the machine's own facts."""
+    env = agent_env(tmp_path, SITUATION_AGENT_ID=AGENT_ID)
+    database = tmp_path / "agent.sqlite"
+    result = situation(test_host, "run", "--once", "--db", str(database), env=env)
+    assert result.returncode == 0, result.stderr
+    db = sqlite3.connect(database)
+    db.row_factory = sqlite3.Row
+    machine = db.execute("SELECT * FROM machines WHERE agent = ?", (AGENT_ID,)).fetchone()
+    assert machine["hostname"] == socket.gethostname()
+    assert machine["arch"] == os.uname().machine and machine["platform"] == "linux"
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    assert abs(machine["uptime"] / 1e9 - uptime) < 60
+    release = dict(
+        line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
+    )
+    assert machine["distribution"] == release["ID"].strip('"')
+    nic = db.execute("SELECT * FROM network_interfaces WHERE machine_id = ? AND name = 'eth0'", (machine["id"],)).fetchone()
+    assert nic["mac"] == test_host.mac
+    assert json.loads(nic["ip"]) == [test_host.ip] or test_host.ip in json.loads(nic["ip"])
+    assert nic["gateway"] == test_host.peer_address.split("/")[0]
+    subnet = db.execute(
+        "SELECT s.* FROM subnetworks s JOIN network_interface_subnets l ON l.subnetwork_id = s.id "
+        "WHERE l.network_interface_id = ?", (nic["id"],)
+    ).fetchone()
+    assert subnet["network_cidr"] == "10.231.7.0/24" and subnet["ip_version"] == 4
+    users = {r["username"] for r in db.execute("SELECT username FROM users WHERE machine_id = ?", (machine["id"],))}
+    assert "root" in users
+    cpu = db.execute("SELECT * FROM cpus WHERE machine_id = ?", (machine["id"],)).fetchone()
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert cpu["cores"] >= 1 and (not cpu["model_name"] or cpu["model_name"] in cpuinfo)
+
+
+def test_once_on_postgres_twice_changes_no_row_count(test_host, tls_cluster, fresh_database, tmp_path):
+    name = fresh_database("agent")
+    env = agent_env(tmp_path, SITUATION_AGENT_ID=AGENT_ID)
+    dsn = tls_cluster.superuser_dsn(name)
+    assert situation(test_host, "run", "--once", "--db", dsn, env=env).returncode == 0
+    counts = pg_counts(tls_cluster, name)
+    assert counts["machines"] == 1 and counts["network_interfaces"] >= 1
+    result = situation(test_host, "run", "--once", "--db", dsn, env=env)
+    assert result.returncode == 0, result.stderr
+    assert pg_counts(tls_cluster, name) == counts
+
+
+def test_no_migration_as_an_agent_role(test_host, tls_cluster, fresh_database, tmp_path):
+    name = fresh_database("noimig")
+    owner = tls_cluster.superuser_dsn(name)
+    env = agent_env(tmp_path)
+    tls_cluster.create_role("ag_runner", "x")
+    bare = tls_cluster.superuser_dsn(name).replace("postgres@", "ag_runner@")
+    refused = situation(test_host, "run", "--once", "--no-migration", "--db", bare, env=env)
+    assert refused.returncode != 0
+    assert "run `situation migrate` with an owner role" in refused.stderr.strip().splitlines()[-1]
+    subprocess.run([sys.executable, "-m", "situation", "migrate", "--db", owner], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "situation", "grant", "ag_runner", "--db", owner], env=env, check=True,
+                   capture_output=True)
+    result = situation(test_host, "run", "--once", "--no-migrate", "--db", bare, env=env)
+    assert result.returncode == 0, result.stderr
+    assert int(tls_cluster.psql("SELECT count(*) FROM situation.machines", dbname=name)) == 1
+
+
+def test_twenty_agents_writing_the_same_rows_at_once(test_host, tls_cluster, fresh_database, tmp_path):
+    name = fresh_database("twenty")
+    dsn = tls_cluster.superuser_dsn(name)
+    env = agent_env(tmp_path, SITUATION_AGENT_ID=AGENT_ID)
+    subprocess.run([sys.executable, "-m", "situation", "migrate", "--db", dsn], env=env, check=True, capture_output=True)
+    processes = [
+        test_host.popen(sys.executable, "-m", "situation", "run", "--once", "--pool-size", "2", "--db", dsn,
+                        env={**env, "SITUATION_STATE_DIR": str(tmp_path / f"s{i}")},
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in range(20)
+    ]
+    outputs = [p.communicate(timeout=240) for p in processes]
+    for process, (_out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err
+        assert "deadlock" not in err.lower() and '"status": "failed"' not in err
+    counts = pg_counts(tls_cluster, name)
+    assert counts["machines"] == 1
+    duplicates = tls_cluster.psql(
+        "SELECT count(*) FROM (SELECT mac, machine_id FROM situation.network_interfaces "
+        "WHERE mac IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1) d", dbname=name,
+    )
+    assert duplicates == "0"
+
+
+class NotifySocket:
+    def __init__(self, directory: Path):
+        self.path = directory / "notify.sock"
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(self.path))
+        self.socket.settimeout(0.5)
+        self.messages: list[str] = []
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in m for m in self.messages):
+                return True
+            try:
+                self.messages.append(self.socket.recv(4096).decode())
+            except TimeoutError:
+                pass
+        return any(text in m for m in self.messages)
+
+
+def _wait_for_log(process_log: Path, event: str, timeout: float, after: int = 0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = process_log.read_text().splitlines() if process_log.exists() else []
+        for index, line in enumerate(lines[after:], start=after):
+            if f'"event": "{event}"' in line:
+                return index + 1
+        time.sleep(0.2)
+    raise AssertionError(f"no {event!r} in the agent's log:\n" + (process_log.read_text() if process_log.exists() else ""))
+
+
+def test_daemon_notifies_systemd_and_stops_on_sigterm(test_host, tmp_path):
+    notify = NotifySocket(Path(tempfile.mkdtemp(dir="/tmp")))
+    env = agent_env(tmp_path, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        process = test_host.popen(sys.executable, "-m", "situation", "run", "--interval", "1h", env=env,
+                                  stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            assert notify.wait_for("READY=1", 60), notify.messages
+            assert notify.wait_for("STATUS=", 60) and notify.wait_for("WATCHDOG=1", 10)
+            _wait_for_log(log, "cycle finished", 60)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+            assert time.monotonic() - started < 10
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert notify.wait_for("STOPPING=1", 5)
+    assert (tmp_path / "state" / "health.json").exists()
+
+
+def test_database_stopped_and_restarted_mid_run(test_host, certs, tmp_path):
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="sit-pg-outage-", dir="/tmp")), tls=False, name="outage").start()
+    try:
+        cluster.create_database("outage")
+        env = agent_env(tmp_path, SITUATION_AGENT_ID=AGENT_ID)
+        log = tmp_path / "agent.log"
+        with log.open("w") as stderr:
+            process = test_host.popen(
+                sys.executable, "-m", "situation", "run", "--interval", "2s", "--db", cluster.superuser_dsn("outage"),
+                env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+            )
+            try:
+                seen = _wait_for_log(log, "cycle finished", 60)
+                cluster.stop()
+                seen = _wait_for_log(log, "database unreachable, retrying with backoff", 60, after=seen)
+                cluster.start()
+                seen = _wait_for_log(log, "database reachable again", 90, after=seen)
+                _wait_for_log(log, "cycle finished", 60, after=seen)
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=15) == 0
+            finally:
+                if process.poll() is None:
+                    process.kill()
+        unreachable = [l for l in log.read_text().splitlines() if "database unreachable" in l]
+        assert len(unreachable) == 1  # once per change of state, not once per retry
+        assert cluster.psql("SELECT count(*) FROM situation.machines", dbname="outage") == "1"
+    finally:
+        cluster.destroy()
+
+
+def test_schema_behind_is_refused_before_any_ddl(test_host, tls_cluster, fresh_database, tmp_path):
+    name = fresh_database("behind")
+    result = situation(test_host, "run", "--once", "--no-migration", "--db", tls_cluster.superuser_dsn(name),
+                       env=agent_env(tmp_path))
+    assert result.returncode != 0
+    assert f"this build needs {migrations.latest_version()}" in result.stderr
+    assert tls_cluster.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'situation'", dbname=name) == "0"
