@@ -1,0 +1,92 @@
+"""`id`, `refresh-id`, `defaults`, `health` and `version` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from support.cluster import clean_environ
+
+from situation import __version__
+
+
+def cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "situation", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def state_env(tmp_path, **extra):
+    return clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"), **extra)
+
+
+def test_id_is_created_once_and_kept(tmp_path):
+    env = state_env(tmp_path)
+    first = cli("id", env=env)
+    assert first.returncode == 0 and len(first.stdout.strip()) == 32
+    assert cli("id", env=env).stdout == first.stdout
+    stored = tmp_path / "state" / "agent-id"
+    assert stored.stat().st_mode & 0o777 == 0o600
+
+
+def test_refresh_id(tmp_path):
+    env = state_env(tmp_path)
+    old = cli("id", env=env).stdout.strip()
+    fresh = cli("refresh-id", env=env).stdout.strip()
+    assert fresh != old and cli("id", env=env).stdout.strip() == fresh
+    chosen = "00112233445566778899AABBCCDDEEFF"
+    assert cli("refresh-id", chosen, env=env).stdout.strip() == chosen.lower()
+    assert cli("id", env=env).stdout.strip() == chosen.lower()
+    bad = cli("refresh-id", "xyz", env=env)
+    assert bad.returncode != 0 and bad.stderr.startswith("situation: error:") and len(bad.stderr.splitlines()) == 1
+    short = cli("refresh-id", "0011", env=env)
+    assert short.returncode != 0 and "16 bytes" in short.stderr
+
+
+def test_agent_id_override(tmp_path):
+    env = state_env(tmp_path, SITUATION_AGENT_ID="AA" * 16)
+    assert cli("id", env=env).stdout.strip() == "aa" * 16
+
+
+def test_defaults_lists_every_setting_with_flag_and_env(tmp_path):
+    env = state_env(tmp_path, SITUATION_INTERVAL="90s", SITUATION_NO_MODULE_CHASSIS="true",
+                    SITUATION_DB="postgresql://u:hunter2@db/x")
+    result = cli("defaults", env=env)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["interval"] == {**document["interval"], "default": "15m", "value": "90s", "flag": "--interval",
+                                    "env": "SITUATION_INTERVAL"}
+    assert document["no-module-chassis"]["value"] is True
+    assert document["no-module-chassis"]["env_aliases"] == ["NO_MODULE_CHASSIS"]
+    assert document["db"]["flag"] == "--db" and "hunter2" not in result.stdout
+    for name in ("fingerprint", "host-basic", "host-network"):
+        assert f"no-module-{name}" in document
+    help_text = cli("run", "--help", env=env).stdout
+    for setting in document.values():
+        assert setting["flag"] in help_text
+
+
+def test_bad_interval_is_one_line(tmp_path):
+    result = cli("run", "--once", "--interval", "soon", env=state_env(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "situation: error: --interval: invalid duration 'soon'; use e.g. 300ms, 5s, 1m30s or 15m"
+    ]
+
+
+def test_health(tmp_path):
+    env = state_env(tmp_path)
+    missing = cli("health", env=env)
+    assert missing.returncode != 0 and "no health record" in missing.stderr
+    (tmp_path / "state").mkdir(exist_ok=True)
+    record = {"finished_at": time.time(), "next_cycle_before": time.time() + 60, "database": "up"}
+    (tmp_path / "state" / "health.json").write_text(json.dumps(record))
+    assert cli("health", env=env).returncode == 0
+    record["next_cycle_before"] = time.time() - 1
+    (tmp_path / "state" / "health.json").write_text(json.dumps(record))
+    assert "overdue" in cli("health", env=env).stderr
+
+
+def test_version(tmp_path):
+    assert cli("version", env=state_env(tmp_path)).stdout.strip() == f"situation {__version__}"
+    assert __version__ in cli("--version", env=state_env(tmp_path)).stdout
