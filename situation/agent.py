@@ -91,11 +91,14 @@ class Agent:
     async def run(self) -> int:
         self._install_signal_handlers()
         watchdog = asyncio.create_task(self._watchdog())
+        # Ready as soon as the service runs: waiting for an unreachable database is part
+        # of its normal life, and must not look to systemd like a start that hangs.
+        self.notifier.ready(status="opening the database")
         try:
             self.store = await self._open_store()
             if self.store is None:  # stopped while waiting for the database
                 return 0
-            self.notifier.ready(status="first cycle")
+            self.notifier.status("first cycle")
             return await self._loop()
         finally:
             self.notifier.stopping()
