@@ -58,7 +58,7 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 def database_options(command):
     """--db / SITUATION_DB and --db-file / SITUATION_DB_FILE (a file holding the DSN)."""
 
-    @click.option("--db", "db", metavar="DSN", envvar="SITUATION_DB", help="PostgreSQL DSN (URI or key=value).")
+    @click.option("--db", "db", metavar="DSN", envvar="SITUATION_DB", help="PostgreSQL DSN (URI or key=value); for run, also an SQLite path or :memory:.")
     @click.option(
         "--db-file", "db_file", metavar="PATH", envvar="SITUATION_DB_FILE",
         type=click.Path(dir_okay=False, path_type=Path), help="Read the DSN from this file (container secrets).",
