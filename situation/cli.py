@@ -123,7 +123,10 @@ async def _direct_connection(params: ConnectParams):
 def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> None:
     """Create or upgrade the database schema (run as the owner role)."""
     from situation import migrations
+    from situation.store import is_postgres_dsn
 
+    if dsn and not is_postgres_dsn(dsn):
+        return migrate_sqlite(dsn, status or dry_run)
     params = postgres_params(dsn)
 
     async def main():
@@ -154,6 +157,32 @@ def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> N
         click.echo("schema is up to date")
 
 
+def migrate_sqlite(path: str, read_only: bool) -> None:
+    """SQLite databases carry the same numbered migrations (sql/sqlite/)."""
+    from situation.store_sqlite import SqliteStore
+
+    if read_only:
+        raise ConfigError("--status and --dry-run work on PostgreSQL; an SQLite file is migrated as a whole")
+
+    async def apply():
+        store = await SqliteStore.open(path, agent_id="", migrate=True)
+        await store.close()
+        return store.applied
+
+    applied = run_async(apply())
+    for migration in applied:
+        click.echo(f"applied {migration.filename}")
+    if not applied:
+        click.echo("schema is up to date")
+
+
+def postgres_only(dsn: str | None, command: str) -> None:
+    from situation.store import is_postgres_dsn
+
+    if dsn and not is_postgres_dsn(dsn):
+        raise ConfigError(f"`situation {command}` needs a PostgreSQL DSN (postgresql://… or key=value), not an SQLite path")
+
+
 @cli.command()
 @database_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -161,6 +190,7 @@ def check(dsn: str | None, as_json: bool) -> None:
     """Connect exactly as an agent would and report TLS, identity and privileges."""
     from situation.check import format_report, inspect
 
+    postgres_only(dsn, "check")
     report = run_async(inspect(postgres_params(dsn)))
     click.echo(json.dumps(report.as_dict(), indent=2, default=str) if as_json else format_report(report))
 
@@ -173,6 +203,7 @@ def grant(dsn: str | None, role: str, reader: bool) -> None:
     """Make an existing login ROLE an agent (situation_agent) or a reader (situation_reader)."""
     from situation.roles import grant as grant_role
 
+    postgres_only(dsn, "grant")
     params = postgres_params(dsn)
 
     async def main():

@@ -64,6 +64,7 @@ class SqliteStore:
         self.path = path
         self._in_transaction: contextvars.ContextVar[bool] = contextvars.ContextVar("situation_sqlite_tx", default=False)
         self._lock = asyncio.Lock()
+        self.applied: list[Migration] = []
 
     @classmethod
     async def open(cls, path: str, agent_id: str, *, migrate: bool = True) -> SqliteStore:
@@ -76,10 +77,19 @@ class SqliteStore:
             executor.shutdown(wait=False)
             raise ConfigError(f'cannot open SQLite database "{path}" ({exc}); check the path and its permissions') from None
         store = cls(connection, executor, agent_id, path)
-        if migrate:
-            await store.migrate()
-        else:
-            await store.verify_schema()
+        try:
+            if migrate:
+                store.applied = await store.migrate()
+            else:
+                await store.verify_schema()
+        except sqlite3.Error as exc:
+            await store.close()
+            raise ConfigError(
+                f'SQLite database "{path}" cannot be used ({exc}); point --db at another file or remove this one'
+            ) from None
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def _call(self, function, *args):

@@ -90,3 +90,16 @@ def test_health(tmp_path):
 def test_version(tmp_path):
     assert cli("version", env=state_env(tmp_path)).stdout.strip() == f"situation {__version__}"
     assert __version__ in cli("--version", env=state_env(tmp_path)).stdout
+
+
+def test_migrate_an_sqlite_file(tmp_path):
+    env = state_env(tmp_path)
+    database = tmp_path / "inventory.sqlite"
+    assert cli("migrate", "--db", str(database), env=env).stdout.strip() == "applied 0001_initial.sql"
+    assert cli("migrate", "--db", str(database), env=env).stdout.strip() == "schema is up to date"
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    result = cli("migrate", "--db", str(garbage), env=env)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "cannot be used" in result.stderr
+    check = cli("check", "--db", str(database), env=env)
+    assert check.returncode == 2 and "needs a PostgreSQL DSN" in check.stderr
