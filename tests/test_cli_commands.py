@@ -100,6 +100,6 @@ def test_migrate_an_sqlite_file(tmp_path):
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not a database at all" * 100)
     result = cli("migrate", "--db", str(garbage), env=env)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "cannot be used" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "SQLite database" in result.stderr
     check = cli("check", "--db", str(database), env=env)
     assert check.returncode == 2 and "needs a PostgreSQL DSN" in check.stderr
