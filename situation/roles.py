@@ -32,14 +32,15 @@ async def grant(connection: asyncpg.Connection, role: str, *, reader: bool = Fal
             f"ask a superuser to run: CREATE ROLE {group} NOLOGIN, then `situation migrate`"
         )
     try:
-        await connection.execute(f"GRANT {group} TO {quote_ident(role)}")
-        # Queries written for the original agent use unqualified table names.
-        await connection.execute(f"ALTER ROLE {quote_ident(role)} SET search_path = situation")
-        if reader:
-            await connection.execute(f"ALTER ROLE {quote_ident(role)} SET default_transaction_read_only = on")
+        async with connection.transaction():  # all or nothing
+            await connection.execute(f"GRANT {group} TO {quote_ident(role)}")
+            # Queries written for the original agent use unqualified table names.
+            await connection.execute(f"ALTER ROLE {quote_ident(role)} SET search_path = situation")
+            if reader:
+                await connection.execute(f"ALTER ROLE {quote_ident(role)} SET default_transaction_read_only = on")
     except asyncpg.InsufficientPrivilegeError as exc:
         raise MigrationError(
-            f"the connected role may not grant {group} to {role} ({exc}); run `situation grant` as the "
-            "owner role with CREATEROLE, or as a superuser"
+            f"the connected role may not change role {role} ({exc}); run `situation grant` as a superuser, "
+            "or as an owner with CREATEROLE that created the role (PostgreSQL 16+ also needs ADMIN OPTION on it)"
         ) from None
     return group

@@ -126,10 +126,10 @@ def fresh_database(tls_cluster: Cluster):
 @pytest.fixture
 def test_host():
     """An isolated host (network namespace + veth to a peer namespace); see support/netns.py."""
-    from support.netns import TestHost, netns_available
+    from support.netns import IsolatedHost, netns_available
 
     if not netns_available():
         pytest.skip("network namespaces need root and iproute2")
-    host = TestHost().create()
+    host = IsolatedHost().create()
     yield host
     host.destroy()

@@ -27,7 +27,8 @@
 --
 -- The conflict target the store must use for every table is listed at the end of this file.
 
-CREATE SCHEMA IF NOT EXISTS situation;
+-- Schema `situation` itself is created by the migrator's bootstrap (history.sql), which
+-- also works for an owner that owns the schema but may not create schemas in the database.
 
 ---------------------------------------------------------------------------------------------------
 -- subnetworks: an IP network seen by someone; `tag` is '' or a docker network id.

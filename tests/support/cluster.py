@@ -270,6 +270,7 @@ class Cluster:
         name: str = "pg",
         bin_dir: Path | None = None,
         keep: bool = False,
+        namespace: str | None = None,
     ):
         if tls and certs is None:
             raise ValueError("a TLS cluster needs certs")
@@ -277,6 +278,9 @@ class Cluster:
         self.tls = tls
         self.certs = certs
         self.keep = keep
+        # A network namespace (support/netns.py) to run the server in, so that tests
+        # running whole agent cycles inside it reach PostgreSQL over TCP there.
+        self.namespace = namespace
         self.base_dir = Path(base_dir).absolute()
         self.data_dir = self.base_dir / "data"
         self.socket_dir = self.base_dir / "sock"
@@ -379,7 +383,11 @@ class Cluster:
         self, argv: list[str], *, timeout: float = START_TIMEOUT + 30
     ) -> subprocess.CompletedProcess:
         kwargs: dict = {}
-        if self._run_as is not None:
+        if self.namespace is not None:
+            # Entering a namespace needs root: switch to the server account inside it.
+            account = ["runuser", "-u", pwd.getpwuid(self._run_as[0]).pw_name, "--"] if self._run_as else []
+            argv = ["ip", "netns", "exec", self.namespace, *account, *argv]
+        elif self._run_as is not None:
             kwargs.update(user=self._run_as[0], group=self._run_as[1], extra_groups=[])
         try:
             return subprocess.run(

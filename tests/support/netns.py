@@ -45,7 +45,7 @@ def _ip(*args: str, namespace: str | None = None) -> None:
 
 
 @dataclass
-class TestHost:
+class IsolatedHost:
     """A namespace with ``eth0`` (``mac``, ``address``) whose neighbour is ``peer_address``."""
 
     name: str = field(default_factory=lambda: f"sit-{uuid.uuid4().hex[:8]}")
@@ -62,7 +62,7 @@ class TestHost:
     def ip(self) -> str:
         return self.address.split("/")[0]
 
-    def create(self) -> TestHost:
+    def create(self) -> IsolatedHost:
         for namespace in (self.name, self.peer):
             _ip("netns", "add", namespace)
             _ip("link", "set", "lo", "up", namespace=namespace)
