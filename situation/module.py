@@ -8,6 +8,7 @@ its options and the system root it must read the host through.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,12 @@ class Context:
         """Modules report what they wrote; the cycle log line sums it."""
         self.rows_written += rows
 
+    def host_id(self) -> int:
+        """The host's machine id, which fingerprint / host-basic resolved earlier in the cycle."""
+        if self.host.id is None:
+            raise RuntimeError("no host found in storage (host-basic did not run)")
+        return self.host.id
+
 
 REGISTRY: dict[str, ModuleSpec] = {}
 
@@ -105,6 +112,28 @@ def load_builtin_modules() -> dict[str, ModuleSpec]:
     for info in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{info.name}")
     return REGISTRY
+
+
+async def command_output(argv: list[str], timeout: float) -> str | None:
+    """stdout of a host command, or None when it cannot run, fails or hangs."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+    try:
+        stdout, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        return None
+    if process.returncode != 0:
+        return None
+    return stdout.decode("utf-8", errors="replace")
 
 
 # -- option values ---------------------------------------------------------------

@@ -153,6 +153,32 @@ def prepare_batch(rows: Sequence[Mapping[str, Any]], key: ConflictKey) -> tuple[
     return columns, batch, index
 
 
+@dataclass
+class Batch:
+    """An upsert, ready for a backend: rows de-duplicated and sorted by the key."""
+
+    table: str
+    key: ConflictKey
+    columns: list[str]
+    rows: list[dict]
+    index: list[int]  # for each input row, its position in ``rows``
+    update: Sequence[str]
+
+    def ids_for_input(self, batch_ids: list[int | None]) -> list[int | None]:
+        return [batch_ids[i] for i in self.index]
+
+
+def plan_batch(
+    table: str, rows: Sequence[Mapping[str, Any]], key: str, update: Sequence[str] | None
+) -> Batch:
+    """What every backend does first: resolve the key, de-duplicate, sort, default the update list."""
+    target = conflict_key(table, key)
+    columns, batch, index = prepare_batch(rows, target)
+    if update is None:
+        update = [c for c in columns if c not in target.columns]
+    return Batch(table, target, columns, batch, index, update)
+
+
 def _sort_key(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
     # None sorts first; values of one column share a type.
     return tuple((row[c] is not None, row[c] if row[c] is not None else 0) for c in columns)

@@ -22,7 +22,7 @@ import structlog
 from situation.connect import create_pool
 from situation.dsn import ConnectParams
 from situation.errors import SituationError
-from situation.store import UpsertResult, conflict_key, prepare_batch, query_text, quote_ident
+from situation.store import UpsertResult, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
 
@@ -162,28 +162,26 @@ class PostgresStore:
         key: str,
         update: Sequence[str] | None = None,
     ) -> UpsertResult:
-        target = conflict_key(table, key)
-        columns, batch, index = prepare_batch(rows, target)
-        if not batch:
+        plan = plan_batch(table, rows, key, update)
+        if not plan.rows:
             return UpsertResult()
         types = self.columns[table]
-        unknown = [c for c in columns if c not in types]
+        unknown = [c for c in plan.columns if c not in types]
         if unknown:
             raise ValueError(f"table {table} has no column(s) {unknown}")
-        if update is None:
-            update = [c for c in columns if c not in target.columns]
-        statement = self._upsert_sql(table, columns, target.target(self.dialect), update)
-        lookup = self._lookup_sql(table, target.columns)
-        arrays = [[_to_wire(row[c], types[c]) for row in batch] for c in columns]
-        keys = [[row[c] for row in batch] for c in target.columns]
+        key_columns = plan.key.columns
+        statement = self._upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update)
+        lookup = self._lookup_sql(table, key_columns)
+        arrays = [[_to_wire(row[c], types[c]) for row in plan.rows] for c in plan.columns]
+        keys = [[row[c] for row in plan.rows] for c in key_columns]
 
         async def work(connection: asyncpg.Connection) -> UpsertResult:
             async with connection.transaction():
                 written = await connection.fetch(statement, *arrays, self.agent_id)
                 found = await connection.fetch(lookup, *keys)
-            ids_by_key = {tuple(r[c] for c in target.columns): r["id"] for r in found}
-            batch_ids = [ids_by_key.get(tuple(row[c] for c in target.columns)) for row in batch]
-            return UpsertResult(written=len(written), ids=[batch_ids[i] for i in index])
+            ids_by_key = {tuple(r[c] for c in key_columns): r["id"] for r in found}
+            batch_ids = [ids_by_key.get(tuple(row[c] for c in key_columns)) for row in plan.rows]
+            return UpsertResult(written=len(written), ids=plan.ids_for_input(batch_ids))
 
         return await self._with_connection(work)
 

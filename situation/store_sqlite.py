@@ -25,7 +25,7 @@ import structlog
 
 from situation.errors import ConfigError, MigrationError
 from situation.migrations import Applied, Migration, load_migrations, plan
-from situation.store import UpsertResult, conflict_key, prepare_batch, query_text, quote_ident
+from situation.store import UpsertResult, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
 
@@ -166,18 +166,15 @@ class SqliteStore:
         key: str,
         update: Sequence[str] | None = None,
     ) -> UpsertResult:
-        target = conflict_key(table, key)
-        columns, batch, index = prepare_batch(rows, target)
-        if not batch:
+        plan = plan_batch(table, rows, key, update)
+        if not plan.rows:
             return UpsertResult()
-        if update is None:
-            update = [c for c in columns if c not in target.columns]
-        statement = _upsert_sql(table, columns, target.target(self.dialect), update)
-        lookup = _lookup_sql(table, target.columns)
-        values = [[_encode(row[c]) for c in columns] + [self.agent_id] for row in batch]
-        keys = [[_encode(row[c]) for c in target.columns] for row in batch]
+        statement = _upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update)
+        lookup = _lookup_sql(table, plan.key.columns)
+        values = [[_encode(row[c]) for c in plan.columns] + [self.agent_id] for row in plan.rows]
+        keys = [[_encode(row[c]) for c in plan.key.columns] for row in plan.rows]
         written, batch_ids = await self._run(_upsert_rows, statement, lookup, values, keys)
-        return UpsertResult(written=written, ids=[batch_ids[i] for i in index])
+        return UpsertResult(written=written, ids=plan.ids_for_input(batch_ids))
 
     async def counts(self) -> dict[str, int]:
         return await self._call(_counts, self._db, self.agent_id)

@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 from support.cluster import Cluster, clean_environ
 
 from situation import migrations

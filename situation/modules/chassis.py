@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 
 from situation.hostroot import HostRoot
-from situation.module import Context, Skip, module
+from situation.module import Context, Skip, command_output, module
 
 COMMAND_TIMEOUT = 5.0
 
@@ -281,32 +281,10 @@ def parse_command_output(command: list[str], output: str) -> str:
     return output.strip()
 
 
-async def _run_command(command: list[str]) -> str | None:
-    """stdout of a command, or None when it cannot run, fails or hangs."""
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-    except OSError:
-        return None
-    try:
-        stdout, _ = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT + 1)
-    except asyncio.TimeoutError:
-        process.kill()
-        await process.wait()
-        return None
-    if process.returncode != 0:
-        return None
-    return stdout.decode("utf-8", errors="replace")
-
-
 async def ask_hostnamed(root: HostRoot) -> str | None:
     """hostnamed's non-empty Chassis answer, or None."""
     for command in await asyncio.to_thread(hostnamed_commands, root):
-        output = await _run_command(command)
+        output = await command_output(command, COMMAND_TIMEOUT + 1)
         if output is None:
             continue
         chassis = parse_command_output(command, output)
@@ -326,12 +304,11 @@ async def detect_chassis(root: HostRoot) -> tuple[str, str] | None:
 @module("chassis", depends=("host-basic",))
 async def run(ctx: Context) -> None:
     """Record the host's chassis (hostnamed over D-Bus, else container/VM/firmware hints)."""
-    if ctx.host.id is None:
-        raise RuntimeError("no host found in storage (host-basic did not run)")
+    machine_id = ctx.host_id()
     found = await detect_chassis(ctx.root)
     if found is None:
         raise Skip("chassis unknown: no hostnamed answer, no container, VM or firmware chassis hint")
     chassis, source = found
     ctx.log.debug("chassis", chassis=chassis, source=source)
-    written = await ctx.store.execute("set_machine_chassis", chassis, ctx.host.id)
+    written = await ctx.store.execute("set_machine_chassis", chassis, machine_id)
     ctx.count(written)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from situation.hostroot import HostRoot
-from situation.module import Context, module
+from situation.module import Context, command_output, module
 
 PLATFORM = "linux"
 LSB_RELEASE_COMMAND = "/usr/bin/lsb_release"
@@ -403,25 +403,7 @@ def needs_lsb_release_command(root: HostRoot) -> bool:
 
 async def run_lsb_release() -> str | None:
     """Run ``lsb_release`` (live system only); None when it fails or hangs."""
-    try:
-        process = await asyncio.create_subprocess_exec(
-            LSB_RELEASE_COMMAND,
-            "-a",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-    except OSError:
-        return None
-    try:
-        stdout, _ = await asyncio.wait_for(process.communicate(), LSB_RELEASE_TIMEOUT)
-    except asyncio.TimeoutError:
-        process.kill()
-        await process.wait()
-        return None
-    if process.returncode != 0:
-        return None
-    return stdout.decode("utf-8", errors="replace")
+    return await command_output([LSB_RELEASE_COMMAND, "-a"], LSB_RELEASE_TIMEOUT)
 
 
 # -- everything ---------------------------------------------------------------------------

@@ -254,9 +254,8 @@ def collect(root: HostRoot) -> CpuFacts:
 @module("host-cpu", depends=("host-basic",))
 async def run(ctx: Context) -> None:
     """Record the host CPU's model, vendor and core count."""
-    if ctx.host.id is None:
-        raise RuntimeError("no host found in storage (host-basic did not run)")
+    machine_id = ctx.host_id()
     facts = await asyncio.to_thread(collect, ctx.root)
-    row = {"model_name": facts.model_name, "vendor": facts.vendor, "cores": facts.cores, "machine_id": ctx.host.id}
+    row = {"model_name": facts.model_name, "vendor": facts.vendor, "cores": facts.cores, "machine_id": machine_id}
     result = await ctx.store.upsert("cpus", [row], key="machine_id", update=("model_name", "vendor", "cores"))
     ctx.count(result.written)

@@ -243,11 +243,6 @@ def collect_disks(root: HostRoot) -> list[Disk]:
     return disks
 
 
-def _host_machine_id(ctx: Context) -> int:
-    if ctx.host.id is None:
-        raise RuntimeError("no host found in storage (host-basic did not run)")
-    return ctx.host.id
-
 
 @module("host-disk", depends=("host-basic",))
 async def run(ctx: Context) -> None:
@@ -256,7 +251,7 @@ async def run(ctx: Context) -> None:
     if not disks:
         ctx.log.info("no disk found")
         return
-    machine_id = _host_machine_id(ctx)
+    machine_id = ctx.host_id()
     result = await ctx.store.upsert(
         "disks",
         [disk.as_row(machine_id) for disk in disks],

@@ -248,11 +248,6 @@ def collect_gpus(root: HostRoot) -> list[Gpu]:
     return name_cards(cards, names)
 
 
-def _host_machine_id(ctx: Context) -> int:
-    if ctx.host.id is None:
-        raise RuntimeError("no host found in storage (host-basic did not run)")
-    return ctx.host.id
-
 
 @module("host-gpu", depends=("host-basic",))
 async def run(ctx: Context) -> None:
@@ -261,7 +256,7 @@ async def run(ctx: Context) -> None:
     if not gpus:
         ctx.log.info("no GPU found")
         return
-    machine_id = _host_machine_id(ctx)
+    machine_id = ctx.host_id()
     result = await ctx.store.upsert(
         "gpus",
         [gpu.as_row(machine_id) for gpu in gpus],

@@ -483,11 +483,6 @@ def _stored_nic(row: Mapping[str, Any]) -> StoredNic:
 # -- writing ---------------------------------------------------------------------------
 
 
-def _host_machine_id(ctx: Context) -> int:
-    if ctx.host.id is None:
-        raise RuntimeError("no host found in storage (host-basic did not run)")
-    return ctx.host.id
-
 
 async def write_subnets(ctx: Context, subnets: Sequence[Subnet]) -> dict[str, int]:
     """Upsert on ``cidr_tag``; a known gateway refreshes the stored one, an unknown one keeps it."""
@@ -548,7 +543,7 @@ async def run(ctx: Context) -> None:
     if not snapshot.nics:
         ctx.log.info("no network interface is up")
         return
-    machine_id = _host_machine_id(ctx)
+    machine_id = ctx.host_id()
     async with ctx.store.transaction():
         stored = [_stored_nic(row) for row in await ctx.store.fetch("host_network_interfaces", machine_id)]
         plan = plan_writes(snapshot.nics, stored)

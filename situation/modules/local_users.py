@@ -95,14 +95,13 @@ REFRESHED_COLUMNS = ("gid", "name", "username", "domain")
 @module("local-users", depends=("host-basic",))
 async def run(ctx: Context) -> None:
     """Record the local accounts of /etc/passwd."""
-    if ctx.host.id is None:
-        raise RuntimeError("no host found in storage (host-basic did not run)")
+    machine_id = ctx.host_id()
     try:
         users = await asyncio.to_thread(collect, ctx.root)
     except OSError as exc:
         raise RuntimeError(f"cannot read the passwd file: {exc}") from exc
     if not users:
         return
-    rows = [user_row(user, ctx.host.id) for user in users]
+    rows = [user_row(user, machine_id) for user in users]
     result = await ctx.store.upsert("users", rows, key="machine_user", update=REFRESHED_COLUMNS)
     ctx.count(result.written)
