@@ -168,11 +168,35 @@ class Batch:
         return [batch_ids[i] for i in self.index]
 
 
+# Untrusted text (banners, certificate fields, SNMP strings, hostnames) stays data:
+# every string is stored without NUL bytes, as valid UTF-8, and bounded.
+MAX_TEXT = 4096
+
+
+def clean_text(value: str) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from undecodable bytes
+    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT]
+
+
+def clean_value(value: Any) -> Any:
+    """``value`` with every string in it (also inside JSON lists and objects) cleaned."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, (list, tuple)):
+        return [clean_value(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_value(v) for k, v in value.items()}
+    return value
+
+
 def plan_batch(
     table: str, rows: Sequence[Mapping[str, Any]], key: str, update: Sequence[str] | None
 ) -> Batch:
-    """What every backend does first: resolve the key, de-duplicate, sort, default the update list."""
+    """What every backend does first: clean, resolve the key, de-duplicate, sort, default the update list."""
     target = conflict_key(table, key)
+    rows = [{column: clean_value(value) for column, value in row.items()} for row in rows]
     columns, batch, index = prepare_batch(rows, target)
     if update is None:
         update = [c for c in columns if c not in target.columns]

@@ -127,3 +127,22 @@ def test_prepare_batch_sorts_by_key():
     _columns, batch, index = prepare_batch(rows, key)
     assert [r["name"] for r in batch] == ["a", "b", "c"]
     assert index == [1, 0, 1, 2]
+
+
+async def test_hostile_text_is_stored_as_clean_bounded_utf8(store):
+    hostile = "evil\x00name\udcff" + "x" * 10000
+    result = await store.upsert("machines", [{"agent": AGENT, "hostname": hostile, "distribution": "a'); DROP TABLE machines; --"}],
+                                key="agent")
+    assert result.written == 1
+    rows = await store.fetch("machine_by_agent", AGENT)
+    assert rows[0]["id"] == result.ids[0]
+    assert (await store.counts())["machines"] == 1
+
+
+def test_clean_value():
+    from situation.store import MAX_TEXT, clean_value
+
+    assert clean_value("a\x00b") == "ab"
+    assert clean_value("caf\udce9") == "caf?"
+    assert len(clean_value("x" * (MAX_TEXT + 5))) == MAX_TEXT
+    assert clean_value({"k\x00": ["v\x00", 1, None]}) == {"k": ["v", 1, None]}
