@@ -269,7 +269,7 @@ def is_postgres_dsn(dsn: str) -> bool:
 
     scheme = text.split("://", 1)[0]
     raise ConfigError(
-        f"cannot tell the database type of a {scheme}:// DSN; use postgresql://… for PostgreSQL "
+        f"unsupported scheme {scheme}:// in the DSN; use postgresql://… for PostgreSQL "
         "or a file path (.db, .sqlite) for SQLite"
     )
 
