@@ -207,10 +207,11 @@ def test_daemon_notifies_systemd_and_stops_on_sigterm(test_host, tmp_path):
     assert (tmp_path / "state" / "health.json").exists()
 
 
-def test_database_stopped_and_restarted_mid_run(test_host, certs, tmp_path):
+def test_database_down_at_start_and_mid_run(test_host, tmp_path):
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="sit-pg-outage-", dir="/tmp")), tls=False, name="outage").start()
     try:
         cluster.create_database("outage")
+        cluster.stop()
         env = agent_env(tmp_path, SITUATION_AGENT_ID=AGENT_ID)
         log = tmp_path / "agent.log"
         with log.open("w") as stderr:
@@ -219,7 +220,10 @@ def test_database_stopped_and_restarted_mid_run(test_host, certs, tmp_path):
                 env=env, stdout=subprocess.DEVNULL, stderr=stderr,
             )
             try:
-                seen = _wait_for_log(log, "cycle finished", 60)
+                seen = _wait_for_log(log, "database unreachable, retrying with backoff", 60)
+                cluster.start()
+                seen = _wait_for_log(log, "database reachable again", 90, after=seen)
+                seen = _wait_for_log(log, "cycle finished", 60, after=seen)
                 cluster.stop()
                 seen = _wait_for_log(log, "database unreachable, retrying with backoff", 60, after=seen)
                 cluster.start()
@@ -230,8 +234,8 @@ def test_database_stopped_and_restarted_mid_run(test_host, certs, tmp_path):
             finally:
                 if process.poll() is None:
                     process.kill()
-        unreachable = [l for l in log.read_text().splitlines() if "database unreachable" in l]
-        assert len(unreachable) == 1  # once per change of state, not once per retry
+        unreachable = [line for line in log.read_text().splitlines() if "database unreachable" in line]
+        assert len(unreachable) == 2  # once per change of state, not once per retry
         assert cluster.psql("SELECT count(*) FROM situation.machines", dbname="outage") == "1"
     finally:
         cluster.destroy()
