@@ -21,7 +21,7 @@ import structlog
 
 from situation.connect import create_pool
 from situation.dsn import ConnectParams
-from situation.errors import SituationError
+from situation.errors import ConnectError, SituationError
 from situation.store import UpsertResult, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
@@ -31,9 +31,8 @@ RETRY_ATTEMPTS = 4
 # Worth retrying as a unit: the connection went away, or the server chose us as a
 # deadlock / serialization victim.
 _TRANSIENT = (
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.PostgresConnectionError,  # the connection went away mid-statement
+    asyncpg.OperatorInterventionError,  # server shutting down or starting up
     asyncpg.TooManyConnectionsError,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
@@ -41,6 +40,9 @@ _TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
 )
+# Stand-ins for NULL when comparing nullable key columns; the IS NULL test beside
+# them keeps a real zero from matching a NULL.
+_ZERO_VALUES = {"bigint": "0", "integer": "0", "smallint": "0", "boolean": "false"}
 _ARRAY_CASTS = {
     "bigint": "bigint[]",
     "integer": "integer[]",
@@ -72,10 +74,13 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
 class PostgresStore:
     dialect = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool, agent_id: str, columns: dict[str, dict[str, str]]):
+    def __init__(
+        self, pool: asyncpg.Pool, agent_id: str, columns: dict[str, dict[str, str]], nullable: dict[str, set[str]]
+    ):
         self.pool = pool
         self.agent_id = agent_id
         self.columns = columns
+        self.nullable = nullable
         self._connection: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
             "situation_pg_connection", default=None
         )
@@ -87,11 +92,11 @@ class PostgresStore:
         pool = await create_pool(params, max_size=max_size, statement_cache=statement_cache, init=_init_connection)
         try:
             async with pool.acquire() as connection:
-                columns = await _table_columns(connection)
+                columns, nullable = await _table_columns(connection)
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, agent_id, columns)
+        return cls(pool, agent_id, columns, nullable)
 
     async def close(self) -> None:
         try:
@@ -114,7 +119,9 @@ class PostgresStore:
             try:
                 async with self.pool.acquire() as connection:
                     return await work(connection)
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, ConnectError) as exc:
+                if isinstance(exc, ConnectError) and not exc.transient:
+                    raise
                 if attempt == RETRY_ATTEMPTS:
                     raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
                 log.debug("retrying database work", attempt=attempt, error=_describe(exc))
@@ -170,22 +177,30 @@ class PostgresStore:
         if unknown:
             raise ValueError(f"table {table} has no column(s) {unknown}")
         key_columns = plan.key.columns
-        statement = self._upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update)
+        statement = self._upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update, key_columns)
         lookup = self._lookup_sql(table, key_columns)
         arrays = [[_to_wire(row[c], types[c]) for row in plan.rows] for c in plan.columns]
-        keys = [[row[c] for row in plan.rows] for c in key_columns]
+
+        def key_of(row) -> tuple:
+            return tuple(row[c] for c in key_columns)
 
         async def work(connection: asyncpg.Connection) -> UpsertResult:
             async with connection.transaction():
                 written = await connection.fetch(statement, *arrays, self.agent_id)
-                found = await connection.fetch(lookup, *keys)
-            ids_by_key = {tuple(r[c] for c in key_columns): r["id"] for r in found}
-            batch_ids = [ids_by_key.get(tuple(row[c] for c in key_columns)) for row in plan.rows]
+                ids_by_key = {key_of(r): r["id"] for r in written}
+                # Rows left unchanged are not returned: look only those up.
+                missing = [row for row in plan.rows if key_of(row) not in ids_by_key]
+                if missing:
+                    keys = [[row[c] for row in missing] for c in key_columns]
+                    ids_by_key.update({key_of(r): r["id"] for r in await connection.fetch(lookup, *keys)})
+            batch_ids = [ids_by_key.get(key_of(row)) for row in plan.rows]
             return UpsertResult(written=len(written), ids=plan.ids_for_input(batch_ids))
 
         return await self._with_connection(work)
 
-    def _upsert_sql(self, table: str, columns: list[str], target: str, update: Sequence[str]) -> str:
+    def _upsert_sql(
+        self, table: str, columns: list[str], target: str, update: Sequence[str], key_columns: Sequence[str]
+    ) -> str:
         types = self.columns[table]
         names = ", ".join(quote_ident(c) for c in columns)
         casts = ", ".join(f"${i}::{_ARRAY_CASTS[types[c]]}" for i, c in enumerate(columns, start=1))
@@ -195,13 +210,14 @@ class PostgresStore:
         insert_columns = names + (", updated_by" if has_updated_by else "")
         insert_values = selected + (f", {agent}" if has_updated_by else "")
         qualified = f"{SCHEMA}.{quote_ident(table)}"
+        returning = "RETURNING t.id, " + ", ".join(f"t.{quote_ident(c)}" for c in key_columns)
         sql = (
             f"INSERT INTO {qualified} AS t ({insert_columns}) "
             f"SELECT {insert_values} FROM unnest({casts}) AS u({names}) "
             f"ON CONFLICT ({target}) "
         )
         if not update:
-            return sql + "DO NOTHING RETURNING t.id"
+            return sql + f"DO NOTHING {returning}"
         assignments = [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in update]
         if "updated_at" in types:
             assignments.append("updated_at = now()")
@@ -210,18 +226,26 @@ class PostgresStore:
         old = ", ".join(_comparable(f"t.{quote_ident(c)}", types[c]) for c in update)
         new = ", ".join(_comparable(f"EXCLUDED.{quote_ident(c)}", types[c]) for c in update)
         distinct = f"ROW({old}) IS DISTINCT FROM ROW({new})"
-        return sql + f"DO UPDATE SET {', '.join(assignments)} WHERE {distinct} RETURNING t.id"
+        return sql + f"DO UPDATE SET {', '.join(assignments)} WHERE {distinct} {returning}"
 
     def _lookup_sql(self, table: str, key_columns: Sequence[str]) -> str:
+        """Ids of existing rows by key: ``=`` where the column is NOT NULL (the unique
+        index serves it), a NULL-aware comparison that still hashes where it is not."""
         types = self.columns[table]
+        nullable = self.nullable.get(table, set())
         names = ", ".join(quote_ident(c) for c in key_columns)
         casts = ", ".join(f"${i}::{_ARRAY_CASTS[types[c]]}" for i, c in enumerate(key_columns, start=1))
-        matches = " AND ".join(
-            f"t.{quote_ident(c)} IS NOT DISTINCT FROM k.{quote_ident(c)}" for c in key_columns
-        )
+        matches = []
+        for column in key_columns:
+            old, new = f"t.{quote_ident(column)}", f"k.{quote_ident(column)}"
+            if column in nullable:
+                zero = _ZERO_VALUES.get(types[column], "''")
+                matches.append(f"COALESCE({old}, {zero}) = COALESCE({new}, {zero}) AND ({old} IS NULL) = ({new} IS NULL)")
+            else:
+                matches.append(f"{old} = {new}")
         return (
             f"SELECT t.id, {', '.join(f't.{quote_ident(c)}' for c in key_columns)} "
-            f"FROM {SCHEMA}.{quote_ident(table)} t JOIN unnest({casts}) AS k({names}) ON {matches}"
+            f"FROM {SCHEMA}.{quote_ident(table)} t JOIN unnest({casts}) AS k({names}) ON {' AND '.join(matches)}"
         )
 
     async def counts(self) -> dict[str, int]:
@@ -234,15 +258,20 @@ class PostgresStore:
         return {r["t"]: r["n"] for r in rows}
 
 
-async def _table_columns(connection: asyncpg.Connection) -> dict[str, dict[str, str]]:
+async def _table_columns(connection: asyncpg.Connection) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
+    """Column types, and the nullable columns, of every table of the schema."""
     rows = await connection.fetch(
-        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = $1",
+        "SELECT table_name, column_name, data_type, is_nullable = 'YES' AS nullable "
+        "FROM information_schema.columns WHERE table_schema = $1",
         SCHEMA,
     )
     columns: dict[str, dict[str, str]] = {}
+    nullable: dict[str, set[str]] = {}
     for row in rows:
         columns.setdefault(row["table_name"], {})[row["column_name"]] = row["data_type"]
-    return columns
+        if row["nullable"]:
+            nullable.setdefault(row["table_name"], set()).add(row["column_name"])
+    return columns, nullable
 
 
 def _to_wire(value: Any, data_type: str) -> Any:

@@ -127,14 +127,11 @@ def score_machines(
 @module("fingerprint")
 async def run(ctx: Context) -> None:
     """Find this host's machine row (by agent id, host_id, then MAC/IP/hostname)."""
-    identity = await asyncio.to_thread(collect_identity, ctx.root)
     mine = await ctx.store.fetchrow("machine_by_agent", ctx.agent_id)
-    if mine is not None:
+    if mine is not None:  # every cycle after the first: no need to look at the host
         ctx.host.id = mine["id"]
-        if identity.host_id and mine["host_id"] not in (None, identity.host_id):
-            ctx.log.warning("this agent's machine row carries another host_id; was the state directory copied?",
-                            stored=mine["host_id"], found=identity.host_id)
         return
+    identity = await asyncio.to_thread(collect_identity, ctx.root)
     if identity.host_id and await _claim_by_host_id(ctx, identity.host_id):
         return
     if await _claim_by_traces(ctx, identity):

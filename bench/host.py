@@ -1,0 +1,178 @@
+"""Time of collecting every host module together, on this machine.
+
+Run it from the repository::
+
+    .venv/bin/python bench/host.py [--repeat N] [--check]
+
+Calls the pure, blocking collection entry point of every host module on
+``HostRoot()`` (the live system), one after the other, as one agent cycle
+would, without writing anything anywhere:
+
+=============  ====================================
+host-basic     ``host_basic.collect``
+host-cpu       ``host_cpu.collect``
+host-disk      ``host_disk.collect_disks``
+host-gpu       ``host_gpu.collect_gpus`` (``Skip`` when there is no DRM or no pci.ids)
+host-network   ``host_network.collect_network``
+chassis        ``chassis.detect_from_files``
+local-users    ``local_users.collect``
+fingerprint    ``fingerprint.collect_identity``
+=============  ====================================
+
+Everything is passive reading of /proc, /sys and /etc (plus psutil's address
+list for host-network). Left out, because they are not reading: the
+``lsb_release`` command host-basic may run when /etc/lsb-release is missing,
+and chassis' question to hostnamed over D-Bus.
+
+One warm-up round (reported as "first": cold caches, first imports inside the
+modules) is followed by ``--repeat`` rounds (default 20); min and median are
+over those. The baseline, measured in the same rounds: reading
+/proc/cpuinfo, /etc/os-release and /proc/mounts once each, the least any
+collection of this host can cost (the floor); the ratio total/floor says how
+much the modules add on top of the kernel producing those files.
+
+Target: a whole round well under 1 s (median). Figures are information: the
+script exits 0 either way, unless ``--check`` is given (exit 1 at or above the
+target). Peak RSS of the process is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from situation.hostroot import HostRoot  # noqa: E402
+from situation.module import Skip  # noqa: E402
+from situation.modules import (  # noqa: E402
+    chassis,
+    fingerprint,
+    host_basic,
+    host_cpu,
+    host_disk,
+    host_gpu,
+    host_network,
+    local_users,
+)
+
+TARGET_SECONDS = 1.0
+FLOOR_FILES = ("/proc/cpuinfo", "/etc/os-release", "/proc/mounts")
+
+
+def _basic(facts: host_basic.HostFacts) -> str:
+    return f"{facts.distribution} {facts.distribution_version}, host_id {'set' if facts.host_id else 'none'}"
+
+
+def _cpu(facts: host_cpu.CpuFacts) -> str:
+    return f"{facts.vendor or '?'}, {facts.cores} cores"
+
+
+def _network(snapshot: host_network.NetworkSnapshot) -> str:
+    return f"{len(snapshot.nics)} NICs, {len(snapshot.subnets)} subnets, {len(snapshot.links)} links"
+
+
+def _chassis(found: tuple[str, str] | None) -> str:
+    return "no hint in files" if found is None else f"{found[0]} ({found[1]})"
+
+
+def _identity(identity: fingerprint.Identity) -> str:
+    return f"{len(identity.interfaces)} identifying NICs, {len(identity.listening_ports)} listening ports"
+
+
+# (module, entry point, function, summary of its result)
+MODULES: list[tuple[str, str, Callable[[HostRoot], Any], Callable[[Any], str]]] = [
+    ("host-basic", "host_basic.collect", host_basic.collect, _basic),
+    ("host-cpu", "host_cpu.collect", host_cpu.collect, _cpu),
+    ("host-disk", "host_disk.collect_disks", host_disk.collect_disks, lambda disks: f"{len(disks)} disks"),
+    ("host-gpu", "host_gpu.collect_gpus", host_gpu.collect_gpus, lambda gpus: f"{len(gpus)} GPUs"),
+    ("host-network", "host_network.collect_network", host_network.collect_network, _network),
+    ("chassis", "chassis.detect_from_files", chassis.detect_from_files, _chassis),
+    ("local-users", "local_users.collect", local_users.collect, lambda users: f"{len(users)} users"),
+    ("fingerprint", "fingerprint.collect_identity", fingerprint.collect_identity, _identity),
+]
+
+
+def read_floor(root: HostRoot) -> int:
+    size = 0
+    for name in FLOOR_FILES:
+        try:
+            size += len(root.path(name).read_bytes())
+        except OSError:
+            pass
+    return size
+
+
+def one_round(root: HostRoot, times: dict[str, list[float]], results: dict[str, str]) -> None:
+    started = time.perf_counter()
+    read_floor(root)
+    times["floor"].append(time.perf_counter() - started)
+    total = 0.0
+    for name, _entry, collect, summary in MODULES:
+        started = time.perf_counter()
+        try:
+            result = summary(collect(root))
+        except Skip as skipped:
+            result = f"Skip: {skipped}"
+        except Exception as exc:  # shown, not fatal: the other modules still count
+            result = f"ERROR {type(exc).__name__}: {exc}"
+        elapsed = time.perf_counter() - started
+        times[name].append(elapsed)
+        results[name] = result
+        total += elapsed
+    times["total"].append(total)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=20, metavar="N", help="measured rounds after the warm-up (default 20)")
+    parser.add_argument("--check", action="store_true", help=f"exit 1 when a round's median is {TARGET_SECONDS:g} s or more")
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+
+    root = HostRoot()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    names = [name for name, *_ in MODULES]
+    first: dict[str, list[float]] = {key: [] for key in [*names, "floor", "total"]}
+    times: dict[str, list[float]] = {key: [] for key in [*names, "floor", "total"]}
+    results: dict[str, str] = {}
+    one_round(root, first, results)
+    for _ in range(args.repeat):
+        one_round(root, times, results)
+
+    print(f"host collection on {socket.gethostname()} ({os.cpu_count()} CPUs), HostRoot() = the live system, "
+          f"1 warm-up round + {args.repeat} measured rounds")
+    print(f"  {'module':<13} {'entry point':<30} {'first ms':>9} {'min ms':>8} {'median ms':>10}  result")
+    for name, entry, *_ in MODULES:
+        print(f"  {name:<13} {entry:<30} {ms(first[name][0]):>9} {ms(min(times[name])):>8} "
+              f"{ms(statistics.median(times[name])):>10}  {results[name]}")
+    total_min, total_median = min(times["total"]), statistics.median(times["total"])
+    print(f"  {'total':<13} {'(all modules, one round)':<30} {ms(first['total'][0]):>9} {ms(total_min):>8} "
+          f"{ms(total_median):>10}")
+    floor_min, floor_median = min(times["floor"]), statistics.median(times["floor"])
+    print(f"\nbaseline (floor): read {' + '.join(FLOOR_FILES)} once: "
+          f"first {ms(first['floor'][0])} ms, min {ms(floor_min)} ms, median {ms(floor_median)} ms")
+    print(f"total/floor (median): {total_median / floor_median:.1f}x")
+    verdict = "PASS" if total_median < TARGET_SECONDS else "FAIL"
+    print(f"total (median) {ms(total_median)} ms, target < {TARGET_SECONDS * 1e3:.0f} ms: {verdict}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak:.1f} MiB (after imports, before collecting: {rss_before:.1f} MiB)")
+    return 1 if args.check and verdict == "FAIL" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
