@@ -78,6 +78,10 @@ def test_real_run_records_this_host(test_host, tmp_path):
     db.row_factory = sqlite3.Row
     machine = db.execute("SELECT * FROM machines WHERE agent = ?", (AGENT_ID,)).fetchone()
     assert machine["hostname"] == socket.gethostname()
+    host_ids = [Path(p) for p in ("/sys/class/dmi/id/product_uuid", "/etc/machine-id")]
+    assert machine["host_id"] and any(
+        p.exists() and machine["host_id"].replace("-", "") in p.read_text().lower().replace("-", "") for p in host_ids
+    ) or Path("/proc/sys/kernel/random/boot_id").read_text().strip() == machine["host_id"]
     assert machine["arch"] == os.uname().machine and machine["platform"] == "linux"
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     assert abs(machine["uptime"] / 1e9 - uptime) < 60
@@ -96,6 +100,9 @@ def test_real_run_records_this_host(test_host, tmp_path):
     assert subnet["network_cidr"] == "10.231.7.0/24" and subnet["ip_version"] == 4
     users = {r["username"] for r in db.execute("SELECT username FROM users WHERE machine_id = ?", (machine["id"],))}
     assert "root" in users
+    disks = {r["name"]: r for r in db.execute("SELECT * FROM disks WHERE machine_id = ?", (machine["id"],))}
+    for name, disk in disks.items():  # each one as /sys/block tells it
+        assert disk["size"] == int(Path(f"/sys/block/{name}/size").read_text()) * 512
     cpu = db.execute("SELECT * FROM cpus WHERE machine_id = ?", (machine["id"],)).fetchone()
     cpuinfo = Path("/proc/cpuinfo").read_text()
     assert cpu["cores"] >= 1 and (not cpu["model_name"] or cpu["model_name"] in cpuinfo)
