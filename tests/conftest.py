@@ -133,3 +133,12 @@ def test_host():
     host = IsolatedHost().create()
     yield host
     host.destroy()
+
+
+@pytest.fixture
+async def module_store(tmp_path: Path):
+    """A migrated SQLite store with the agent host's machine row; see support/modules.py."""
+    from support.modules import open_module_store
+
+    async with open_module_store(tmp_path / "db") as opened:
+        yield opened

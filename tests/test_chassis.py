@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import structlog
 
 from situation.hostroot import HostRoot
-from situation.module import Context, Skip
+from situation.module import Skip
 from situation.modules import chassis
 from situation.modules.chassis import (
     acpi_chassis,
@@ -20,6 +19,7 @@ from situation.modules.chassis import (
     is_vm_dmi,
     parse_busctl_string,
 )
+from support.modules import ModuleStore
 
 
 def write(root: Path, absolute: str, text: str | bytes) -> None:
@@ -220,42 +220,45 @@ async def test_empty_hostnamed_answer_falls_back_to_files(tmp_path: Path, monkey
     assert await detect_chassis(root) == ("container", "/run/.containerenv")
 
 
-# -- run(ctx) with a fake store -------------------------------------------------------------
+# -- run(ctx) against a real SQLite store ---------------------------------------------------
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    async def execute(self, query, *args):
-        self.calls.append((query, args))
-        return 1
-
-
-def context(root: HostRoot, store: FakeStore, host_id: int | None = 5) -> Context:
-    ctx = Context(store=store, log=structlog.get_logger(), agent_id="01" * 16, options={}, root=root)
-    ctx.host.id = host_id
-    return ctx
-
-
-async def test_run_writes_chassis(tmp_path: Path) -> None:
-    store = FakeStore()
-    ctx = context(tree(tmp_path, dmi("LENOVO", "20XW0055GE", "10")), store)
-    await chassis.run(ctx)
-    assert store.calls == [("set_machine_chassis", ("laptop", 5))]
+async def test_run_writes_chassis(tmp_path: Path, module_store: ModuleStore) -> None:
+    # set_machine_chassis takes ($1 chassis, $2 machine id, $3 agent id): only the host's row changes.
+    other = await module_store.add_machine("cd" * 16)
+    host_before = module_store.machine()
+    ctx = await module_store.run("chassis", tree(tmp_path, dmi("LENOVO", "20XW0055GE", "10")))
+    host = module_store.machine()
+    assert host["chassis"] == "laptop"
+    assert {k: v for k, v in host.items() if k not in ("chassis", "updated_at")} == {
+        k: v for k, v in host_before.items() if k not in ("chassis", "updated_at")
+    }
+    assert module_store.machine(other)["chassis"] == ""
     assert ctx.rows_written == 1
 
 
-async def test_run_skips_when_nothing_is_known(tmp_path: Path) -> None:
-    store = FakeStore()
+async def test_second_run_keeps_the_chassis(tmp_path: Path, module_store: ModuleStore) -> None:
+    root = tree(tmp_path, {"/.dockerenv": ""})
+    await module_store.run("chassis", root)
+    counts = module_store.counts()
+    await module_store.run("chassis", root)
+    assert module_store.machine()["chassis"] == "container"
+    assert module_store.counts() == counts
+
+
+async def test_run_skips_when_nothing_is_known(tmp_path: Path, module_store: ModuleStore) -> None:
+    before = module_store.snapshot()
     with pytest.raises(Skip):
-        await chassis.run(context(HostRoot.under(tmp_path), store))
-    assert store.calls == []
+        await module_store.run("chassis", HostRoot.under(tmp_path))
+    assert module_store.snapshot() == before
+    assert module_store.machine()["chassis"] == ""
 
 
-async def test_run_needs_host(tmp_path: Path) -> None:
+async def test_run_needs_host(tmp_path: Path, module_store: ModuleStore) -> None:
+    before = module_store.snapshot()
     with pytest.raises(RuntimeError, match="no host"):
-        await chassis.run(context(tree(tmp_path, {"/.dockerenv": ""}), FakeStore(), None))
+        await module_store.run("chassis", tree(tmp_path, {"/.dockerenv": ""}), machine_id=None)
+    assert module_store.snapshot() == before
 
 
 def test_set_machine_chassis_query_exists() -> None:

@@ -7,10 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
-import structlog
 
 from situation.hostroot import HostRoot
-from situation.module import Context
 from situation.modules import host_basic
 from situation.modules.host_basic import (
     HostFacts,
@@ -23,7 +21,7 @@ from situation.modules.host_basic import (
     parse_os_release,
     read_host_id,
 )
-from situation.store import UpsertResult
+from support.modules import AGENT, ModuleStore, open_module_store
 
 
 def write(root: Path, absolute: str, text: str) -> Path:
@@ -376,53 +374,73 @@ def test_collect_live() -> None:
     assert facts.host_id != ""
 
 
-# -- run(ctx) with a fake store -------------------------------------------------------------
+# -- run(ctx) against a real SQLite store ---------------------------------------------------
+
+ROCKY = {**BASE, "/etc/os-release": 'ID="rocky"\nVERSION_ID="9.3"\n'}
+ROCKY_MACHINE = {
+    "agent": AGENT,
+    "hostname": "web-01",
+    "host_id": None,
+    "arch": "aarch64",
+    "platform": "linux",
+    "distribution": "rocky",
+    "distribution_version": "9.3",
+    "distribution_family": "rhel",
+    "uptime": 12345_000_000_000,
+    "cpe": "",
+    "chassis": "",
+    "parent_machine_id": None,
+    "updated_by": AGENT,
+}
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    async def upsert(self, table, rows, *, key, update=None):
-        self.calls.append((table, [dict(r) for r in rows], key, tuple(update) if update else None))
-        return UpsertResult(written=len(rows), ids=[42] * len(rows))
+def machine_columns(row: dict) -> dict:
+    return {column: row[column] for column in ROCKY_MACHINE}
 
 
-async def test_run_upserts_the_machine(tmp_path: Path) -> None:
-    root = tree(tmp_path, {**BASE, "/etc/os-release": 'ID="rocky"\nVERSION_ID="9.3"\n'})
-    store = FakeStore()
-    ctx = Context(store=store, log=structlog.get_logger(), agent_id="ab" * 16, options={}, root=root)
-    await host_basic.run(ctx)
-    assert ctx.host.id == 42
+async def test_run_creates_the_machine(tmp_path: Path) -> None:
+    async with open_module_store(tmp_path / "db", with_machine=False) as db:
+        ctx = await db.run("host-basic", tree(tmp_path, ROCKY))
+        [row] = db.rows("machines")
+        assert ctx.host.id == row["id"]
+        assert machine_columns(row) == ROCKY_MACHINE
+        assert ctx.rows_written == 1
+
+
+async def test_second_run_writes_nothing(tmp_path: Path) -> None:
+    async with open_module_store(tmp_path / "db", with_machine=False) as db:
+        root = tree(tmp_path, ROCKY)
+        first = await db.run("host-basic", root)
+        before = db.snapshot()
+        ctx = await db.run("host-basic", root)
+        assert ctx.rows_written == 0
+        assert ctx.host.id == first.host.id
+        assert db.snapshot() == before
+
+
+async def test_run_refreshes_the_facts_and_keeps_the_rest(tmp_path: Path, module_store: ModuleStore) -> None:
+    # The existing row of this agent is updated in place; chassis (chassis module), cpe and
+    # parent_machine_id are not host-basic's, and stay as they are.
+    parent = await module_store.add_machine("cd" * 16, "hypervisor")
+    await module_store.store.upsert(
+        "machines",
+        [{"agent": AGENT, "hostname": "old", "cpe": "cpe:/o:rocky:rocky:9", "parent_machine_id": parent}],
+        key="agent",
+    )
+    await module_store.store.execute("set_machine_chassis", "server", module_store.machine_id, "ab" * 16)
+    ctx = await module_store.run("host-basic", tree(tmp_path, ROCKY), machine_id=None)
+    assert ctx.host.id == module_store.machine_id
     assert ctx.rows_written == 1
-    (table, rows, key, update) = store.calls[0]
-    assert (table, key) == ("machines", "agent")
-    assert rows == [
-        {
-            "agent": "ab" * 16,
-            "hostname": "web-01",
-            "host_id": None,
-            "arch": "aarch64",
-            "platform": "linux",
-            "distribution": "rocky",
-            "distribution_version": "9.3",
-            "distribution_family": "rhel",
-            "uptime": 12345_000_000_000,
-            "cpe": "",
-            "chassis": "",
-            "parent_machine_id": None,
-        }
-    ]
-    assert "chassis" not in update and "agent" not in update
-    assert set(update) == {
-        "hostname", "host_id", "arch", "platform", "distribution", "distribution_version",
-        "distribution_family", "uptime",
-    }
+    assert len(module_store.rows("machines")) == 2
+    row = module_store.machine()
+    expected = {**ROCKY_MACHINE, "cpe": "cpe:/o:rocky:rocky:9", "chassis": "server", "parent_machine_id": parent}
+    assert machine_columns(row) == expected
 
 
 async def test_run_fails_when_facts_are_unreadable(tmp_path: Path) -> None:
-    store = FakeStore()
-    ctx = Context(store=store, log=structlog.get_logger(), agent_id="ab" * 16, options={}, root=tree(tmp_path, {}))
-    with pytest.raises(OSError):
-        await host_basic.run(ctx)
-    assert store.calls == []
+    async with open_module_store(tmp_path / "db", with_machine=False) as db:
+        ctx = db.context("host-basic", tree(tmp_path, {}))
+        with pytest.raises(OSError):
+            await host_basic.run(ctx)
+        assert db.rows("machines") == []
+        assert ctx.host.id is None

@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import structlog
 
 from situation.hostroot import HostRoot
-from situation.module import Context
-from situation.modules import host_cpu
 from situation.modules.host_cpu import (
     CpuFacts,
     arm_part_name,
@@ -18,7 +15,7 @@ from situation.modules.host_cpu import (
     parse_cpuinfo,
     riscv_vendor,
 )
-from situation.store import UpsertResult
+from support.modules import AGENT, ModuleStore
 
 
 def write(root: Path, absolute: str, text: str) -> None:
@@ -233,42 +230,49 @@ def test_riscv_vendor(code: str, name: str) -> None:
     assert riscv_vendor(code) == name
 
 
-# -- run(ctx) with a fake store -------------------------------------------------------------
+# -- run(ctx) against a real SQLite store ---------------------------------------------------
+
+MODEL = "11th Gen Intel(R) Core(TM) i7-1165G7 @ 2.80GHz"
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    async def upsert(self, table, rows, *, key, update=None):
-        self.calls.append((table, [dict(r) for r in rows], key, tuple(update) if update else None))
-        return UpsertResult(written=len(rows), ids=[7] * len(rows))
+def cpu_columns(module_store: ModuleStore) -> list[dict]:
+    keep = ("model_name", "vendor", "cores", "machine_id", "updated_by")
+    return [{column: row[column] for column in keep} for row in module_store.rows("cpus")]
 
 
-def context(root: HostRoot, store: FakeStore, host_id: int | None) -> Context:
-    ctx = Context(store=store, log=structlog.get_logger(), agent_id="cd" * 16, options={}, root=root)
-    ctx.host.id = host_id
-    return ctx
-
-
-async def test_run_upserts_cpu(tmp_path: Path) -> None:
-    store = FakeStore()
-    ctx = context(tree(tmp_path, {"/proc/cpuinfo": X86_CPUINFO}), store, 3)
-    await host_cpu.run(ctx)
-    assert store.calls == [
-        (
-            "cpus",
-            [{"model_name": "11th Gen Intel(R) Core(TM) i7-1165G7 @ 2.80GHz", "vendor": "GenuineIntel",
-              "cores": 4, "machine_id": 3}],
-            "machine_id",
-            ("model_name", "vendor", "cores"),
-        )
+async def test_run_stores_the_cpu(tmp_path: Path, module_store: ModuleStore) -> None:
+    ctx = await module_store.run("host-cpu", tree(tmp_path, {"/proc/cpuinfo": X86_CPUINFO}))
+    assert cpu_columns(module_store) == [
+        {"model_name": MODEL, "vendor": "GenuineIntel", "cores": 4, "machine_id": module_store.machine_id,
+         "updated_by": AGENT}
     ]
     assert ctx.rows_written == 1
 
 
-async def test_run_needs_host(tmp_path: Path) -> None:
-    store = FakeStore()
+async def test_second_run_writes_nothing(tmp_path: Path, module_store: ModuleStore) -> None:
+    root = tree(tmp_path, {"/proc/cpuinfo": X86_CPUINFO})
+    await module_store.run("host-cpu", root)
+    before = module_store.snapshot()
+    ctx = await module_store.run("host-cpu", root)
+    assert ctx.rows_written == 0
+    assert module_store.snapshot() == before
+
+
+async def test_changed_cpu_updates_the_one_row(tmp_path: Path, module_store: ModuleStore) -> None:
+    # One row per machine (upsert on machine_id): model, vendor and cores are refreshed in place.
+    await module_store.run("host-cpu", tree(tmp_path / "before", {"/proc/cpuinfo": X86_CPUINFO}))
+    [first] = module_store.rows("cpus")
+    riscv = {"/proc/cpuinfo": RISCV_CPUINFO, "/sys/devices/system/cpu/cpu3/topology/core_id": "3\n"}
+    ctx = await module_store.run("host-cpu", tree(tmp_path / "after", riscv))
+    assert ctx.rows_written == 1
+    [row] = module_store.rows("cpus")
+    assert row["id"] == first["id"]
+    assert (row["model_name"], row["vendor"], row["cores"], row["machine_id"]) == (
+        "sifive,u74-mc", "SiFive", 4, module_store.machine_id
+    )
+
+
+async def test_run_needs_host(tmp_path: Path, module_store: ModuleStore) -> None:
     with pytest.raises(RuntimeError, match="no host"):
-        await host_cpu.run(context(tree(tmp_path, {"/proc/cpuinfo": X86_CPUINFO}), store, None))
-    assert store.calls == []
+        await module_store.run("host-cpu", tree(tmp_path, {"/proc/cpuinfo": X86_CPUINFO}), machine_id=None)
+    assert module_store.rows("cpus") == []

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from situation.hostroot import HostRoot
-from situation.module import REGISTRY, Context, HostMachine
+from situation.module import REGISTRY
 from situation.modules import host_disk
 from situation.modules.host_disk import Disk, Partition, classify_device, collect_disks
-from situation.store import UpsertResult
+from support.modules import AGENT, ModuleStore
 
 
 def write(path: Path, text: str) -> None:
@@ -192,35 +191,7 @@ def test_missing_sys_block_gives_no_disk(tmp_path: Path) -> None:
     assert collect_disks(HostRoot.under(tmp_path)) == []
 
 
-# -- run() against a recording store ---------------------------------------------------
-
-
-class RecordingStore:
-    dialect = "sqlite"
-    agent_id = "ab" * 16
-
-    def __init__(self) -> None:
-        self.upserts: list[tuple[str, list[dict[str, Any]], str, tuple[str, ...] | None]] = []
-
-    async def upsert(self, table, rows, *, key, update=None):  # noqa: ANN001
-        self.upserts.append((table, [dict(row) for row in rows], key, tuple(update) if update is not None else None))
-        return UpsertResult(written=len(rows), ids=list(range(1, len(rows) + 1)))
-
-
-class QuietLog:
-    def __getattr__(self, _name: str):  # noqa: ANN204
-        return lambda *args, **kwargs: None
-
-
-def make_context(root: Path, store: RecordingStore) -> Context:
-    return Context(
-        store=store,  # type: ignore[arg-type]
-        log=QuietLog(),
-        agent_id=store.agent_id,
-        options={},
-        root=HostRoot.under(root),
-        host=HostMachine(id=7),
-    )
+# -- run() against a real SQLite store -------------------------------------------------
 
 
 def test_module_is_registered() -> None:
@@ -229,21 +200,67 @@ def test_module_is_registered() -> None:
     assert spec.run is host_disk.run
 
 
-async def test_run_upserts_disks_on_machine_disk_name(disk_root: Path) -> None:
-    store = RecordingStore()
-    ctx = make_context(disk_root, store)
-    await host_disk.run(ctx)
-    [(table, rows, key, update)] = store.upserts
-    assert (table, key) == ("disks", "machine_disk_name")
-    assert update == ("model", "size", "type", "controller", "partitions")
-    assert [row["name"] for row in rows] == ["loop1", "nvme0n1", "sda", "sdb", "sr0", "vda"]
-    assert all(row["machine_id"] == 7 for row in rows)
+async def test_run_stores_every_kept_disk(disk_root: Path, module_store: ModuleStore) -> None:
+    ctx = await module_store.run("host-disk", disk_root)
+    stored = module_store.rows("disks")
+    assert [row["name"] for row in stored] == ["loop1", "nvme0n1", "sda", "sdb", "sr0", "vda"]
+    assert all(row["machine_id"] == module_store.machine_id for row in stored)
+    assert all(row["updated_by"] == AGENT for row in stored)
+    by_row = {row["name"]: row for row in stored}
+    assert {column: by_row["nvme0n1"][column] for column in ("model", "size", "type", "controller")} == {
+        "model": "Samsung_SSD_970_EVO_1TB",
+        "size": 1000 * 512,
+        "type": "ssd",
+        "controller": "nvme",
+    }
+    assert by_row["nvme0n1"]["partitions"] == [
+        {"name": "nvme0n1p1", "size": 100 * 512, "type": "vfat"},
+        {"name": "nvme0n1p2", "size": 800 * 512, "type": "ext4"},
+        {"name": "nvme0n1p10", "type": "unknown"},
+    ]
+    assert by_row["sdb"]["partitions"] == [
+        {"name": "sdb1", "size": 100 * 512, "type": "xfs", "read_only": True},
+        {"name": "sdb2", "size": 150 * 512, "type": "unknown"},
+    ]
+    assert (by_row["vda"]["model"], by_row["vda"]["partitions"]) == ("unknown", [])
+    assert (by_row["loop1"]["controller"], by_row["loop1"]["type"]) == ("unknown", "unknown")
     assert ctx.rows_written == 6
 
 
-async def test_run_without_disks_writes_nothing(tmp_path: Path) -> None:
-    store = RecordingStore()
-    ctx = make_context(tmp_path, store)
-    await host_disk.run(ctx)
-    assert store.upserts == []
+async def test_second_run_writes_nothing(disk_root: Path, module_store: ModuleStore) -> None:
+    await module_store.run("host-disk", disk_root)
+    before = module_store.snapshot()
+    ctx = await module_store.run("host-disk", disk_root)
     assert ctx.rows_written == 0
+    assert module_store.snapshot() == before
+
+
+async def test_changed_disk_updates_its_row(disk_root: Path, module_store: ModuleStore) -> None:
+    # The row is found again on (name, machine_id); model, size and partitions are refreshed.
+    await module_store.run("host-disk", disk_root)
+    ids = {row["name"]: row["id"] for row in module_store.rows("disks")}
+    add_udev(disk_root, "252:0", ID_MODEL="QEMU_HARDDISK")
+    write(disk_root / "sys/block/vda/size", "4096\n")
+    write(disk_root / "sys/block/vda/vda1/size", "4000\n")
+    write(disk_root / "sys/block/vda/vda1/dev", "252:1\n")
+    ctx = await module_store.run("host-disk", disk_root)
+    assert ctx.rows_written == 1
+    stored = {row["name"]: row for row in module_store.rows("disks")}
+    assert {name: row["id"] for name, row in stored.items()} == ids
+    vda = stored["vda"]
+    assert (vda["model"], vda["size"], vda["type"], vda["controller"]) == ("QEMU_HARDDISK", 4096 * 512, "hdd", "virtio")
+    assert vda["partitions"] == [{"name": "vda1", "size": 4000 * 512, "type": "unknown"}]
+
+
+async def test_run_without_disks_writes_nothing(tmp_path: Path, module_store: ModuleStore) -> None:
+    ctx = await module_store.run("host-disk", tmp_path / "empty")
+    assert module_store.rows("disks") == []
+    assert ctx.rows_written == 0
+
+
+async def test_empty_disk_list_keeps_stored_disks(disk_root: Path, tmp_path: Path, module_store: ModuleStore) -> None:
+    await module_store.run("host-disk", disk_root)
+    before = module_store.snapshot()
+    ctx = await module_store.run("host-disk", tmp_path / "empty")
+    assert ctx.rows_written == 0
+    assert module_store.snapshot() == before

@@ -5,12 +5,11 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from situation.hostroot import HostRoot
-from situation.module import REGISTRY, Context, HostMachine, Skip
+from situation.module import REGISTRY, Skip
 from situation.modules import host_gpu
 from situation.modules.host_gpu import (
     Gpu,
@@ -21,7 +20,7 @@ from situation.modules.host_gpu import (
     normalize_pci_id,
     read_cards,
 )
-from situation.store import UpsertResult
+from support.modules import AGENT, ModuleStore
 
 PCI_IDS = """\
 # Tiny pci.ids for tests
@@ -190,70 +189,83 @@ def test_gpu_row() -> None:
     assert gpu.is_hyper_v
 
 
-# -- run() against a recording store ---------------------------------------------------
+# -- run() against a real SQLite store -------------------------------------------------
 
 
-class RecordingStore:
-    dialect = "sqlite"
-    agent_id = "ab" * 16
-
-    def __init__(self) -> None:
-        self.upserts: list[tuple[str, list[dict[str, Any]], str, tuple[str, ...] | None]] = []
-        self.executed: list[tuple[str, tuple[Any, ...]]] = []
-
-    async def upsert(self, table, rows, *, key, update=None):  # noqa: ANN001
-        self.upserts.append((table, [dict(row) for row in rows], key, tuple(update) if update is not None else None))
-        return UpsertResult(written=len(rows), ids=list(range(1, len(rows) + 1)))
-
-    async def execute(self, query: str, *args: Any) -> int:
-        self.executed.append((query, args))
-        return 1
-
-
-class QuietLog:
-    def __getattr__(self, _name: str):  # noqa: ANN204
-        return lambda *args, **kwargs: None
-
-
-def make_context(root: Path, store: RecordingStore) -> Context:
-    return Context(
-        store=store,  # type: ignore[arg-type]
-        log=QuietLog(),
-        agent_id=store.agent_id,
-        options={},
-        root=HostRoot.under(root),
-        host=HostMachine(id=7),
-    )
+def gpu_columns(module_store: ModuleStore) -> list[tuple]:
+    return [
+        (row["index"], row["product"], row["vendor"], row["driver"], row["machine_id"])
+        for row in module_store.rows("gpus")
+    ]
 
 
 def test_module_is_registered() -> None:
     assert REGISTRY["host-gpu"].depends == ("host-basic",)
 
 
-async def test_run_upserts_gpus_on_machine_gpu_index(gpu_root: Path) -> None:
-    store = RecordingStore()
-    ctx = make_context(gpu_root, store)
-    await host_gpu.run(ctx)
-    [(table, rows, key, update)] = store.upserts
-    assert (table, key, update) == ("gpus", "machine_gpu_index", ("product", "vendor", "driver"))
-    assert [(row["index"], row["product"], row["machine_id"]) for row in rows] == [
-        (0, "TU104GL [Tesla T4]", 7),
-        (1, "unknown", 7),
+async def test_run_stores_gpus(gpu_root: Path, module_store: ModuleStore) -> None:
+    ctx = await module_store.run("host-gpu", gpu_root)
+    host = module_store.machine_id
+    assert gpu_columns(module_store) == [
+        (0, "TU104GL [Tesla T4]", "NVIDIA Corporation", "nvidia", host),
+        (1, "unknown", "Intel Corporation", "", host),
     ]
-    assert store.executed == []
+    assert all(row["updated_by"] == AGENT for row in module_store.rows("gpus"))
+    assert module_store.machine()["chassis"] == ""  # no Hyper-V card: the machine is left alone
     assert ctx.rows_written == 2
 
 
-async def test_run_marks_hyper_v_host_as_vm(gpu_root: Path) -> None:
+async def test_second_run_writes_nothing(gpu_root: Path, module_store: ModuleStore) -> None:
+    await module_store.run("host-gpu", gpu_root)
+    before = module_store.snapshot()
+    ctx = await module_store.run("host-gpu", gpu_root)
+    assert ctx.rows_written == 0
+    assert module_store.snapshot() == before
+
+
+async def test_changed_card_updates_its_row(gpu_root: Path, module_store: ModuleStore) -> None:
+    # Found again on ("index", machine_id); product, vendor and driver are refreshed.
+    await module_store.run("host-gpu", gpu_root)
+    ids = [row["id"] for row in module_store.rows("gpus")]
+    device_dir = gpu_root / "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+    write(device_dir / "device", "0x2204\n")
+    os.remove(device_dir / "driver")
+    symlink(device_dir / "driver", "../../../../bus/pci/drivers/nouveau")
+    ctx = await module_store.run("host-gpu", gpu_root)
+    assert ctx.rows_written == 1
+    assert [row["id"] for row in module_store.rows("gpus")] == ids
+    assert gpu_columns(module_store)[0] == (
+        0, "GA102 [GeForce RTX 3090]", "NVIDIA Corporation", "nouveau", module_store.machine_id
+    )
+
+
+async def test_run_marks_hyper_v_host_as_vm(gpu_root: Path, module_store: ModuleStore) -> None:
+    # set_machine_chassis takes ($1 chassis, $2 machine id, $3 agent id): only the host's row becomes 'vm'.
+    other = await module_store.add_machine("cd" * 16)
     add_pci_card(gpu_root, 2, "0000:03:00.0", "0x1414", "0x5353", "hyperv_drm")
-    store = RecordingStore()
-    await host_gpu.run(make_context(gpu_root, store))
-    assert store.executed == [("set_machine_chassis", ("vm", 7))]
+    ctx = await module_store.run("host-gpu", gpu_root)
+    assert module_store.machine()["chassis"] == "vm"
+    assert module_store.machine(other)["chassis"] == ""
+    assert gpu_columns(module_store)[2] == (
+        2, "Hyper-V virtual VGA", "Microsoft Corporation", "hyperv_drm", module_store.machine_id
+    )
+    assert ctx.rows_written == 3 + 1
 
 
-async def test_run_propagates_skip(gpu_root: Path) -> None:
+async def test_run_without_card_writes_nothing(tmp_path: Path, module_store: ModuleStore) -> None:
+    root = tmp_path / "host"
+    (root / "sys/class/drm").mkdir(parents=True)
+    write(root / "usr/share/hwdata/pci.ids", PCI_IDS)
+    before = module_store.snapshot()
+    ctx = await module_store.run("host-gpu", root)
+    assert ctx.rows_written == 0
+    assert module_store.snapshot() == before
+
+
+async def test_run_propagates_skip(gpu_root: Path, module_store: ModuleStore) -> None:
     (gpu_root / "usr/share/hwdata/pci.ids").unlink()
-    store = RecordingStore()
+    before = module_store.snapshot()
     with pytest.raises(Skip):
-        await host_gpu.run(make_context(gpu_root, store))
-    assert store.upserts == []
+        await module_store.run("host-gpu", gpu_root)
+    assert module_store.rows("gpus") == []
+    assert module_store.snapshot() == before

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from situation.hostroot import HostRoot
-from situation.module import REGISTRY, Context, HostMachine
+from situation.module import REGISTRY
 from situation.modules import host_network
 from situation.modules.host_network import (
     DefaultRoute,
@@ -33,7 +32,7 @@ from situation.modules.host_network import (
     read_interfaces,
     subnet_for,
 )
-from situation.store import UpsertResult, conflict_key, prepare_batch
+from support.modules import AGENT, ModuleStore
 
 ETH0_MAC = "52:54:00:ab:cd:ef"
 
@@ -286,173 +285,142 @@ def test_plan_macless_nic_does_not_take_a_row_that_now_has_another_name() -> Non
     assert plan_writes(nics, stored).release_names == [1]
 
 
-# -- run() against an in-memory store that enforces the keys ---------------------------
+# -- run() against a real SQLite store ---------------------------------------------------
 
 
-class UniqueViolation(Exception):
-    pass
+def nic(module_store: ModuleStore, name: str) -> dict[str, Any]:
+    [row] = [row for row in module_store.rows("network_interfaces") if row["name"] == name]
+    return row
 
 
-class MemoryStore:
-    """Just enough of the Store API for host-network, with both NIC keys and both link keys enforced."""
-
-    dialect = "sqlite"
-    agent_id = "ab" * 16
-
-    def __init__(self) -> None:
-        self.tables: dict[str, list[dict[str, Any]]] = {"subnetworks": [], "network_interfaces": []}
-        self.links: list[dict[str, Any]] = []
-        self.released: list[int] = []
-        self.next_id = 1
-
-    @asynccontextmanager
-    async def transaction(self):  # noqa: ANN201
-        yield
-
-    async def upsert(self, table, rows, *, key, update=None):  # noqa: ANN001
-        target = conflict_key(table, key)
-        _columns, batch, index = prepare_batch(rows, target)
-        ids, written = [], 0
-        for row in batch:
-            existing = next(
-                (r for r in self.tables[table]
-                 if all(row[c] is not None and r[c] == row[c] for c in target.columns)),
-                None,
-            )
-            if existing is None:
-                existing = {"id": self.next_id, **row}
-                self.next_id += 1
-                self.tables[table].append(existing)
-                written += 1
-            else:
-                changed = {c: row[c] for c in (update or ()) if existing[c] != row[c]}
-                existing.update(changed)
-                written += bool(changed)
-            self.check_unique(table)
-            ids.append(existing["id"])
-        return UpsertResult(written=written, ids=[ids[i] for i in index])
-
-    def check_unique(self, table: str) -> None:
-        for target in (conflict_key(table, k) for k in ("machine_mac_tag", "machine_nic_name")
-                       if table == "network_interfaces"):
-            seen = set()
-            for row in self.tables[table]:
-                values = tuple(row[c] for c in target.columns)
-                if None in values:
-                    continue
-                if values in seen:
-                    raise UniqueViolation(f"{target.columns} = {values}")
-                seen.add(values)
-
-    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        assert query == "host_network_interfaces"
-        return [
-            {"id": r["id"], "name": r["name"], "mac": r["mac"], "tag": r["tag"]}
-            for r in self.tables["network_interfaces"] if r["machine_id"] == args[0]
-        ]
-
-    async def execute(self, query: str, *args: Any) -> int:
-        if query == "release_interface_name":
-            row_id, agent = args
-            assert agent == self.agent_id
-            self.released.append(row_id)
-            next(r for r in self.tables["network_interfaces"] if r["id"] == row_id)["name"] = None
-            return 1
-        assert query == "link_interface_subnet"
-        nic_id, subnet_id, ip, mac_subnet_value = args
-        for link in self.links:
-            same_pk = (link["nic"], link["subnet"], link["ip"]) == (nic_id, subnet_id, ip)
-            if same_pk or (mac_subnet_value is not None and link["mac_subnet"] == mac_subnet_value):
-                return 0
-        self.links.append({"nic": nic_id, "subnet": subnet_id, "ip": ip, "mac_subnet": mac_subnet_value})
-        return 1
-
-    def nic(self, name: str) -> dict[str, Any]:
-        return next(r for r in self.tables["network_interfaces"] if r["name"] == name)
+def subnets_by_cidr(module_store: ModuleStore) -> dict[str, dict[str, Any]]:
+    return {row["network_cidr"]: row for row in module_store.rows("subnetworks")}
 
 
-class QuietLog:
-    def __getattr__(self, _name: str):  # noqa: ANN204
-        return lambda *args, **kwargs: None
-
-
-def make_context(root: Path, store: MemoryStore) -> Context:
-    return Context(
-        store=store,  # type: ignore[arg-type]
-        log=QuietLog(),
-        agent_id=store.agent_id,
-        options={},
-        root=HostRoot.under(root),
-        host=HostMachine(id=7),
-    )
+def links(module_store: ModuleStore) -> list[tuple]:
+    return [
+        (row["network_interface_id"], row["subnetwork_id"], row["ip"], row["mac_subnet"])
+        for row in module_store.rows("network_interface_subnets")
+    ]
 
 
 def test_module_is_registered() -> None:
     assert REGISTRY["host-network"].depends == ("host-basic",)
 
 
-async def test_run_writes_subnets_nics_and_links(net_root: Path) -> None:
-    store = MemoryStore()
-    ctx = make_context(net_root, store)
-    await host_network.run(ctx)
-    subnets = {s["network_cidr"]: s for s in store.tables["subnetworks"]}
+async def test_run_writes_subnets_nics_and_links(net_root: Path, module_store: ModuleStore) -> None:
+    ctx = await module_store.run("host-network", net_root)
+    host = module_store.machine_id
+    subnets = subnets_by_cidr(module_store)
     assert sorted(subnets) == ["10.8.0.0/24", "192.168.1.0/24", "2001:db8:1::/64"]
-    assert subnets["192.168.1.0/24"]["gateway"] == "192.168.1.1"
+    columns = ("network_addr", "mask_size", "ip_version", "gateway")
+    assert {cidr: tuple(subnet[c] for c in columns) for cidr, subnet in subnets.items()} == {
+        "192.168.1.0/24": ("192.168.1.0", 24, 4, "192.168.1.1"),
+        "2001:db8:1::/64": ("2001:db8:1::", 64, 6, ""),
+        "10.8.0.0/24": ("10.8.0.0", 24, 4, ""),
+    }
     assert all(s["tag"] == "" and s["vlan_id"] == 0 for s in subnets.values())
-    eth0, lo, wg0 = store.nic("eth0"), store.nic("lo"), store.nic("wg0")
-    assert eth0["mac"] == ETH0_MAC and eth0["gateway"] == "192.168.1.1" and eth0["machine_id"] == 7
-    assert lo["ip"] == ["127.0.0.1", "::1"] and lo["mac"] is None and lo["gateway"] is None
-    assert wg0["ip"] == ["10.8.0.2"] and wg0["tag"] == ""
+    assert sorted(row["name"] for row in module_store.rows("network_interfaces")) == ["eth0", "lo", "wg0"]
+    eth0, lo, wg0 = nic(module_store, "eth0"), nic(module_store, "lo"), nic(module_store, "wg0")
+    assert (eth0["mac"], eth0["gateway"], eth0["machine_id"], eth0["tag"]) == (ETH0_MAC, "192.168.1.1", host, "")
+    assert eth0["ip"] == ["192.168.1.10", "2001:db8:1::10", "fe80::5054:ff:feab:cdef", "192.168.1.11"]
+    assert eth0["flags"] == {"up": True, "broadcast": True, "multicast": True, "running": True}
+    assert (lo["ip"], lo["mac"], lo["gateway"], lo["machine_id"]) == (["127.0.0.1", "::1"], None, None, host)
+    assert lo["flags"] == {"up": True, "loopback": True}
+    assert (wg0["ip"], wg0["mac"], wg0["tag"], wg0["machine_id"]) == (["10.8.0.2"], None, "", host)
+    assert wg0["flags"] == {"up": True, "point_to_point": True}
+    assert all(row["updated_by"] == AGENT for row in module_store.rows("network_interfaces"))
     lan, v6, wg = (subnets[c]["id"] for c in ("192.168.1.0/24", "2001:db8:1::/64", "10.8.0.0/24"))
     # 192.168.1.11 shares eth0's mac_subnet with 192.168.1.10, so only the first link is kept.
-    assert store.links == [
-        {"nic": eth0["id"], "subnet": lan, "ip": "192.168.1.10", "mac_subnet": f"{ETH0_MAC}/{lan}"},
-        {"nic": eth0["id"], "subnet": v6, "ip": "2001:db8:1::10", "mac_subnet": f"{ETH0_MAC}/{v6}"},
-        {"nic": wg0["id"], "subnet": wg, "ip": "10.8.0.2", "mac_subnet": None},
+    assert links(module_store) == [
+        (eth0["id"], lan, "192.168.1.10", f"{ETH0_MAC}/{lan}"),
+        (eth0["id"], v6, "2001:db8:1::10", f"{ETH0_MAC}/{v6}"),
+        (wg0["id"], wg, "10.8.0.2", None),
     ]
     assert ctx.rows_written == 3 + 3 + 3
 
 
-async def test_second_run_changes_nothing(net_root: Path) -> None:
-    store = MemoryStore()
-    await host_network.run(make_context(net_root, store))
-    before = json.dumps([store.tables, store.links], sort_keys=True)
-    ctx = make_context(net_root, store)
-    await host_network.run(ctx)
-    assert json.dumps([store.tables, store.links], sort_keys=True) == before
-    assert len(store.tables["network_interfaces"]) == 3  # lo and wg0 stay apart
-    assert store.nic("eth0")["ip"] == ["192.168.1.10", "2001:db8:1::10", "fe80::5054:ff:feab:cdef", "192.168.1.11"]
-    assert store.released == []
-    assert ctx.rows_written == 0
+async def test_second_run_changes_nothing(net_root: Path, module_store: ModuleStore) -> None:
+    await module_store.run("host-network", net_root)
+    before = module_store.snapshot()
+    ctx = await module_store.run("host-network", net_root)
+    assert ctx.rows_written == 0  # no name released, no row rewritten, no link added
+    assert module_store.snapshot() == before
+    nics = module_store.rows("network_interfaces")
+    assert len(nics) == 3
+    assert nic(module_store, "eth0")["ip"] == [
+        "192.168.1.10", "2001:db8:1::10", "fe80::5054:ff:feab:cdef", "192.168.1.11",
+    ]
 
 
-async def test_ip_list_is_rebuilt_not_grown(net_root: Path) -> None:
-    store = MemoryStore()
-    await host_network.run(make_context(net_root, store))
+async def test_macless_nics_are_not_merged(net_root: Path, module_store: ModuleStore) -> None:
+    # lo and wg0 have no MAC: each is its own row, found again by name on every run.
+    await module_store.run("host-network", net_root)
+    ids = {row["name"]: row["id"] for row in module_store.rows("network_interfaces")}
+    await module_store.run("host-network", net_root)
+    macless = [row for row in module_store.rows("network_interfaces") if row["mac"] is None]
+    assert sorted((row["name"], row["id"]) for row in macless) == [("lo", ids["lo"]), ("wg0", ids["wg0"])]
+    assert ids["lo"] != ids["wg0"]
+
+
+async def test_ip_list_is_rebuilt_not_grown(net_root: Path, module_store: ModuleStore) -> None:
+    await module_store.run("host-network", net_root)
+    eth0_id = nic(module_store, "eth0")["id"]
     write(net_root / "situation-test/addresses.json", json.dumps({**ADDRESSES, "eth0": ["192.168.1.12/24"]}))
-    await host_network.run(make_context(net_root, store))
-    assert store.nic("eth0")["ip"] == ["192.168.1.12"]
+    ctx = await module_store.run("host-network", net_root)
+    eth0 = nic(module_store, "eth0")
+    assert (eth0["id"], eth0["ip"]) == (eth0_id, ["192.168.1.12"])
+    assert len(module_store.rows("network_interfaces")) == 3
+    lan = subnets_by_cidr(module_store)["192.168.1.0/24"]["id"]
+    # Old links stay (as in the original); the new address's mac_subnet is eth0's existing one.
+    assert [link for link in links(module_store) if link[0] == eth0_id and link[1] == lan] == [
+        (eth0_id, lan, "192.168.1.10", f"{ETH0_MAC}/{lan}"),
+    ]
+    assert ctx.rows_written == 1
 
 
-async def test_swapped_names_do_not_violate_keys(net_root: Path) -> None:
+async def test_swapped_names_do_not_violate_keys(net_root: Path, module_store: ModuleStore) -> None:
     add_interface(net_root, "eth1", address="52:54:00:00:00:01", flags="0x1043")
-    store = MemoryStore()
-    await host_network.run(make_context(net_root, store))
-    first_ids = {name: store.nic(name)["id"] for name in ("eth0", "eth1")}
+    await module_store.run("host-network", net_root)
+    first_ids = {name: nic(module_store, name)["id"] for name in ("eth0", "eth1")}
     add_interface(net_root, "eth0", address="52:54:00:00:00:01", flags="0x1043")
     add_interface(net_root, "eth1", address=ETH0_MAC, flags="0x1043")
-    await host_network.run(make_context(net_root, store))
-    assert store.nic("eth1")["id"] == first_ids["eth0"]
-    assert store.nic("eth1")["mac"] == ETH0_MAC
-    assert store.nic("eth0")["id"] == first_ids["eth1"]
-    assert sorted(store.released) == sorted(first_ids.values())
+    await module_store.run("host-network", net_root)
+    stored = module_store.rows("network_interfaces")
+    assert sorted(row["name"] for row in stored) == ["eth0", "eth1", "lo", "wg0"]
+    # Each row follows its MAC; both names were released first, then handed over.
+    eth0, eth1 = nic(module_store, "eth0"), nic(module_store, "eth1")
+    assert (eth1["id"], eth1["mac"]) == (first_ids["eth0"], ETH0_MAC)
+    assert (eth0["id"], eth0["mac"]) == (first_ids["eth1"], "52:54:00:00:00:01")
+    assert eth1["ip"] == ["172.16.0.5"]
+    assert eth0["ip"] == ["192.168.1.10", "2001:db8:1::10", "fe80::5054:ff:feab:cdef", "192.168.1.11"]
 
 
-async def test_run_with_no_interface_writes_nothing(tmp_path: Path) -> None:
-    store = MemoryStore()
-    ctx = make_context(tmp_path, store)
-    await host_network.run(ctx)
-    assert store.tables == {"subnetworks": [], "network_interfaces": []}
+async def test_replaced_card_gets_a_new_row(net_root: Path, module_store: ModuleStore) -> None:
+    # A new MAC under the old name: the old row keeps its MAC and links but gives up the name.
+    await module_store.run("host-network", net_root)
+    old = nic(module_store, "eth0")
+    add_interface(net_root, "eth0", address="52:54:00:00:00:0c", flags="0x1043")
+    await module_store.run("host-network", net_root)
+    stored = module_store.rows("network_interfaces")
+    assert len(stored) == 4
+    [released] = [row for row in stored if row["id"] == old["id"]]
+    assert (released["name"], released["mac"]) == (None, ETH0_MAC)
+    new = nic(module_store, "eth0")
+    assert new["id"] != old["id"] and new["mac"] == "52:54:00:00:00:0c"
+    assert new["ip"] == old["ip"]
+    lan = subnets_by_cidr(module_store)["192.168.1.0/24"]["id"]
+    assert (new["id"], lan, "192.168.1.10", f"52:54:00:00:00:0c/{lan}") in links(module_store)
+    assert (old["id"], lan, "192.168.1.10", f"{ETH0_MAC}/{lan}") in links(module_store)
+
+
+async def test_run_with_no_interface_writes_nothing(tmp_path: Path, module_store: ModuleStore) -> None:
+    before = module_store.snapshot()
+    ctx = await module_store.run("host-network", tmp_path / "empty")
+    assert module_store.rows("network_interfaces") == []
+    assert module_store.rows("subnetworks") == []
+    assert module_store.rows("network_interface_subnets") == []
+    assert module_store.snapshot() == before
     assert ctx.rows_written == 0
 
 

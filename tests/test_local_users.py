@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import structlog
 
 from situation.hostroot import HostRoot
-from situation.module import Context
-from situation.modules import local_users
 from situation.modules.local_users import LocalUser, collect, parse_passwd
-from situation.store import UpsertResult
+from support.modules import AGENT, ModuleStore
 
 PASSWD = """\
 # /etc/passwd: local accounts
@@ -80,48 +77,64 @@ def test_collect_unreadable(tmp_path: Path) -> None:
         collect(HostRoot.under(tmp_path))
 
 
-# -- run(ctx) with a fake store -------------------------------------------------------------
+# -- run(ctx) against a real SQLite store ---------------------------------------------------
+
+USER_COLUMNS = ("uid", "gid", "name", "username", "domain", "machine_id")
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    async def upsert(self, table, rows, *, key, update=None):
-        self.calls.append((table, [dict(r) for r in rows], key, tuple(update) if update else None))
-        return UpsertResult(written=len(rows), ids=list(range(1, len(rows) + 1)))
+def user_columns(module_store: ModuleStore) -> list[dict]:
+    return [{column: row[column] for column in USER_COLUMNS} for row in module_store.rows("users")]
 
 
-def context(root: HostRoot, store: FakeStore, host_id: int | None = 9) -> Context:
-    ctx = Context(store=store, log=structlog.get_logger(), agent_id="ef" * 16, options={}, root=root)
-    ctx.host.id = host_id
-    return ctx
-
-
-async def test_run_upserts_users(tmp_path: Path) -> None:
-    store = FakeStore()
-    ctx = context(write_passwd(tmp_path, PASSWD), store)
-    await local_users.run(ctx)
-    (table, rows, key, update) = store.calls[0]
-    assert (table, key) == ("users", "machine_user")
-    assert set(update) == {"gid", "name", "username", "domain"}
-    assert rows[0] == {"uid": "0", "gid": "0", "name": "root", "username": "root", "domain": "", "machine_id": 9}
-    assert [r["uid"] for r in rows] == ["0", "1", "1000", "1001", "65534"]
+async def test_run_stores_users(tmp_path: Path, module_store: ModuleStore) -> None:
+    ctx = await module_store.run("local-users", write_passwd(tmp_path, PASSWD))
+    host = module_store.machine_id
+    stored = user_columns(module_store)
+    assert stored[0] == {"uid": "0", "gid": "0", "name": "root", "username": "root", "domain": "", "machine_id": host}
+    assert [(row["uid"], row["username"]) for row in stored] == [
+        ("0", "root"), ("1", "daemon"), ("1000", "alice"), ("1001", "bob"), ("65534", "nobody"),
+    ]
+    assert all(row["machine_id"] == host for row in stored)
+    assert all(row["updated_by"] == AGENT for row in module_store.rows("users"))
     assert ctx.rows_written == 5
 
 
-async def test_run_empty_is_a_no_op(tmp_path: Path) -> None:
-    store = FakeStore()
-    ctx = context(write_passwd(tmp_path, "# empty\n"), store)
-    await local_users.run(ctx)
-    assert store.calls == [] and ctx.rows_written == 0
+async def test_second_run_writes_nothing(tmp_path: Path, module_store: ModuleStore) -> None:
+    root = write_passwd(tmp_path, PASSWD)
+    await module_store.run("local-users", root)
+    before = module_store.snapshot()
+    ctx = await module_store.run("local-users", root)
+    assert ctx.rows_written == 0
+    assert module_store.snapshot() == before
 
 
-async def test_run_unreadable_passwd_fails(tmp_path: Path) -> None:
+async def test_renamed_account_updates_its_row(tmp_path: Path, module_store: ModuleStore) -> None:
+    # Found again on (uid, machine_id); gid, name, username and domain are refreshed.
+    await module_store.run("local-users", write_passwd(tmp_path / "before", PASSWD))
+    ids = {row["uid"]: row["id"] for row in module_store.rows("users")}
+    renamed = PASSWD.replace("bob:x:1001:100::", "robert:x:1001:1001:Robert:")
+    ctx = await module_store.run("local-users", write_passwd(tmp_path / "after", renamed))
+    assert ctx.rows_written == 1
+    assert {row["uid"]: row["id"] for row in module_store.rows("users")} == ids
+    [bob] = [row for row in user_columns(module_store) if row["uid"] == "1001"]
+    assert bob == {"uid": "1001", "gid": "1001", "name": "Robert", "username": "robert", "domain": "",
+                   "machine_id": module_store.machine_id}
+
+
+async def test_run_empty_is_a_no_op(tmp_path: Path, module_store: ModuleStore) -> None:
+    before = module_store.snapshot()
+    ctx = await module_store.run("local-users", write_passwd(tmp_path, "# empty\n"))
+    assert ctx.rows_written == 0
+    assert module_store.snapshot() == before
+
+
+async def test_run_unreadable_passwd_fails(tmp_path: Path, module_store: ModuleStore) -> None:
     with pytest.raises(RuntimeError, match="passwd"):
-        await local_users.run(context(HostRoot.under(tmp_path), FakeStore()))
+        await module_store.run("local-users", HostRoot.under(tmp_path / "empty"))
+    assert module_store.rows("users") == []
 
 
-async def test_run_needs_host(tmp_path: Path) -> None:
+async def test_run_needs_host(tmp_path: Path, module_store: ModuleStore) -> None:
     with pytest.raises(RuntimeError, match="no host"):
-        await local_users.run(context(write_passwd(tmp_path, PASSWD), FakeStore(), None))
+        await module_store.run("local-users", write_passwd(tmp_path, PASSWD), machine_id=None)
+    assert module_store.rows("users") == []

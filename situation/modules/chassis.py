@@ -310,5 +310,5 @@ async def run(ctx: Context) -> None:
         raise Skip("chassis unknown: no hostnamed answer, no container, VM or firmware chassis hint")
     chassis, source = found
     ctx.log.debug("chassis", chassis=chassis, source=source)
-    written = await ctx.store.execute("set_machine_chassis", chassis, machine_id)
+    written = await ctx.store.execute("set_machine_chassis", chassis, machine_id, ctx.agent_id)
     ctx.count(written)

@@ -6,7 +6,8 @@
 -- the same name in sql/<dialect>/queries/machines.sql.
 
 -- name: set_machine_chassis
--- $1 chassis, $2 machine id. Used by the chassis module and by host-gpu (Hyper-V → 'vm').
+-- $1 chassis, $2 machine id, $3 agent id. Used by the chassis module and by host-gpu
+-- (Hyper-V → 'vm'). An unchanged chassis writes nothing.
 UPDATE machines
-SET chassis = $1, updated_at = CURRENT_TIMESTAMP
-WHERE id = $2;
+SET chassis = $1, updated_at = CURRENT_TIMESTAMP, updated_by = $3
+WHERE id = $2 AND chassis <> $1;
