@@ -49,7 +49,10 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """Collect IT data about this host and its network into a database."""
     logs.configure(log_level, log_format)
     if ctx.invoked_subcommand is None:
-        ctx.invoke(run)
+        # `situation` alone is `situation run`, environment variables included
+        # (ctx.invoke would skip them).
+        with run.make_context("run", [], parent=ctx) as run_context:
+            run.invoke(run_context)
 
 
 # -- database options -----------------------------------------------------------

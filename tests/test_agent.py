@@ -255,3 +255,11 @@ def test_schema_behind_is_refused_before_any_ddl(test_host, tls_cluster, fresh_d
     assert result.returncode != 0
     assert f"this build needs {migrations.latest_version()}" in result.stderr
     assert tls_cluster.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'situation'", dbname=name) == "0"
+
+
+def test_bare_situation_is_run_with_its_environment(test_host, tmp_path):
+    database = tmp_path / "from-env.sqlite"
+    env = agent_env(tmp_path, SITUATION_ONCE="true", SITUATION_DB=str(database))
+    result = test_host.run(sys.executable, "-m", "situation", env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sqlite_counts(database)["machines"] == 1
