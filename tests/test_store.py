@@ -146,3 +146,45 @@ def test_clean_value():
     assert clean_value("caf\udce9") == "caf?"
     assert len(clean_value("x" * (MAX_TEXT + 5))) == MAX_TEXT
     assert clean_value({"k\x00": ["v\x00", 1, None]}) == {"k": ["v", 1, None]}
+
+
+async def test_deadlock_victim_is_retried_as_a_unit(tls_cluster, fresh_database):
+    """A unit of work chosen as a deadlock victim runs again, whole, on a fresh acquire."""
+    import asyncpg
+
+    from situation.store_postgres import PostgresStore
+
+    store = await open_store(tls_cluster.superuser_dsn(fresh_database("retry")), AGENT)
+    assert isinstance(store, PostgresStore)
+    attempts = []
+
+    async def work(connection):
+        attempts.append(await connection.fetchval("SELECT pg_backend_pid()"))
+        if len(attempts) == 1:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        return "done"
+
+    try:
+        assert await store._retrying(work) == "done"
+        assert len(attempts) == 2
+    finally:
+        await store.close()
+
+
+async def test_two_writers_in_opposite_orders_do_not_deadlock(tls_cluster, fresh_database):
+    """Batches are sorted by key, so writers holding rows in opposite orders queue instead of deadlocking."""
+    dsn = tls_cluster.superuser_dsn(fresh_database("order"))
+    stores = [await open_store(dsn, AGENT), await open_store(dsn, AGENT)]
+    try:
+        machine = (await stores[0].upsert("machines", [{"agent": AGENT}], key="agent")).ids[0]
+        rows = [{"uid": str(i), "name": f"u{i}", "machine_id": machine} for i in range(300)]
+        for round_ in range(5):
+            results = await asyncio.gather(
+                stores[0].upsert("users", [dict(r, name=f"a{round_}{r['uid']}") for r in rows], key="machine_user"),
+                stores[1].upsert("users", [dict(r, name=f"b{round_}{r['uid']}") for r in reversed(rows)],
+                                 key="machine_user"),
+            )
+            assert sum(r.written for r in results) >= 300
+    finally:
+        for store in stores:
+            await store.close()
