@@ -18,7 +18,6 @@ accept only 0 and 1, and ``sslsni`` only 0 and 1.
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 import pwd
 import re
@@ -27,9 +26,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes
 
+import structlog
+
 from situation.errors import DsnError
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("situation.dsn")
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSLNEGOTIATIONS = ("postgres", "direct")
@@ -764,11 +765,11 @@ def _read_private_lines(path: str) -> list[str] | None:
     except OSError:
         return None
     if not stat.S_ISREG(info.st_mode):
-        log.warning("password file %s is not a plain file; ignoring it", path)
+        log.warning("password file is not a plain file; ignoring it", path=path)
         return None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("password file %s has group or world access (mode %04o); ignoring it, "
-                    "fix with chmod 0600", path, stat.S_IMODE(info.st_mode))
+        log.warning("password file has group or world access; ignoring it (fix: chmod 0600)",
+                    path=path, mode=f"{stat.S_IMODE(info.st_mode):04o}")
         return None
     try:
         with open(path, encoding="utf-8") as handle:
