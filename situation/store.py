@@ -137,19 +137,22 @@ def prepare_batch(rows: Sequence[Mapping[str, Any]], key: ConflictKey) -> tuple[
     if not rows:
         return [], [], []
     columns = list(rows[0])
-    for row in rows:
-        if list(row) != columns and set(row) != set(columns):
-            raise ValueError("every row of a batch must have the same columns")
-    missing = [c for c in key.columns if c not in columns]
+    expected = set(columns)
+    missing = [c for c in key.columns if c not in expected]
     if missing:
         raise ValueError(f"batch lacks key columns {missing}")
-    unique: dict[tuple, dict] = {}
+    row_keys = []
+    unique: dict[tuple, Mapping[str, Any]] = {}
     for row in rows:
-        unique[_sort_key(row, key.columns)] = dict(row)
+        if row.keys() != expected:
+            raise ValueError("every row of a batch must have the same columns")
+        row_key = _sort_key(row, key.columns)
+        row_keys.append(row_key)
+        unique[row_key] = row  # last one wins
     ordered_keys = sorted(unique)
     position = {k: i for i, k in enumerate(ordered_keys)}
-    batch = [unique[k] for k in ordered_keys]
-    index = [position[_sort_key(row, key.columns)] for row in rows]
+    batch = [dict(unique[k]) for k in ordered_keys]
+    index = [position[k] for k in row_keys]
     return columns, batch, index
 
 
@@ -174,6 +177,8 @@ MAX_TEXT = 4096
 
 
 def clean_text(value: str) -> str:
+    if len(value) <= MAX_TEXT and value.isascii() and "\x00" not in value:
+        return value  # the common case, checked cheaply
     if "\x00" in value:
         value = value.replace("\x00", "")
     value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from undecodable bytes
@@ -182,6 +187,8 @@ def clean_text(value: str) -> str:
 
 def clean_value(value: Any) -> Any:
     """``value`` with every string in it (also inside JSON lists and objects) cleaned."""
+    if value is None or isinstance(value, (int, float)):
+        return value
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, (list, tuple)):
@@ -191,12 +198,21 @@ def clean_value(value: Any) -> Any:
     return value
 
 
+def _clean_scalar(value: Any) -> Any:
+    kind = type(value)
+    if kind is int or value is None:
+        return value
+    if kind is str and len(value) <= MAX_TEXT and value.isascii() and "\x00" not in value:
+        return value
+    return clean_value(value)
+
+
 def plan_batch(
     table: str, rows: Sequence[Mapping[str, Any]], key: str, update: Sequence[str] | None
 ) -> Batch:
     """What every backend does first: clean, resolve the key, de-duplicate, sort, default the update list."""
     target = conflict_key(table, key)
-    rows = [{column: clean_value(value) for column, value in row.items()} for row in rows]
+    rows = [{column: _clean_scalar(value) for column, value in row.items()} for row in rows]
     columns, batch, index = prepare_batch(rows, target)
     if update is None:
         update = [c for c in columns if c not in target.columns]
@@ -205,7 +221,14 @@ def plan_batch(
 
 def _sort_key(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
     # None sorts first; values of one column share a type.
-    return tuple((row[c] is not None, row[c] if row[c] is not None else 0) for c in columns)
+    key = []
+    for column in columns:
+        value = row[column]
+        key.append(_NONE_FIRST if value is None else (True, value))
+    return tuple(key)
+
+
+_NONE_FIRST = (False, 0)
 
 
 def _quote(identifier: str) -> str:
