@@ -20,7 +20,7 @@ import asyncio
 from dataclasses import dataclass
 
 from situation.hostroot import HostRoot
-from situation.module import Context, module
+from situation.module import Context, Skip, module
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,8 @@ async def run(ctx: Context) -> None:
     try:
         users = await asyncio.to_thread(collect, ctx.root)
     except OSError as exc:
-        raise RuntimeError(f"cannot read the passwd file: {exc}") from exc
+        # A missing source is skipped with one log line, never a failed cycle.
+        raise Skip(f"cannot read the passwd file: {exc.strerror or exc}") from None
     if not users:
         return
     rows = [user_row(user, machine_id) for user in users]
