@@ -276,3 +276,11 @@ async def test_run_needs_host(tmp_path: Path, module_store: ModuleStore) -> None
     with pytest.raises(RuntimeError, match="no host"):
         await module_store.run("host-cpu", tree(tmp_path, {"/proc/cpuinfo": X86_CPUINFO}), machine_id=None)
     assert module_store.rows("cpus") == []
+
+
+async def test_run_without_cpuinfo_is_skipped(tmp_path, module_store) -> None:
+    from situation.hostroot import HostRoot
+    from situation.module import Skip
+
+    with pytest.raises(Skip, match="cpuinfo"):
+        await module_store.run("host-cpu", HostRoot.under(tmp_path / "empty"))

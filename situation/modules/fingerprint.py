@@ -69,9 +69,13 @@ def collect_identity(root: HostRoot) -> Identity:
         addresses = tuple(str(a.ip) for a in interface.addresses if is_identifying(str(a.ip)))
         if interface.mac and addresses:
             interfaces.append(LocalInterface(interface.mac, addresses))
+    try:
+        hostname = read_hostname(root)
+    except OSError:
+        hostname = ""  # host-basic reports it; here it only weighs in the match
     return Identity(
         host_id=read_host_id(root),
-        hostname=read_hostname(root),
+        hostname=hostname,
         interfaces=interfaces,
         listening_ports=read_listening_ports(root),
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from situation.hostroot import HostRoot
-from situation.module import Context, module
+from situation.module import Context, Skip, module
 
 # "CPU implementer" codes (MIDR_EL1 bits 31:24).
 ARM_IMPLEMENTERS: dict[int, str] = {
@@ -255,7 +255,10 @@ def collect(root: HostRoot) -> CpuFacts:
 async def run(ctx: Context) -> None:
     """Record the host CPU's model, vendor and core count."""
     machine_id = ctx.host_id()
-    facts = await asyncio.to_thread(collect, ctx.root)
+    try:
+        facts = await asyncio.to_thread(collect, ctx.root)
+    except OSError as exc:
+        raise Skip(f"cannot read /proc/cpuinfo: {exc.strerror or exc}") from None
     row = {"model_name": facts.model_name, "vendor": facts.vendor, "cores": facts.cores, "machine_id": machine_id}
     result = await ctx.store.upsert("cpus", [row], key="machine_id", update=("model_name", "vendor", "cores"))
     ctx.count(result.written)
