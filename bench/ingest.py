@@ -63,6 +63,8 @@ import os
 import resource
 import shutil
 import sqlite3
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -520,6 +522,53 @@ async def bench_sqlite(directory: Path, repeat: int, problems: Problems) -> floa
 # -- PostgreSQL servers and databases -----------------------------------------------------------
 
 
+RELAY_PASSWORD = "bench-relay"
+
+
+class LatencyRelay:
+    """bench/latency_proxy.py in a process of its own, so it takes no time from the measured loop."""
+
+    def __init__(self, process: subprocess.Popen, port: int):
+        self.process, self.port = process, port
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def start_latency_relay(cluster, rtt_ms: float) -> LatencyRelay:
+    cluster.psql(f"ALTER ROLE postgres PASSWORD '{RELAY_PASSWORD}'")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(__file__).with_name("latency_proxy.py")
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(port), str(cluster.port), str(rtt_ms)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise RuntimeError("the latency relay did not start")
+    return LatencyRelay(process, port)
+
+
+async def measured_round_trip(dsn: str, samples: int = 50) -> float:
+    """Median milliseconds of ``SELECT 1`` on one connection: what a per-row writer pays each row."""
+    from situation.connect import connect
+    from situation.dsn import parse_dsn
+
+    connection = await connect(parse_dsn(dsn))
+    try:
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            await connection.fetchval("SELECT 1")
+            times.append(time.perf_counter() - started)
+    finally:
+        await connection.close()
+    return sorted(times)[samples // 2] * 1000
+
+
 def with_dbname(dsn: str, name: str) -> str:
     """``dsn`` pointing at database ``name``: libpq keeps the last value of a key."""
     text = dsn.strip()
@@ -554,6 +603,7 @@ async def admin(dsn: str, statements: Sequence[str]) -> None:
 async def run(args: argparse.Namespace, workdir: Path) -> tuple[float, Problems]:
     problems = Problems()
     cluster = None
+    relay = None
     created: list[str] = []
     names = [(f"store_{n}", f"baseline_{n}") for n in range(1, args.repeat + 1)]
     try:
@@ -583,6 +633,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[float, Problems]
                 cluster.psql("ALTER SYSTEM SET synchronous_commit = on")
                 cluster.psql("SELECT pg_reload_conf()")
                 where = "throwaway cluster, Unix socket, fsync on"
+            if args.rtt is not None:
+                relay = start_latency_relay(cluster, args.rtt)
+                databases = [
+                    tuple(f"postgresql://postgres:{RELAY_PASSWORD}@127.0.0.1:{relay.port}/{name}?sslmode=disable"
+                          for name in pair)
+                    for pair in names
+                ]
+                effective = await measured_round_trip(databases[0][0])
+                where = where.replace(
+                    "Unix socket", f"TCP through a relay asked for {args.rtt:g} ms, measured round trip {effective:.2f} ms"
+                )
         server = f"{await server_version(databases[0][0])} ({where})"
         pg_ratio = await bench_postgres(databases, server, problems)
         await bench_sqlite(workdir, args.repeat, problems)
@@ -592,6 +653,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[float, Problems]
             await admin(args.pg, [f"DROP DATABASE IF EXISTS {quote_ident(n)} WITH (FORCE)" for n in created])
         elif created:
             print(f"\nkept databases {', '.join(created)}")
+        if relay is not None:
+            relay.stop()
         if cluster is not None:
             cluster.destroy()
             if args.keep:
@@ -607,6 +670,9 @@ def main() -> int:
                         help="PostgreSQL baseline commits every row (the naive writer) instead of one transaction per table")
     parser.add_argument("--durable", action="store_true",
                         help="throwaway cluster with fsync and synchronous_commit on, like a production server")
+    parser.add_argument("--rtt", type=float, default=None, metavar="MS",
+                        help="reach the throwaway cluster over TCP through a relay process adding MS milliseconds "
+                             "per round trip (0: the relay alone); the measured round trip is printed")
     parser.add_argument("--check", action="store_true", help=f"exit 1 when PostgreSQL is below {TARGET_RATIO:g}x the baseline")
     args = parser.parse_args()
     if args.repeat < 1:
