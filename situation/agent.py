@@ -148,13 +148,17 @@ class Agent:
         delay = BACKOFF_START
         while True:
             try:
-                store = await open_store(
-                    database,
-                    self.config.agent_id,
-                    migrate=not self.config.no_migration,
-                    max_size=self.config.pool_size,
-                    statement_cache=self.config.statement_cache,
+                store = await self._unless_stopped(
+                    open_store(
+                        database,
+                        self.config.agent_id,
+                        migrate=not self.config.no_migration,
+                        max_size=self.config.pool_size,
+                        statement_cache=self.config.statement_cache,
+                    )
                 )
+                if store is None:
+                    return None
                 self._database_state(True)
                 return store
             except (ConfigError, ModuleFailed):
@@ -166,6 +170,20 @@ class Agent:
             if await self._sleep(_jittered(delay)):
                 return None
             delay = min(delay * 2, BACKOFF_CAP)
+
+    async def _unless_stopped(self, work):
+        """``work``'s result, or None as soon as the agent is asked to stop (``work`` is cancelled)."""
+        task = asyncio.ensure_future(work)
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
 
     def _database_state(self, up: bool, reason: str = "") -> None:
         """Log the database's state once per change, not once per retry."""

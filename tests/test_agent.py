@@ -263,3 +263,21 @@ def test_bare_situation_is_run_with_its_environment(test_host, tmp_path):
     result = test_host.run(sys.executable, "-m", "situation", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert sqlite_counts(database)["machines"] == 1
+
+
+def test_sigterm_while_waiting_for_the_database(test_host, tmp_path):
+    env = agent_env(tmp_path)
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        process = test_host.popen(sys.executable, "-m", "situation", "run", "--db",
+                                  "postgresql://nobody@127.0.0.1:1/none?sslmode=disable",
+                                  env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            _wait_for_log(log, "database unreachable, retrying with backoff", 60)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+            assert time.monotonic() - started < 10
+        finally:
+            if process.poll() is None:
+                process.kill()
