@@ -144,7 +144,7 @@ class Agent:
     async def _open_store(self) -> Store | None:
         database = self.config.database
         if not is_postgres_dsn(database):
-            log.info("using the embedded SQLite database", path=database)
+            log.info("using the embedded SQLite database", db=database)
         delay = BACKOFF_START
         while True:
             try:

@@ -10,6 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
+import asyncpg
 import click
 import structlog
 import uvloop
@@ -97,6 +98,8 @@ def read_dsn_file(path: Path) -> str:
         raise ConfigError(f'DSN file "{path}" does not exist; fix --db-file or SITUATION_DB_FILE') from None
     except OSError as exc:
         raise ConfigError(f'DSN file "{path}" cannot be read ({exc.strerror}); check its permissions') from None
+    except UnicodeDecodeError:
+        raise ConfigError(f'DSN file "{path}" is not UTF-8 text; it must hold one DSN line') from None
     if not text:
         raise ConfigError(f'DSN file "{path}" is empty; write the PostgreSQL DSN into it')
     return text
@@ -312,7 +315,9 @@ def health(state_dir: Path | None) -> None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         raise SituationError(f"no health record at {path} yet; the daemon has not finished a cycle") from None
-    if time.time() > record.get("next_cycle_before", 0):
+    if not isinstance(record, dict) or not isinstance(record.get("next_cycle_before"), (int, float)):
+        raise SituationError(f"the health record at {path} is damaged; the daemon rewrites it after its next cycle")
+    if time.time() > record["next_cycle_before"]:
         raise SituationError("the daemon's last cycle is overdue; check its logs")
     if record.get("database") != "up":
         raise SituationError("the daemon cannot reach its database; check its logs")
@@ -340,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except SituationError as exc:
         _fail(str(exc), exc.exit_code)
+    except asyncpg.PostgresError as exc:
+        _fail(f"the database refused: {' '.join(str(exc).split())} (SQLSTATE {exc.sqlstate})", 1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: still one line

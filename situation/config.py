@@ -10,6 +10,7 @@ are accepted too.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from typing import Any
 
 import click
 
+from situation.errors import ConfigError
 from situation.module import ModuleSpec, Option, format_duration, parse_bool, parse_duration
 
 
@@ -32,6 +34,7 @@ class Setting:
     help: str
     module: str | None = None
     option: str | None = None
+    minimum: float | None = None  # smallest accepted number (durations in seconds)
 
 
 def _env_name(text: str) -> str:
@@ -42,7 +45,7 @@ def core_settings() -> list[Setting]:
     return [
         Setting("once", "once", "--once", ("SITUATION_ONCE",), False, "bool", "Run one collection cycle and exit."),
         Setting("interval", "interval", "--interval", ("SITUATION_INTERVAL",), 15 * 60.0, "duration",
-                "Time between cycles (Go syntax: 90s, 15m, 1h); a little random jitter is added."),
+                "Time between cycles (Go syntax: 90s, 15m, 1h); a little random jitter is added.", minimum=1.0),
         Setting("no-migration", "no_migration", "--no-migration", ("SITUATION_NO_MIGRATION",), False, "bool",
                 "Never change the schema; refuse to start when it is behind this build (alias --no-migrate)."),
         Setting("fail-fast", "fail_fast", "--fail-fast", ("SITUATION_FAIL_FAST",), False, "bool",
@@ -55,7 +58,7 @@ def core_settings() -> list[Setting]:
         Setting("state-dir", "state_dir", "--state-dir", ("SITUATION_STATE_DIR",), None, "path",
                 "Where the agent keeps its id, health record and default SQLite database."),
         Setting("pool-size", "pool_size", "--pool-size", ("SITUATION_POOL_SIZE",), 4, "int",
-                "Largest number of PostgreSQL connections this agent opens."),
+                "Largest number of PostgreSQL connections this agent opens.", minimum=1),
         Setting("no-statement-cache", "no_statement_cache", "--no-statement-cache",
                 ("SITUATION_NO_STATEMENT_CACHE",), False, "bool",
                 "Do not use prepared statements (for PgBouncer in transaction mode)."),
@@ -86,6 +89,7 @@ def _option_setting(spec: ModuleSpec, option: Option) -> Setting:
         f"--{joined}",
         (f"SITUATION_{_env_name(joined)}", f"MODULES_{_env_name(spec.name)}_{_env_name(option.name)}"),
         option.default, option.kind, option.help, module=spec.name, option=option.name,
+        minimum=0 if option.kind in ("duration", "int") else None,
     )
 
 
@@ -120,25 +124,27 @@ def _option_kwargs(setting: Setting) -> dict[str, Any]:
     return kwargs
 
 
+MAX_DURATION = 366 * 86400.0  # beyond that a timer overflows, and no cycle wants it
+
+
 def convert(setting: Setting, value: Any) -> Any:
     """A value from Click (or None) as the setting's kind, falling back to its default."""
     if value is None:
         return setting.default
-    if setting.kind == "duration" and isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            from situation.errors import ConfigError
-
-            raise ConfigError(f"{setting.flag}: {exc}") from None
-    if setting.kind == "int" and isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            from situation.errors import ConfigError
-
-            raise ConfigError(f"{setting.flag}: {value!r} is not a whole number") from None
-    return value
+    if not isinstance(value, str) or setting.kind not in ("duration", "int"):
+        return value
+    try:
+        number = parse_duration(value) if setting.kind == "duration" else int(value)
+    except ValueError as exc:
+        problem = str(exc) if setting.kind == "duration" else f"{value!r} is not a whole number"
+        raise ConfigError(f"{setting.flag}: {problem}") from None
+    too_long = setting.kind == "duration" and number > MAX_DURATION
+    if not math.isfinite(number) or too_long or (setting.minimum is not None and number < setting.minimum):
+        if setting.kind == "duration":
+            least = format_duration(setting.minimum or 0)
+            raise ConfigError(f"{setting.flag}: {value!r} is out of range; use a duration from {least} to 366 days")
+        raise ConfigError(f"{setting.flag}: {value!r} is out of range; use a whole number of at least {setting.minimum}")
+    return number
 
 
 def defaults_document(settings: list[Setting], environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -364,7 +364,7 @@ def _uri_query(query: str) -> list[tuple[str, str]]:
         if "=" in raw_value:
             raise DsnError(f'URI query parameter {_quoted(key)} has a second "=" in its value; '
                            "percent-encode it as %3D")
-        value = _percent_decode(raw_value, f'value of {_quoted(key)}', secret=key in _SECRET_OPTIONS)
+        value = _percent_decode(raw_value, f'value of {_quoted(key)}', secret=_looks_secret(key))
         if key == "ssl" and value == "true":
             key, value = "sslmode", "require"  # libpq accepts this JDBC spelling in URIs only
         pairs.append((key, value))
@@ -397,11 +397,19 @@ def _skip_space(text: str, i: int) -> int:
     return i
 
 
+def _looks_secret(key: str) -> bool:
+    """A key that holds, or was probably meant to hold, a secret (``password``, ``passwd``, ``pasword`` …)."""
+    return key in _SECRET_OPTIONS or bool(_SECRET_KEY_RE.search(key))
+
+
 def _missing_equals(word: str, previous: list[tuple[str, str]]) -> DsnError:
     if previous and previous[-1][0] in _SECRET_OPTIONS:
         # The stray word is probably the rest of a password with a space in it: do not echo it.
         return DsnError(f'text after the {previous[-1][0]} value has no "="; quote values that contain '
                         f"spaces, like {previous[-1][0]}='...'")
+    if _looks_secret(word):
+        return DsnError('a word that looks like a password option has no "="; write password=... '
+                        "(or keep passwords in ~/.pgpass or a --db-file)")
     return DsnError(f'missing "=" after {_quoted(word)} in the key=value DSN; write key=value pairs '
                     "separated by spaces, quoting values with spaces as key='a b'")
 

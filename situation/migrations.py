@@ -144,9 +144,15 @@ async def read_history(connection: asyncpg.Connection) -> list[Applied] | None:
     exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", HISTORY_TABLE)
     if not exists:
         return None
-    rows = await connection.fetch(
-        f"SELECT version, name, checksum, applied_at, applied_by, duration_ms FROM {HISTORY_TABLE} ORDER BY version"
-    )
+    try:
+        rows = await connection.fetch(
+            f"SELECT version, name, checksum, applied_at, applied_by, duration_ms FROM {HISTORY_TABLE} ORDER BY version"
+        )
+    except asyncpg.InsufficientPrivilegeError:
+        raise MigrationError(
+            f"the connected role may not read {HISTORY_TABLE}; connect as the owner role "
+            "(or an agent, for whom `situation grant` allows it)"
+        ) from None
     return [Applied(**dict(row)) for row in rows]
 
 
@@ -310,12 +316,7 @@ def _privilege_error(exc: Exception) -> MigrationError:
 async def verify_agent_schema(connection: asyncpg.Connection) -> int:
     """The `--no-migration` gate: no DDL, refuse a schema behind this build, warn when ahead."""
     expected = latest_version()
-    try:
-        found = await schema_version(connection)
-    except asyncpg.InsufficientPrivilegeError:
-        raise MigrationError(
-            f"this role may not read {HISTORY_TABLE}; grant it situation_agent (`situation grant ROLE`)"
-        ) from None
+    found = await schema_version(connection)
     if found < expected:
         raise MigrationError(
             f"database schema is at version {found} but this build needs {expected}; "

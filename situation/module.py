@@ -148,9 +148,13 @@ def parse_duration(text: str) -> float:
     """Seconds from Go syntax (``300ms``, ``1m30s``) or a plain number of seconds."""
     text = text.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            raise ValueError(f"invalid duration {text!r}; use e.g. 300ms, 5s, 1m30s or 15m")
+        return seconds
     position, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
         if match.start() != position:

@@ -278,7 +278,14 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 def is_postgres_dsn(dsn: str) -> bool:
-    """PostgreSQL or SQLite, decided from the DSN text as the original agent does."""
+    """PostgreSQL or SQLite, decided from the DSN text as the original agent does.
+
+    Text that looks like a mistyped PostgreSQL DSN (``postgresql:/…``, ``user:pw@host``)
+    is refused rather than taken for an SQLite file name, which would create a
+    file named after it and print it, password included.
+    """
+    from situation.errors import ConfigError
+
     text = dsn.strip()
     if text.startswith(("postgres://", "postgresql://")):
         return True
@@ -286,15 +293,18 @@ def is_postgres_dsn(dsn: str) -> bool:
         return False
     if re.search(r"(^|\s)(host|dbname|user|port|sslmode|password)\s*=", text):
         return True
-    if "://" not in text:
-        return False
-    from situation.errors import ConfigError
-
-    scheme = text.split("://", 1)[0]
-    raise ConfigError(
-        f"unsupported scheme {scheme}:// in the DSN; use postgresql://… for PostgreSQL "
-        "or a file path (.db, .sqlite) for SQLite"
-    )
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(
+            f"unsupported scheme {scheme}:// in the DSN; use postgresql://… for PostgreSQL "
+            "or a file path (.db, .sqlite) for SQLite"
+        )
+    if text.lower().startswith("postgres") or "@" in text:
+        raise ConfigError(
+            "the DSN looks like a mistyped PostgreSQL URI; write postgresql://user@host:5432/dbname "
+            "(or give an SQLite path ending in .db or .sqlite)"
+        )
+    return False
 
 
 async def open_store(

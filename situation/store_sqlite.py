@@ -73,9 +73,13 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         try:
             connection = await loop.run_in_executor(executor, _connect, path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
-            raise ConfigError(f'cannot open SQLite database "{path}" ({exc}); check the path and its permissions') from None
+            reason = getattr(exc, "strerror", None) or exc
+            hint = " (a file holding a DSN goes to --db-file)" if "not a database" in str(exc) else ""
+            raise ConfigError(
+                f'cannot open SQLite database "{path}" ({reason}); check the path and its permissions{hint}'
+            ) from None
         store = cls(connection, executor, agent_id, path)
         try:
             if migrate:

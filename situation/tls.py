@@ -236,7 +236,12 @@ def _load_cert_chain(context: ssl.SSLContext, cert: Path, key: Path, password: s
         context.load_cert_chain(str(cert), str(key), password=passphrase)
     except _KeyNeedsPassword:
         raise DsnError(f'client key "{key}" is encrypted; give its passphrase as sslpassword') from None
-    except ssl.SSLError as exc:
+    except OSError as exc:
+        if not isinstance(exc, ssl.SSLError):
+            raise DsnError(
+                f'client certificate "{cert}" or key "{key}" cannot be read ({exc.strerror or exc}); '
+                "check its owner and permissions"
+            ) from None
         if password and ("bad decrypt" in str(exc).lower() or "PEM lib" in str(exc)):
             raise DsnError(f'sslpassword does not decrypt client key "{key}"; check the passphrase') from None
         if "key values mismatch" in str(exc).lower():

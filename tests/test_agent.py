@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from support.cluster import Cluster, clean_environ
 
 from situation import migrations
@@ -281,3 +282,20 @@ def test_sigterm_while_waiting_for_the_database(test_host, tmp_path):
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+@pytest.mark.parametrize("args, extra_env, expected", [
+    (["--interval", "soon"], {}, "--interval: invalid duration 'soon'; use e.g. 300ms, 5s, 1m30s or 15m"),
+    (["--interval", "-5"], {}, "--interval: '-5' is out of range; use a duration from 1s to 366 days"),
+    ([], {"SITUATION_INTERVAL": "nan"}, "--interval: invalid duration 'nan'"),
+    (["--pool-size", "0"], {}, "--pool-size: '0' is out of range; use a whole number of at least 1"),
+    (["--db", "postgresql:/u:Hunter2@h/db"], {}, "the DSN looks like a mistyped PostgreSQL URI"),
+    (["--db", "u:Hunter2@h/db"], {}, "the DSN looks like a mistyped PostgreSQL URI"),
+])
+def test_bad_run_settings_are_one_line(test_host, tmp_path, args, extra_env, expected):
+    # Inside an isolated host even though these fail before any cycle starts.
+    result = situation(test_host, "run", "--once", *args, env=agent_env(tmp_path, **extra_env), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("situation: error: ") and expected in lines[0], result.stderr
+    assert "Hunter2" not in result.stderr + result.stdout
