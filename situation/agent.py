@@ -85,6 +85,7 @@ class Agent:
         self.store: Store | None = None
         self._database_up: bool | None = None
         self._backoff = BACKOFF_START / 2
+        self._health_warned = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -114,7 +115,7 @@ class Agent:
                     await self._print_summary()
                 return 0 if healthy else 1
             delay = self._next_delay(healthy)
-            self._write_health(results, healthy, delay)
+            await asyncio.to_thread(self._write_health, results, healthy, delay)
             if await self._sleep(delay):
                 return 0
 
@@ -270,7 +271,9 @@ class Agent:
             temporary.write_text(json.dumps(record))
             os.replace(temporary, path)
         except OSError as exc:
-            log.debug("cannot write the health file", path=str(path), error=str(exc))
+            if not self._health_warned:  # once: `situation health` will report the daemon overdue
+                log.warning("cannot write the health file", path=str(path), error=str(exc))
+                self._health_warned = True
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()

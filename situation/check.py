@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
@@ -60,7 +62,7 @@ class CheckReport:
 
 async def inspect(params: ConnectParams) -> CheckReport:
     """Connect with the agent's exact settings and gather the facts."""
-    tls = build_ssl_context(params)
+    tls = await asyncio.to_thread(build_ssl_context, params)
     connection = await connect(params, tls=tls, server_settings={"application_name": "situation check"})
     try:
         return await _gather(connection, params, tls)
@@ -98,7 +100,7 @@ async def _gather(connection: asyncpg.Connection, params: ConnectParams, tls) ->
         session_user=who["session"],
         schema_changes=_schema_powers(privileges),
         schema_version=version,
-        expected_version=latest_version(),
+        expected_version=await asyncio.to_thread(latest_version),
         notes=notes,
     )
     report.notes.extend(_advice(report, privileges))

@@ -45,7 +45,7 @@ async def connect(
     (the pool passes ``connection_class`` and ``record_class`` this way).
     """
     if tls is None:
-        tls = build_ssl_context(params)
+        tls = await asyncio.to_thread(build_ssl_context, params)  # reads key and certificate files
     settings = dict(server_settings or {})
     if params.application_name and "application_name" not in settings:
         settings["application_name"] = params.application_name
@@ -100,8 +100,9 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
             port=endpoint.port,
             user=params.user,
             database=params.database,
-            # A callable keeps asyncpg from reading .pgpass itself: we already did, by libpq's rules.
-            password=functools.partial(password_for, params, endpoint),
+            # A callable keeps asyncpg from reading .pgpass itself: ours follows libpq's rules,
+            # and reads the file on a thread when a connection is opened.
+            password=functools.partial(_password, params, endpoint),
             ssl=context if context is not None else False,
             direct_tls=params.sslnegotiation == "direct" and context is not None,
             target_session_attrs=params.target_session_attrs,
@@ -114,6 +115,10 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
         if "rejected SSL upgrade" in str(exc):
             raise _ServerHasNoTls(str(exc)) from None
         raise
+
+
+async def _password(params: ConnectParams, endpoint: Endpoint) -> str | None:
+    return await asyncio.to_thread(password_for, params, endpoint)
 
 
 async def create_pool(
@@ -132,7 +137,7 @@ async def create_pool(
     survive the pool's ``RESET ALL`` between uses, unlike a ``SET`` in ``init``.
     Turn ``statement_cache`` off behind a PgBouncer in transaction mode.
     """
-    tls = build_ssl_context(params)
+    tls = await asyncio.to_thread(build_ssl_context, params)
     settings = {"application_name": params.application_name or application_name, "search_path": "situation"}
     settings.update(server_settings or {})
 

@@ -162,7 +162,7 @@ async def schema_version(connection: asyncpg.Connection) -> int:
 
 
 async def status(connection: asyncpg.Connection, migrations: list[Migration] | None = None) -> MigrationReport:
-    migrations = load_migrations() if migrations is None else migrations
+    migrations = await asyncio.to_thread(load_migrations) if migrations is None else migrations
     history = await read_history(connection) or []
     return MigrationReport(history=history, pending=plan(migrations, history))
 
@@ -178,7 +178,7 @@ async def migrate(
 
     ``migrations`` replaces the build's files (tests use it to add versions).
     """
-    migrations = load_migrations() if migrations is None else migrations
+    migrations = await asyncio.to_thread(load_migrations) if migrations is None else migrations
     if dry_run:
         return await status(connection, migrations)
     await _acquire_lock(connection, lock_wait)
@@ -222,7 +222,7 @@ async def _acquire_lock(connection: asyncpg.Connection, lock_wait: float) -> Non
 
 async def _bootstrap(connection: asyncpg.Connection) -> None:
     try:
-        await connection.execute(read_sql("history.sql"))
+        await connection.execute(await asyncio.to_thread(read_sql, "history.sql"))
     except asyncpg.InsufficientPrivilegeError as exc:
         raise _privilege_error(exc) from None
 
@@ -274,9 +274,10 @@ async def _roles_exist(connection: asyncpg.Connection) -> bool:
 
 async def apply_roles(connection: asyncpg.Connection) -> None:
     """Create the group roles when allowed, and grant them what every table needs."""
+    roles_sql = await asyncio.to_thread(read_sql, "roles.sql")
     try:
         async with connection.transaction():
-            await connection.execute(read_sql("roles.sql"))
+            await connection.execute(roles_sql)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise _privilege_error(exc) from None
     if not await _roles_exist(connection):
@@ -315,7 +316,7 @@ def _privilege_error(exc: Exception) -> MigrationError:
 
 async def verify_agent_schema(connection: asyncpg.Connection) -> int:
     """The `--no-migration` gate: no DDL, refuse a schema behind this build, warn when ahead."""
-    expected = latest_version()
+    expected = await asyncio.to_thread(latest_version)
     found = await schema_version(connection)
     if found < expected:
         raise MigrationError(

@@ -25,6 +25,7 @@ Backends: :mod:`situation.store_postgres` (asyncpg pool) and
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -198,6 +199,11 @@ def clean_value(value: Any) -> Any:
     return value
 
 
+def clean_arguments(args: Sequence[Any]) -> list[Any]:
+    """Named-query arguments get the same cleaning as upserted values."""
+    return [_clean_scalar(a) for a in args]
+
+
 def _clean_scalar(value: Any) -> Any:
     kind = type(value)
     if kind is int or value is None:
@@ -316,7 +322,9 @@ async def open_store(
     statement_cache: bool = True,
 ) -> Store:
     """The store for ``dsn``: migrated first (owner) or checked (``migrate=False``, agents)."""
-    if not is_postgres_dsn(dsn):
+    postgres = is_postgres_dsn(dsn)
+    await asyncio.to_thread(queries_for, "postgres" if postgres else "sqlite")  # file reads, once
+    if not postgres:
         from situation.store_sqlite import SqliteStore
 
         return await SqliteStore.open(_sqlite_path(dsn), agent_id, migrate=migrate)

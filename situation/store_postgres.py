@@ -22,7 +22,7 @@ import structlog
 from situation.connect import create_pool
 from situation.dsn import ConnectParams
 from situation.errors import ConnectError, SituationError
-from situation.store import UpsertResult, plan_batch, query_text, quote_ident
+from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
 
@@ -142,7 +142,7 @@ class PostgresStore:
                 self._connection.reset(token)
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        sql = query_text(self.dialect, query)
+        sql, args = query_text(self.dialect, query), clean_arguments(args)
         rows = await self._with_connection(lambda c: c.fetch(sql, *args))
         return [dict(r) for r in rows]
 
@@ -151,11 +151,11 @@ class PostgresStore:
         return rows[0] if rows else None
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        sql = query_text(self.dialect, query)
+        sql, args = query_text(self.dialect, query), clean_arguments(args)
         return await self._with_connection(lambda c: c.fetchval(sql, *args))
 
     async def execute(self, query: str, *args: Any) -> int:
-        sql = query_text(self.dialect, query)
+        sql, args = query_text(self.dialect, query), clean_arguments(args)
         status = await self._with_connection(lambda c: c.execute(sql, *args))
         return _affected(status)
 
@@ -250,12 +250,13 @@ class PostgresStore:
 
     async def counts(self) -> dict[str, int]:
         """Rows this agent wrote last, per table."""
-        tables = [t for t, cols in self.columns.items() if "updated_by" in cols]
+        tables = sorted(t for t, cols in self.columns.items() if "updated_by" in cols)
         union = " UNION ALL ".join(
-            f"SELECT '{t}' AS t, count(*) AS n FROM {SCHEMA}.{quote_ident(t)} WHERE updated_by = $1" for t in tables
+            f"SELECT {i} AS t, count(*) AS n FROM {SCHEMA}.{quote_ident(t)} WHERE updated_by = $1"
+            for i, t in enumerate(tables)
         )
         rows = await self._with_connection(lambda c: c.fetch(union, self.agent_id))
-        return {r["t"]: r["n"] for r in rows}
+        return {tables[r["t"]]: r["n"] for r in rows}
 
 
 async def _table_columns(connection: asyncpg.Connection) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:

@@ -25,7 +25,7 @@ import structlog
 
 from situation.errors import ConfigError, MigrationError
 from situation.migrations import Applied, Migration, load_migrations, plan
-from situation.store import UpsertResult, plan_batch, query_text, quote_ident
+from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
 
@@ -101,16 +101,16 @@ class SqliteStore:
 
     async def close(self) -> None:
         await self._call(self._db.close)
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     # -- migrations --------------------------------------------------------------------
 
     async def migrate(self, migrations: list[Migration] | None = None) -> list[Migration]:
-        migrations = load_migrations("sqlite") if migrations is None else migrations
+        migrations = await asyncio.to_thread(load_migrations, "sqlite") if migrations is None else migrations
         return await self._call(_migrate, self._db, migrations)
 
     async def verify_schema(self) -> int:
-        expected = len(load_migrations("sqlite"))
+        expected = len(await asyncio.to_thread(load_migrations, "sqlite"))
         found = await self._call(_schema_version, self._db)
         if found < expected:
             raise MigrationError(
@@ -148,7 +148,7 @@ class SqliteStore:
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
         sql = to_sqlite_placeholders(query_text(self.dialect, query))
-        return await self._run(_fetch, sql, [_encode(a) for a in args])
+        return await self._run(_fetch, sql, [_encode(a) for a in clean_arguments(args)])
 
     async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
         rows = await self.fetch(query, *args)
@@ -160,7 +160,7 @@ class SqliteStore:
 
     async def execute(self, query: str, *args: Any) -> int:
         sql = to_sqlite_placeholders(query_text(self.dialect, query))
-        return await self._run(_execute, sql, [_encode(a) for a in args])
+        return await self._run(_execute, sql, [_encode(a) for a in clean_arguments(args)])
 
     async def upsert(
         self,
