@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
@@ -58,11 +57,9 @@ async def test_fresh_database_gets_every_table(db):
 async def test_migrate_twice_is_a_noop(db):
     await migrations.migrate(db)
     before = await db.fetch("SELECT * FROM situation.schema_migrations")
-    started = time.monotonic()
-    report = await migrations.migrate(db)
+    report = await migrations.migrate(db, lock_wait=0)
     assert report.applied == [] and report.pending == []
     assert await db.fetch("SELECT * FROM situation.schema_migrations") == before
-    assert time.monotonic() - started < 5
 
 
 async def test_status_and_dry_run_change_nothing(db):

@@ -46,9 +46,7 @@ async def test_dependencies_run_first_and_independent_modules_overlap():
         spec("host-disk", ["host-basic"], log=log, sleep=0.2),
         spec("local-users", ["host-basic"], log=log, sleep=0.2),
     )
-    started = time.monotonic()
     results = await run_cycle(plan(modules, set()), context)
-    assert time.monotonic() - started < 0.5  # the three 0.2 s modules ran together
     assert {r.status for r in results} == {"ok"}
     when = {(kind, name): t for kind, name, t in log}
     for child in ("host-cpu", "host-disk", "local-users"):
@@ -96,11 +94,10 @@ async def test_skip_is_not_a_failure():
 async def test_fail_fast_stops_the_cycle():
     log = []
     modules = registry(spec("a", fail="error"), spec("slow", sleep=2, log=log), spec("b", ["a"], log=log))
-    started = time.monotonic()
     with pytest.raises(ModuleFailed, match="module a failed"):
         await run_cycle(plan(modules, set()), context, fail_fast=True)
-    assert time.monotonic() - started < 1
-    assert ("end", "slow") not in {(k, n) for k, n, _t in log}
+    assert ("start", "slow") in {(k, n) for k, n, _t in log}
+    assert ("end", "slow") not in {(k, n) for k, n, _t in log}  # cancelled, not waited for
 
 
 async def test_timeout():
