@@ -86,6 +86,8 @@ class Agent:
         self._database_up: bool | None = None
         self._backoff = BACKOFF_START / 2
         self._health_warned = False
+        self._signal = 0
+        self._cycle_seconds = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -111,6 +113,8 @@ class Agent:
         while True:
             results, healthy = await self._guarded_cycle()
             if self.config.once:
+                if self.stopping.is_set():
+                    return 128 + self._signal  # interrupted: the pass is incomplete
                 if self.config.summary:
                     await self._print_summary()
                 return 0 if healthy else 1
@@ -130,6 +134,7 @@ class Agent:
     def _stop(self, number: int) -> None:
         if not self.stopping.is_set():
             log.info("stopping", signal=signal.Signals(number).name)
+            self._signal = number
         self.stopping.set()
 
     async def _sleep(self, seconds: float) -> bool:
@@ -199,8 +204,8 @@ class Agent:
     async def _database_usable(self) -> bool:
         try:
             await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
-        except (SituationError, OSError, asyncio.TimeoutError) as exc:
-            self._database_state(False, str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
+            self._database_state(False, " ".join(str(exc).split()) or type(exc).__name__)
             return False
         self._database_state(True)
         return True
@@ -210,6 +215,7 @@ class Agent:
     async def _guarded_cycle(self) -> tuple[list[ModuleResult], bool]:
         """One cycle, bounded at shutdown; returns its results and whether the database held up."""
         host = HostMachine()  # resolved afresh every cycle by fingerprint / host-basic
+        started = time.monotonic()
         cycle = asyncio.create_task(
             run_cycle(
                 self.modules,
@@ -231,6 +237,7 @@ class Agent:
             results = cycle.result()
         finally:
             stop_wait.cancel()
+        self._cycle_seconds = time.monotonic() - started
         healthy = await self._database_usable()
         self.notifier.status(_status_line(results, healthy))
         return results, healthy
@@ -260,7 +267,8 @@ class Agent:
         record = {
             "pid": os.getpid(),
             "finished_at": now,
-            "next_cycle_before": now + delay + SHUTDOWN_GRACE + 60,
+            # room for the next cycle to run, as long as the last one took, twice over
+            "next_cycle_before": now + delay + SHUTDOWN_GRACE + 60 + 2 * self._cycle_seconds,
             "database": "up" if healthy else "down",
             "failed_modules": [r.name for r in results if r.failed],
         }

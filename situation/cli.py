@@ -18,7 +18,7 @@ import uvloop
 from situation import __version__, logs
 from situation.config import click_options, convert, core_settings, defaults_document, module_settings
 from situation.dsn import ConnectParams, parse_dsn
-from situation.errors import ConfigError, SituationError
+from situation.errors import ConfigError, MigrationError, SituationError
 from situation.module import load_builtin_modules
 
 log = structlog.get_logger("situation")
@@ -150,8 +150,12 @@ def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> N
             click.echo(f"{row.version:04d}_{row.name}  applied {row.applied_at:%Y-%m-%d %H:%M:%S} by {row.applied_by}")
         for migration in report.pending:
             click.echo(f"{migration.filename}  pending")
+        if report.problem:
+            raise MigrationError(report.problem)
         return
     if dry_run:
+        if report.problem:
+            raise MigrationError(report.problem)
         for migration in report.pending:
             click.echo(f"would apply {migration.filename}")
         if not report.pending:
@@ -165,13 +169,14 @@ def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> N
 
 def migrate_sqlite(path: str, read_only: bool) -> None:
     """SQLite databases carry the same numbered migrations (sql/sqlite/)."""
+    from situation.store import sqlite_path
     from situation.store_sqlite import SqliteStore
 
     if read_only:
         raise ConfigError("--status and --dry-run work on PostgreSQL; an SQLite file is migrated as a whole")
 
     async def apply():
-        store = await SqliteStore.open(path, agent_id="", migrate=True)
+        store = await SqliteStore.open(sqlite_path(path), agent_id="", migrate=True)
         await store.close()
         return store.applied
 

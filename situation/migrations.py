@@ -72,6 +72,7 @@ class MigrationReport:
     applied: list[Migration] = field(default_factory=list)
     pending: list[Migration] = field(default_factory=list)
     history: list[Applied] = field(default_factory=list)
+    problem: str | None = None  # why nothing can be applied (a newer database, drift, a gap)
 
 
 def sql_root() -> Path:
@@ -164,7 +165,10 @@ async def schema_version(connection: asyncpg.Connection) -> int:
 async def status(connection: asyncpg.Connection, migrations: list[Migration] | None = None) -> MigrationReport:
     migrations = await asyncio.to_thread(load_migrations) if migrations is None else migrations
     history = await read_history(connection) or []
-    return MigrationReport(history=history, pending=plan(migrations, history))
+    try:
+        return MigrationReport(history=history, pending=plan(migrations, history))
+    except MigrationError as exc:  # reported, not raised: this is what --status is for
+        return MigrationReport(history=history, problem=str(exc))
 
 
 async def migrate(
@@ -191,7 +195,7 @@ async def migrate(
         for migration in report.pending:
             await _apply(connection, migration)
             report.applied.append(migration)
-        if report.applied or not await _roles_exist(connection):
+        if report.applied or await _grants_missing(connection):
             await apply_roles(connection)
         report.pending = []
         return report
@@ -270,6 +274,14 @@ async def _roles_exist(connection: asyncpg.Connection) -> bool:
         "SELECT count(*) FROM pg_roles WHERE rolname IN ('situation_agent', 'situation_reader')"
     )
     return count == 2
+
+
+async def _grants_missing(connection: asyncpg.Connection) -> bool:
+    """Group roles missing, or present without their grants (created after a migrate)."""
+    return not await connection.fetchval(
+        "SELECT count(*) = 2 AND bool_and(has_schema_privilege(rolname, 'situation', 'USAGE')) "
+        "FROM pg_roles WHERE rolname IN ('situation_agent', 'situation_reader')"
+    )
 
 
 async def apply_roles(connection: asyncpg.Connection) -> None:

@@ -140,14 +140,24 @@ async def run_cycle(
 
 async def _execute(spec: ModuleSpec, context: Context) -> ModuleResult:
     started = time.monotonic()
+    deadline = asyncio.timeout(spec.timeout)
     try:
-        async with asyncio.timeout(spec.timeout):
+        async with deadline:
             await spec.run(context)
     except Skip as reason:
         return ModuleResult(spec.name, SKIPPED, time.monotonic() - started, context.rows_written, str(reason))
-    except TimeoutError:
-        return ModuleResult(spec.name, TIMEOUT, time.monotonic() - started, context.rows_written,
-                            f"no result after {spec.timeout:g}s")
+    except TimeoutError as exc:
+        if deadline.expired():
+            return ModuleResult(spec.name, TIMEOUT, time.monotonic() - started, context.rows_written,
+                                f"no result after {spec.timeout:g}s")
+        return ModuleResult(spec.name, FAILED, time.monotonic() - started, context.rows_written,
+                            f"TimeoutError: {exc}")
+    except asyncio.CancelledError as exc:
+        if asyncio.current_task().cancelling():
+            raise  # the cycle itself is being cancelled
+        # Something inside the module was cancelled under it: a failure of that module.
+        return ModuleResult(spec.name, FAILED, time.monotonic() - started, context.rows_written,
+                            f"CancelledError: {exc}")
     except SituationError as exc:
         return ModuleResult(spec.name, FAILED, time.monotonic() - started, context.rows_written, str(exc))
     except Exception as exc:  # noqa: BLE001 - a module's bug must not end the cycle

@@ -16,8 +16,11 @@ Modules never build SQL from data. They call:
   ``sql/queries/<topic>.sql`` (portable SQL with ``$1 … $n`` placeholders),
   overridden per dialect by ``sql/<dialect>/queries/<topic>.sql``. Rows come
   back as dicts with JSON decoded.
-- ``async with store.transaction():`` groups calls into one short transaction,
-  retried as a unit on connection loss, deadlock or serialization failure.
+- ``async with store.transaction():`` groups calls into one short transaction.
+  Every upsert and every named query outside such a block is its own unit,
+  retried whole on connection loss, deadlock or serialization failure; a
+  failed block fails its module, and the next cycle writes it again (every
+  write is idempotent).
 
 Backends: :mod:`situation.store_postgres` (asyncpg pool) and
 :mod:`situation.store_sqlite` (sqlite3 on a worker thread).
@@ -327,7 +330,7 @@ async def open_store(
     if not postgres:
         from situation.store_sqlite import SqliteStore
 
-        return await SqliteStore.open(_sqlite_path(dsn), agent_id, migrate=migrate)
+        return await SqliteStore.open(sqlite_path(dsn), agent_id, migrate=migrate)
     from situation import migrations
     from situation.connect import connect
     from situation.dsn import parse_dsn
@@ -351,7 +354,7 @@ async def open_store(
     return store
 
 
-def _sqlite_path(dsn: str) -> str:
+def sqlite_path(dsn: str) -> str:
     text = dsn.strip()
     if text.startswith("file:"):
         text = text[len("file:"):]

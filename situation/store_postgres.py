@@ -32,6 +32,8 @@ RETRY_ATTEMPTS = 4
 # deadlock / serialization victim.
 _TRANSIENT = (
     asyncpg.PostgresConnectionError,  # the connection went away mid-statement
+    asyncpg.InterfaceError,  # e.g. a connection the server terminated, found on its next use
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,  # server shutting down or starting up
     asyncpg.TooManyConnectionsError,
     asyncpg.DeadlockDetectedError,
@@ -178,7 +180,6 @@ class PostgresStore:
             raise ValueError(f"table {table} has no column(s) {unknown}")
         key_columns = plan.key.columns
         statement = self._upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update, key_columns)
-        lookup = self._lookup_sql(table, key_columns)
         arrays = [[_to_wire(row[c], types[c]) for row in plan.rows] for c in plan.columns]
 
         def key_of(row) -> tuple:
@@ -192,6 +193,8 @@ class PostgresStore:
                 missing = [row for row in plan.rows if key_of(row) not in ids_by_key]
                 if missing:
                     keys = [[row[c] for row in missing] for c in key_columns]
+                    with_nulls = {c for c, values in zip(key_columns, keys) if None in values}
+                    lookup = self._lookup_sql(table, key_columns, with_nulls)
                     ids_by_key.update({key_of(r): r["id"] for r in await connection.fetch(lookup, *keys)})
             batch_ids = [ids_by_key.get(key_of(row)) for row in plan.rows]
             return UpsertResult(written=len(written), ids=plan.ids_for_input(batch_ids))
@@ -228,11 +231,11 @@ class PostgresStore:
         distinct = f"ROW({old}) IS DISTINCT FROM ROW({new})"
         return sql + f"DO UPDATE SET {', '.join(assignments)} WHERE {distinct} {returning}"
 
-    def _lookup_sql(self, table: str, key_columns: Sequence[str]) -> str:
-        """Ids of existing rows by key: ``=`` where the column is NOT NULL (the unique
-        index serves it), a NULL-aware comparison that still hashes where it is not."""
+    def _lookup_sql(self, table: str, key_columns: Sequence[str], with_nulls: set[str]) -> str:
+        """Ids of existing rows by key: ``=`` wherever the looked-up values hold no NULL
+        (the unique index serves it), a NULL-aware comparison that still hashes elsewhere."""
         types = self.columns[table]
-        nullable = self.nullable.get(table, set())
+        nullable = self.nullable.get(table, set()) & with_nulls
         names = ", ".join(quote_ident(c) for c in key_columns)
         casts = ", ".join(f"${i}::{_ARRAY_CASTS[types[c]]}" for i, c in enumerate(key_columns, start=1))
         matches = []

@@ -127,17 +127,35 @@ class SqliteStore:
             yield
             return
         async with self._lock:
+            await self._settle(_begin)
             token = self._in_transaction.set(True)
-            await self._call(self._db.execute, "BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                await self._call(self._db.execute, "ROLLBACK")
+                await self._settle(_rollback)
                 raise
             else:
-                await self._call(self._db.execute, "COMMIT")
+                try:
+                    await self._settle(_commit)
+                except sqlite3.Error:
+                    await self._settle(_rollback)
+                    raise
             finally:
                 self._in_transaction.reset(token)
+
+    async def _settle(self, function) -> None:
+        """Run a transaction boundary to completion on the worker thread.
+
+        A caller cancelled meanwhile (module timeout, fail-fast, shutdown) must not
+        leave the connection inside a transaction: the job still runs, and a
+        rollback is queued right behind it on the same single thread.
+        """
+        future = asyncio.get_running_loop().run_in_executor(self._executor, function, self._db)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._executor.submit(_rollback, self._db)
+            raise
 
     async def _run(self, function, *args):
         """Run ``function(db, *args)`` inside the current transaction or a new one."""
@@ -200,6 +218,21 @@ def _connect(path: str) -> sqlite3.Connection:
     return connection
 
 
+def _begin(db: sqlite3.Connection) -> None:
+    if db.in_transaction:  # left open by a caller cancelled at a bad moment
+        db.execute("ROLLBACK")
+    db.execute("BEGIN IMMEDIATE")
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    db.execute("COMMIT")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 def _schema_version(db: sqlite3.Connection) -> int:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
     if not exists:
@@ -220,6 +253,7 @@ def _migrate(db: sqlite3.Connection, migrations: list[Migration]) -> list[Migrat
             started = time.monotonic()
             for statement in split_statements(migration.sql):
                 db.execute(statement)
+            _add_updated_by(db)
             db.execute(
                 "INSERT INTO schema_migrations (version, name, checksum, duration_ms) VALUES (?, ?, ?, ?)",
                 (migration.version, migration.name, migration.checksum, int((time.monotonic() - started) * 1000)),
@@ -229,6 +263,15 @@ def _migrate(db: sqlite3.Connection, migrations: list[Migration]) -> list[Migrat
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _add_updated_by(db: sqlite3.Connection) -> None:
+    """Tables the Go agent created lack our ``updated_by`` column (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    for table in tables:
+        columns = {c[1] for c in db.execute(f"PRAGMA table_info({quote_ident(table)})")}
+        if "created_at" in columns and "updated_by" not in columns:
+            db.execute(f"ALTER TABLE {quote_ident(table)} ADD COLUMN updated_by VARCHAR(32)")
 
 
 def split_statements(script: str) -> list[str]:

@@ -144,3 +144,10 @@ def test_scores():
         ports={1: 2, 3: 5},
     )
     assert [(c.machine_id, round(c.score, 2)) for c in candidates] == [(1, 0.8), (3, 0.5), (2, 0.4)]
+
+
+async def test_addresses_and_ports_without_a_mac_are_not_enough(store, root):
+    """Sites reuse private ranges: an address plus an open port must not hand over a row."""
+    elsewhere = await machine(store, host_id="ffffffff-0000-0000-0000-000000000003", hostname="web-7")
+    await nic(store, elsewhere, mac="02:00:00:00:99:99")  # our address, another MAC
+    assert (await run_fingerprint(store, root)).host.id is None

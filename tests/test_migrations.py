@@ -231,3 +231,33 @@ def test_wheel_ships_the_migrations(tmp_path):
     for expected in ("situation/sql/postgres/0001_initial.sql", "situation/sql/postgres/history.sql",
                      "situation/sql/postgres/roles.sql", "situation/sql/sqlite/0001_initial.sql"):
         assert expected in names
+
+
+async def test_roles_created_after_a_migrate_get_their_grants_on_rerun(tls_cluster, fresh_database):
+    """An owner that may not create roles migrates; an admin creates them; a rerun grants them."""
+    name = fresh_database("rolesafter")
+    owner = await superuser(tls_cluster, name)
+    try:
+        await migrations.migrate(owner)
+        await owner.execute("REVOKE USAGE ON SCHEMA situation FROM situation_agent, situation_reader")
+        await owner.execute("REVOKE ALL ON ALL TABLES IN SCHEMA situation FROM situation_agent, situation_reader")
+        report = await migrations.migrate(owner)
+        assert report.applied == []
+        assert await owner.fetchval("SELECT has_table_privilege('situation_agent', 'situation.machines', 'INSERT')")
+    finally:
+        await owner.close()
+
+
+def test_status_on_a_newer_database_lists_and_explains(tls_cluster, fresh_database, tmp_path):
+    name = fresh_database("newer")
+    env = clean_environ(HOME=str(tmp_path))
+    base = [sys.executable, "-m", "situation", "migrate", "--db", tls_cluster.superuser_dsn(name)]
+    subprocess.run(base, env=env, check=True, capture_output=True)
+    tls_cluster.psql("INSERT INTO situation.schema_migrations (version, name, checksum) VALUES (99, 'future', 'x')",
+                     dbname=name)
+    result = subprocess.run([*base, "--status"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "0001_initial  applied" in result.stdout and "0099_future  applied" in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "situation: error: database schema is at version 99, newer than this build (1); upgrade situation before migrating"
+    ]

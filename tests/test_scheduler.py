@@ -110,3 +110,21 @@ async def test_stopping_prevents_new_modules():
     stopping.set()
     results = await run_cycle(plan(registry(spec("a"), spec("b", ["a"])), set()), context, stopping=stopping)
     assert {r.status for r in results} == {"cancelled"}
+
+
+async def test_errors_a_module_raises_itself_are_failures():
+    async def cancelled_inside(ctx):
+        raise asyncio.CancelledError("a library future was cancelled")
+
+    async def timed_out_inside(ctx):
+        raise TimeoutError("a socket timed out")
+
+    modules = {
+        "a": ModuleSpec("a", cancelled_inside, (), (), 5.0),
+        "b": ModuleSpec("b", timed_out_inside, (), (), 5.0),
+        "c": ModuleSpec("c", spec("c").run, ("a",), (), 5.0),
+    }
+    results = {r.name: r for r in await run_cycle(plan(modules, set()), context)}
+    assert results["a"].status == "failed" and "CancelledError" in results["a"].detail
+    assert results["b"].status == "failed" and "socket timed out" in results["b"].detail
+    assert results["c"].status == "blocked"

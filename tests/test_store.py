@@ -188,3 +188,22 @@ async def test_two_writers_in_opposite_orders_do_not_deadlock(tls_cluster, fresh
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_sqlite_transaction_cancelled_while_waiting_leaves_no_transaction_open(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "locked.sqlite"
+    store = await open_store(str(path), AGENT)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(store.upsert("machines", [{"agent": AGENT}], key="agent"), 0.3)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await store.upsert("machines", [{"agent": "e" * 32, "hostname": "after"}], key="agent")
+    await store.close()
+    with sqlite3.connect(path) as db:  # committed, not left in a dangling transaction
+        assert db.execute("SELECT count(*) FROM machines WHERE hostname = 'after'").fetchone()[0] == 1

@@ -10,7 +10,8 @@ found, in this order:
 3. a weighted match on what neighbours could have seen of this host: MAC
    addresses (0.4 per matching NIC), addresses (0.2 per NIC sharing one),
    hostname (0.2) and open ports (0.1 each, at most 0.3). The best machine
-   scoring 0.3 or more, with no agent of its own, is claimed; a lone
+   scoring 0.3 or more, with no agent of its own and at least one of our MACs,
+   is claimed; a lone
    machine-less NIC with one of our MACs and addresses gets a machine of its own.
 
 The original agent wrote the weighted match but never called it, checked the
@@ -101,6 +102,7 @@ class Candidate:
     machine_id: int
     agent: str | None
     score: float = 0.0
+    mac_matches: int = 0
 
 
 def score_machines(
@@ -118,6 +120,7 @@ def score_machines(
 
     for row in mac_nics:
         candidate(row).score += MAC_WEIGHT
+        candidate(row).mac_matches += 1
     for row in ip_nics:
         candidate(row).score += IP_WEIGHT
     for row in same_hostname:
@@ -172,7 +175,9 @@ async def _claim_by_traces(ctx: Context, identity: Identity) -> bool:
         await _matching_ports(ctx, identity, [r["machine_id"] for r in [*mac_nics, *ip_nics, *same_hostname]]),
     )
     for best in candidates[:1]:
-        if best.score >= CLAIM_THRESHOLD and best.agent is None:
+        # Addresses, hostnames and ports repeat across sites sharing private ranges:
+        # without one of our MACs on it, a row is never taken.
+        if best.mac_matches and best.score >= CLAIM_THRESHOLD - 1e-9 and best.agent is None:
             await _claim(ctx, best.machine_id, reason=f"traces (score {best.score:.1f})")
             return True
     return await _adopt_lone_nic(ctx, identity, mac_nics)

@@ -265,5 +265,5 @@ async def run(ctx: Context) -> None:
     )
     ctx.count(result.written)
     if any(gpu.is_hyper_v for gpu in gpus):
-        ctx.count(await ctx.store.execute("set_machine_chassis", "vm", machine_id, ctx.agent_id))
+        ctx.count(await ctx.store.execute("set_machine_chassis_if_unknown", "vm", machine_id, ctx.agent_id))
         ctx.log.info("Hyper-V GPU found: host chassis set to vm")

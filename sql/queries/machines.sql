@@ -11,3 +11,10 @@
 UPDATE machines
 SET chassis = $1, updated_at = CURRENT_TIMESTAMP, updated_by = $3
 WHERE id = $2 AND chassis <> $1;
+
+-- name: set_machine_chassis_if_unknown
+-- host-gpu's guess (Hyper-V → 'vm') never overrides what the chassis module found.
+-- $1 chassis, $2 machine id, $3 agent id.
+UPDATE machines
+SET chassis = $1, updated_at = CURRENT_TIMESTAMP, updated_by = $3
+WHERE id = $2 AND chassis = '';
