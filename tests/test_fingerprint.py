@@ -1,7 +1,7 @@
 """fingerprint: an agent finds the machine row that already describes its host.
 
-The host is a fixture tree (HostRoot), the store a real SQLite database (and one
-PostgreSQL case), so every lookup runs the real named queries.
+The host is a fixture tree (HostRoot), the store a real SQLite database and a real
+PostgreSQL one, so every lookup runs the real named queries of both dialects.
 """
 
 from __future__ import annotations
@@ -48,9 +48,14 @@ def root(tmp_path) -> HostRoot:
     return HostRoot.under(base)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request, tmp_path):
-    opened = await open_store(str(tmp_path / "fp.sqlite"), AGENT)
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("tls_cluster")
+        dsn = cluster.superuser_dsn(request.getfixturevalue("fresh_database")("fp"))
+    else:
+        dsn = str(tmp_path / "fp.sqlite")
+    opened = await open_store(dsn, AGENT)
     yield opened
     await opened.close()
 
