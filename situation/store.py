@@ -16,11 +16,11 @@ Modules never build SQL from data. They call:
   ``sql/queries/<topic>.sql`` (portable SQL with ``$1 … $n`` placeholders),
   overridden per dialect by ``sql/<dialect>/queries/<topic>.sql``. Rows come
   back as dicts with JSON decoded.
-- ``async with store.transaction():`` groups calls into one short transaction.
-  Every upsert and every named query outside such a block is its own unit,
-  retried whole on connection loss, deadlock or serialization failure; a
-  failed block fails its module, and the next cycle writes it again (every
-  write is idempotent).
+- ``await store.run_in_transaction(work)`` runs ``await work()`` (which makes
+  store calls) as one short transaction, rerun whole on connection loss,
+  deadlock or serialization failure. Every upsert and every named query
+  outside such a unit is its own unit, retried the same way.
+  ``async with store.transaction():`` groups calls without retries.
 
 Backends: :mod:`situation.store_postgres` (asyncpg pool) and
 :mod:`situation.store_sqlite` (sqlite3 on a worker thread).
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import cache
@@ -118,6 +118,8 @@ class Store(Protocol):
     async def execute(self, query: str, *args: Any) -> int: ...
 
     def transaction(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def run_in_transaction(self, work: Callable[[], Awaitable[Any]]) -> Any: ...
 
     async def counts(self) -> dict[str, int]: ...
 

@@ -130,6 +130,21 @@ class PostgresStore:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 3, 5.0)
 
+    async def run_in_transaction(self, work):
+        """``await work()`` inside one transaction, rerun whole on connection loss or a deadlock."""
+        if self._connection.get() is not None:
+            return await work()
+
+        async def unit(connection: asyncpg.Connection):
+            token = self._connection.set(connection)
+            try:
+                async with connection.transaction():
+                    return await work()
+            finally:
+                self._connection.reset(token)
+
+        return await self._retrying(unit)
+
     @asynccontextmanager
     async def transaction(self):
         if self._connection.get() is not None:

@@ -121,6 +121,11 @@ class SqliteStore:
 
     # -- statements ----------------------------------------------------------------------
 
+    async def run_in_transaction(self, work):
+        """``await work()`` inside one transaction (one local writer: nothing to retry)."""
+        async with self.transaction():
+            return await work()
+
     @asynccontextmanager
     async def transaction(self):
         if self._in_transaction.get():

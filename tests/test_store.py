@@ -207,3 +207,22 @@ async def test_sqlite_transaction_cancelled_while_waiting_leaves_no_transaction_
     await store.close()
     with sqlite3.connect(path) as db:  # committed, not left in a dangling transaction
         assert db.execute("SELECT count(*) FROM machines WHERE hostname = 'after'").fetchone()[0] == 1
+
+
+async def test_a_transaction_unit_is_rerun_whole(store):
+    """A unit chosen as deadlock victim is rolled back and run again, whole (PostgreSQL);
+    SQLite has one local writer and runs it once."""
+    import asyncpg
+
+    attempts = []
+
+    async def unit():
+        await store.upsert("machines", [{"agent": AGENT, "hostname": f"try{len(attempts)}"}], key="agent")
+        attempts.append(1)
+        if len(attempts) == 1 and store.dialect == "postgres":
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        return "done"
+
+    assert await store.run_in_transaction(unit) == "done"
+    assert len(attempts) == (2 if store.dialect == "postgres" else 1)
+    assert (await store.counts())["machines"] == 1

@@ -189,9 +189,13 @@ async def _adopt_lone_nic(ctx: Context, identity: Identity, mac_nics: list[dict]
     lone = [r for r in mac_nics if r["machine_id"] is None and any((r["mac"], a) in ours for a in r["ip"] or ())]
     if len(lone) != 1:
         return False
-    async with ctx.store.transaction():
-        result = await ctx.store.upsert("machines", [{"agent": ctx.agent_id}], key="agent")
-        await ctx.store.execute("attach_nic_to_machine", result.ids[0], lone[0]["id"], ctx.agent_id)
+
+    async def adopt():
+        created = await ctx.store.upsert("machines", [{"agent": ctx.agent_id}], key="agent")
+        await ctx.store.execute("attach_nic_to_machine", created.ids[0], lone[0]["id"], ctx.agent_id)
+        return created
+
+    result = await ctx.store.run_in_transaction(adopt)
     ctx.host.id = result.ids[0]
     ctx.count(result.written + 1)
     ctx.log.info("claimed a network interface discovered by a neighbour", nic_id=lone[0]["id"])

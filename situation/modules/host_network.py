@@ -544,12 +544,15 @@ async def run(ctx: Context) -> None:
         ctx.log.info("no network interface is up")
         return
     machine_id = ctx.host_id()
-    async with ctx.store.transaction():
+
+    async def write_all() -> tuple[dict[str, int], int]:
         stored = [_stored_nic(row) for row in await ctx.store.fetch("host_network_interfaces", machine_id)]
         plan = plan_writes(snapshot.nics, stored)
         subnet_ids = await write_subnets(ctx, snapshot.subnets)
         nic_ids = await write_nics(ctx, plan, machine_id)
-        added = await write_links(ctx, snapshot, nic_ids, subnet_ids)
+        return subnet_ids, await write_links(ctx, snapshot, nic_ids, subnet_ids)
+
+    subnet_ids, added = await ctx.store.run_in_transaction(write_all)
     ctx.count(added)
     if not snapshot.links:
         ctx.log.warning("no subnetwork link: no interface has a routable address")
