@@ -131,6 +131,9 @@ async def command_output(argv: list[str], timeout: float) -> str | None:
         process.kill()
         await process.wait()
         return None
+    except asyncio.CancelledError:
+        process.kill()  # no orphan when the module is cancelled
+        raise
     if process.returncode != 0:
         return None
     return stdout.decode("utf-8", errors="replace")
