@@ -61,11 +61,6 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(home) / ".local" / "state" / "situation"
 
 
-# The name the brief and callers use; a function parameter named state_dir below
-# shadows it, so the module's own code calls default_state_dir.
-state_dir = default_state_dir
-
-
 def parse_agent_id(text: str) -> str:
     """Validate an agent id and return it as 32 lowercase hex characters.
 

@@ -37,10 +37,6 @@ def test_state_dir_override_wins(tmp_path):
     assert default_state_dir({"SITUATION_STATE_DIR": str(tmp_path / "s"), "XDG_STATE_HOME": "/x"}) == tmp_path / "s"
 
 
-def test_state_dir_alias_is_the_same_function():
-    assert identity.state_dir is default_state_dir
-
-
 def test_state_dir_for_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert default_state_dir({"XDG_STATE_HOME": "/x", "HOME": "/root"}) == Path("/var/lib/situation")
