@@ -127,12 +127,12 @@ class SqliteStore:
             return await work()
 
     @asynccontextmanager
-    async def transaction(self):
+    async def transaction(self, *, write: bool = True):
         if self._in_transaction.get():
             yield
             return
         async with self._lock:
-            await self._settle(_begin)
+            await self._settle(_begin if write else _begin_read)
             token = self._in_transaction.set(True)
             try:
                 yield
@@ -162,16 +162,17 @@ class SqliteStore:
             self._executor.submit(_rollback, self._db)
             raise
 
-    async def _run(self, function, *args):
+    async def _run(self, function, *args, write: bool = True):
         """Run ``function(db, *args)`` inside the current transaction or a new one."""
         if self._in_transaction.get():
             return await self._call(function, self._db, *args)
-        async with self.transaction():
+        async with self.transaction(write=write):
             return await self._call(function, self._db, *args)
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
         sql = to_sqlite_placeholders(query_text(self.dialect, query))
-        return await self._run(_fetch, sql, [_encode(a) for a in clean_arguments(args)])
+        # A deferred BEGIN: reads do not take the write lock other processes may want.
+        return await self._run(_fetch, sql, [_encode(a) for a in clean_arguments(args)], write=False)
 
     async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
         rows = await self.fetch(query, *args)
@@ -227,6 +228,12 @@ def _begin(db: sqlite3.Connection) -> None:
     if db.in_transaction:  # left open by a caller cancelled at a bad moment
         db.execute("ROLLBACK")
     db.execute("BEGIN IMMEDIATE")
+
+
+def _begin_read(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+    db.execute("BEGIN")
 
 
 def _commit(db: sqlite3.Connection) -> None:
