@@ -17,7 +17,6 @@ FROM python:3.11-slim
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="situation" \
       org.opencontainers.image.description="An agent that inventories its host and network into a shared relational database" \
-      org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
 
