@@ -453,7 +453,7 @@ def test_dockerfile():
     env = " ".join(dockerfile_values("ENV"))
     assert "SITUATION_STATE_DIR=/var/lib/situation" in env
     labels = " ".join(dockerfile_values("LABEL"))
-    for key in ("title", "description", "licenses", "version"):
+    for key in ("title", "description", "version"):
         assert f"org.opencontainers.image.{key}=" in labels
     for keyword, rest in dockerfile():
         if keyword in ("ENV", "ARG", "LABEL"):
