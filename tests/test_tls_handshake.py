@@ -74,3 +74,57 @@ async def test_protocol_bounds(tls_server, certs, home):
     assert context.minimum_version == ssl.TLSVersion.TLSv1_3
     capped = build_ssl_context(parse_dsn("host=localhost sslmode=require ssl_max_protocol_version=TLSv1.2", environ={"HOME": str(home)}))
     assert capped.maximum_version == ssl.TLSVersion.TLSv1_2 and capped.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+async def test_direct_negotiation_starts_with_tls_and_offers_alpn(certs, home):
+    """sslnegotiation=direct: the first bytes on the wire are a TLS ClientHello offering ALPN
+    "postgresql", not an SSLRequest. PostgreSQL 17 is not installed here, so a small server
+    speaking TLS directly stands in for it and closes after the handshake."""
+    from situation.connect import connect
+    from situation.errors import ConnectError
+
+    seen = {}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.server_crt, certs.server_key)
+    context.set_alpn_protocols(["postgresql"])
+
+    async def handle(reader, writer):
+        first = await reader.readexactly(1)
+        seen["first_byte"] = first[0]  # 0x16: a TLS handshake record; an SSLRequest starts with 0x00
+        writer.close()
+
+    plain = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = plain.sockets[0].getsockname()[1]
+    params = parse_dsn(
+        f"host=localhost port={port} user=u dbname=d sslmode=verify-full sslnegotiation=direct "
+        f"sslrootcert={certs.ca_crt} connect_timeout=5",
+        environ={"HOME": str(home)},
+    )
+    try:
+        with pytest.raises(ConnectError):
+            await connect(params)
+    finally:
+        plain.close()
+        await plain.wait_closed()
+    assert seen["first_byte"] == 0x16
+
+    async def record_alpn(reader, writer):
+        seen["alpn"] = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.close()
+
+    tls_server = await asyncio.start_server(record_alpn, "127.0.0.1", 0, ssl=context)
+    port = tls_server.sockets[0].getsockname()[1]
+    params = parse_dsn(
+        f"host=localhost port={port} user=u dbname=d sslmode=verify-full sslnegotiation=direct "
+        f"sslrootcert={certs.ca_crt} connect_timeout=5",
+        environ={"HOME": str(home)},
+    )
+    tls = build_ssl_context(params)
+    try:
+        with pytest.raises(ConnectError):
+            await connect(params, tls=tls)  # the server hangs up after the handshake
+    finally:
+        tls_server.close()
+        await tls_server.wait_closed()
+    assert tls.last_peer_certificate  # the handshake completed (and the host name matched)
+    assert seen["alpn"] == "postgresql"
