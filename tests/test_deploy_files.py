@@ -7,6 +7,12 @@ Where the machine allows it (root, openssl, PostgreSQL server binaries), the
 compose flow itself runs against a throwaway cluster: the certificate script,
 the secrets setup from the compose file's header, its pg_hba.conf and init SQL,
 the migrate service's script, and `situation check` as both agents.
+
+Nothing here runs the agent: `situation run` (a whole cycle, with network
+discovery) is only ever shown `--help`. The commands this file does execute
+(migrate, grant, check) go through ``refuse_agent_cycles``, which stops the
+test before any of them could start a cycle in the machine's own network
+namespace; agent cycles are tested in test_agent.py, inside isolated hosts.
 """
 
 from __future__ import annotations
@@ -657,8 +663,9 @@ def compose_flow(tmp_path_factory):
                 **{key: localize(str(value), service) for key, value in environment.items()},
             )
 
-        # migrate: the service's own script.
+        # migrate: the service's own script (migrate and grant only: no agent cycle).
         argv = service_argv("migrate")
+        refuse_agent_cycles(argv_invocations(argv))
         result = subprocess.run(
             [*argv[:-1], localize(argv[-1], "migrate")], env=service_env("migrate"), cwd=REPO,
             capture_output=True, text=True, timeout=300,
@@ -683,7 +690,16 @@ def compose_flow(tmp_path_factory):
         cluster.destroy()
 
 
+def refuse_agent_cycles(invocations: list[list[str]]) -> None:
+    """Fail the test if any `situation` invocation would run the agent (DEVELOPERS.md, rule 1)."""
+    for argv in invocations:
+        _global_flags, command, flags = split_invocation(argv)
+        if command in (None, "run") and "--help" not in flags:
+            pytest.fail(f"refusing to run {' '.join(['situation', *argv])} outside an isolated host")
+
+
 def run_situation(flow, service: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    refuse_agent_cycles([list(args)])
     environ = flow["env"](service)
     environ.update(env)
     return subprocess.run(
@@ -752,3 +768,10 @@ def test_compose_refuses_plaintext_and_the_superuser(compose_flow):
                 f"sslrootcert={compose_flow['volumes']['ca'] / 'ca.crt'}"
     result = run_situation(compose_flow, "agent1", "check", "--db", superuser, PGPASSWORD="x")
     assert result.returncode != 0
+
+
+def test_the_guard_refuses_agent_cycles():
+    refuse_agent_cycles([["migrate"], ["--log-format", "json", "check"], ["run", "--help"]])
+    for argv in (["run", "--once"], [], ["--log-level", "debug"], ["run", "--no-migration"]):
+        with pytest.raises(pytest.fail.Exception, match="outside an isolated host"):
+            refuse_agent_cycles([argv])
