@@ -177,12 +177,15 @@ class Agent:
                 return None
             delay = min(delay * 2, BACKOFF_CAP)
 
-    async def _unless_stopped(self, work):
-        """``work``'s result, or None as soon as the agent is asked to stop (``work`` is cancelled)."""
+    async def _unless_stopped(self, work, *, grace: float = 0.0):
+        """``work``'s result; or, when the agent is asked to stop first, None once ``work``
+        has had ``grace`` more seconds (it is cancelled if it has not finished by then)."""
         task = asyncio.ensure_future(work)
         stop_wait = asyncio.create_task(self.stopping.wait())
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and grace:
+                await asyncio.wait({task}, timeout=grace)
         finally:
             stop_wait.cancel()
         if task.done():
@@ -216,27 +219,16 @@ class Agent:
         """One cycle, bounded at shutdown; returns its results and whether the database held up."""
         host = HostMachine()  # resolved afresh every cycle by fingerprint / host-basic
         started = time.monotonic()
-        cycle = asyncio.create_task(
-            run_cycle(
-                self.modules,
-                lambda spec: self._context(spec, host),
-                fail_fast=self.config.fail_fast,
-                stopping=self.stopping,
-            )
+        cycle = run_cycle(
+            self.modules,
+            lambda spec: self._context(spec, host),
+            fail_fast=self.config.fail_fast,
+            stopping=self.stopping,
         )
-        stop_wait = asyncio.create_task(self.stopping.wait())
-        try:
-            await asyncio.wait({cycle, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if not cycle.done():
-                # Asked to stop: running modules get a few seconds to finish their transactions.
-                await asyncio.wait({cycle}, timeout=SHUTDOWN_GRACE)
-                if not cycle.done():
-                    cycle.cancel()
-                    await asyncio.gather(cycle, return_exceptions=True)
-                    return [], True
-            results = cycle.result()
-        finally:
-            stop_wait.cancel()
+        # Asked to stop: running modules get a few seconds to finish their transactions.
+        results = await self._unless_stopped(cycle, grace=SHUTDOWN_GRACE)
+        if results is None:
+            return [], True
         self._cycle_seconds = time.monotonic() - started
         healthy = await self._database_usable()
         self.notifier.status(_status_line(results, healthy))

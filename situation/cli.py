@@ -111,10 +111,17 @@ def postgres_params(dsn: str | None) -> ConnectParams:
     return params
 
 
-async def _direct_connection(params: ConnectParams):
-    from situation.connect import connect
+async def on_direct_connection(params: ConnectParams, purpose: str, work):
+    """``await work(connection)`` on a connection of its own, closed afterwards."""
+    from situation.connect import direct_connection
 
-    return await connect(params, statement_cache_size=0, server_settings={"application_name": "situation migrate"})
+    async with direct_connection(params, purpose) as connection:
+        return await work(connection)
+
+
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), envvar="SITUATION_STATE_DIR", help="State directory."
+)
 
 
 # -- commands ---------------------------------------------------------------------
@@ -135,16 +142,12 @@ def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> N
         return migrate_sqlite(dsn, status or dry_run)
     params = postgres_params(dsn)
 
-    async def main():
-        connection = await _direct_connection(params)
-        try:
-            if status:
-                return await migrations.status(connection)
-            return await migrations.migrate(connection, dry_run=dry_run, lock_wait=lock_wait)
-        finally:
-            await connection.close()
+    async def work(connection):
+        if status:
+            return await migrations.status(connection)
+        return await migrations.migrate(connection, dry_run=dry_run, lock_wait=lock_wait)
 
-    report = run_async(main())
+    report = run_async(on_direct_connection(params, "migrate", work))
     if status:
         for row in report.history:
             click.echo(f"{row.version:04d}_{row.name}  applied {row.applied_at:%Y-%m-%d %H:%M:%S} by {row.applied_by}")
@@ -216,15 +219,7 @@ def grant(dsn: str | None, role: str, reader: bool) -> None:
 
     postgres_only(dsn, "grant")
     params = postgres_params(dsn)
-
-    async def main():
-        connection = await _direct_connection(params)
-        try:
-            return await grant_role(connection, role, reader=reader)
-        finally:
-            await connection.close()
-
-    group = run_async(main())
+    group = run_async(on_direct_connection(params, "grant", lambda c: grant_role(c, role, reader=reader)))
     click.echo(f"{role} is now a member of {group}")
 
 
@@ -289,7 +284,7 @@ def defaults() -> None:
 
 
 @cli.command(name="id")
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="SITUATION_STATE_DIR", help="State directory.")
+@state_dir_option
 def show_id(state_dir: Path | None) -> None:
     """Print this agent's id (created on first use)."""
     from situation.identity import AGENT_ID_ENV, default_state_dir, resolve_agent_id
@@ -299,7 +294,7 @@ def show_id(state_dir: Path | None) -> None:
 
 @cli.command(name="refresh-id")
 @click.argument("hex_id", metavar="[HEX]", required=False)
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="SITUATION_STATE_DIR", help="State directory.")
+@state_dir_option
 def refresh_id(hex_id: str | None, state_dir: Path | None) -> None:
     """Give this agent a new id: HEX (32 hex digits) or 16 random bytes."""
     from situation.identity import default_state_dir, new_agent_id, parse_agent_id, write_agent_id
@@ -309,7 +304,7 @@ def refresh_id(hex_id: str | None, state_dir: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="SITUATION_STATE_DIR", help="State directory.")
+@state_dir_option
 def health(state_dir: Path | None) -> None:
     """Exit 0 when the running daemon finished a cycle recently and its database was up."""
     from situation.agent import HEALTH_FILE

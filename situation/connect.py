@@ -12,6 +12,7 @@ import asyncio
 import functools
 import socket
 import ssl
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -115,6 +116,19 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
         if "rejected SSL upgrade" in str(exc):
             raise _ServerHasNoTls(str(exc)) from None
         raise
+
+
+@asynccontextmanager
+async def direct_connection(params: ConnectParams, purpose: str = "migrate"):
+    """A connection of its own, outside any pool and without prepared statements:
+    for migrations (whose session advisory lock the pool's reset would drop) and grants."""
+    connection = await connect(
+        params, statement_cache_size=0, server_settings={"application_name": f"situation {purpose}"}
+    )
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 async def _password(params: ConnectParams, endpoint: Endpoint) -> str | None:

@@ -334,17 +334,14 @@ async def open_store(
 
         return await SqliteStore.open(sqlite_path(dsn), agent_id, migrate=migrate)
     from situation import migrations
-    from situation.connect import connect
+    from situation.connect import direct_connection
     from situation.dsn import parse_dsn
     from situation.store_postgres import PostgresStore
 
     params = parse_dsn(dsn)
     if migrate:
-        connection = await connect(params, statement_cache_size=0, server_settings={"application_name": "situation migrate"})
-        try:
+        async with direct_connection(params) as connection:
             await migrations.migrate(connection)
-        finally:
-            await connection.close()
     store = await PostgresStore.open(params, agent_id, max_size=max_size, statement_cache=statement_cache)
     if not migrate:
         try:

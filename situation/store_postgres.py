@@ -136,12 +136,8 @@ class PostgresStore:
             return await work()
 
         async def unit(connection: asyncpg.Connection):
-            token = self._connection.set(connection)
-            try:
-                async with connection.transaction():
-                    return await work()
-            finally:
-                self._connection.reset(token)
+            async with self._transaction_on(connection):
+                return await work()
 
         return await self._retrying(unit)
 
@@ -150,13 +146,18 @@ class PostgresStore:
         if self._connection.get() is not None:
             yield
             return
-        async with self.pool.acquire() as connection:
-            token = self._connection.set(connection)
-            try:
-                async with connection.transaction():
-                    yield
-            finally:
-                self._connection.reset(token)
+        async with self.pool.acquire() as connection, self._transaction_on(connection):
+            yield
+
+    @asynccontextmanager
+    async def _transaction_on(self, connection: asyncpg.Connection):
+        """A transaction on ``connection``, which store calls made meanwhile use."""
+        token = self._connection.set(connection)
+        try:
+            async with connection.transaction():
+                yield
+        finally:
+            self._connection.reset(token)
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
         sql, args = query_text(self.dialect, query), clean_arguments(args)

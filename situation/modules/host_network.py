@@ -483,7 +483,6 @@ def _stored_nic(row: Mapping[str, Any]) -> StoredNic:
 # -- writing ---------------------------------------------------------------------------
 
 
-
 async def write_subnets(ctx: Context, subnets: Sequence[Subnet]) -> dict[str, int]:
     """Upsert on ``cidr_tag``; a known gateway refreshes the stored one, an unknown one keeps it."""
     ids: dict[str, int] = {}
