@@ -149,10 +149,12 @@ async def create_pool(
 
     ``search_path`` and ``application_name`` travel as startup parameters, which
     survive the pool's ``RESET ALL`` between uses, unlike a ``SET`` in ``init``.
+    So does ``jit = off``: the store's statements take milliseconds, and a batch
+    large enough to pass ``jit_above_cost`` would spend longer compiling than running.
     Turn ``statement_cache`` off behind a PgBouncer in transaction mode.
     """
     tls = await asyncio.to_thread(build_ssl_context, params)
-    settings = {"application_name": params.application_name or application_name, "search_path": "situation"}
+    settings = {"application_name": params.application_name or application_name, "search_path": "situation", "jit": "off"}
     settings.update(server_settings or {})
 
     async def open_connection(*_args, **kwargs):

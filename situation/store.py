@@ -29,6 +29,7 @@ Backends: :mod:`situation.store_postgres` (asyncpg pool) and
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -134,44 +135,23 @@ def conflict_key(table: str, key: str) -> ConflictKey:
         raise ValueError(f"no conflict key {key!r} on table {table!r} (known: {known})") from None
 
 
-def prepare_batch(rows: Sequence[Mapping[str, Any]], key: ConflictKey) -> tuple[list[str], list[dict], list[int]]:
-    """Columns, the de-duplicated rows sorted by key, and each input row's index into them.
-
-    Sorting every batch by its conflict key gives every agent the same lock
-    order (no deadlocks); de-duplicating avoids "cannot affect row a second time".
-    """
-    if not rows:
-        return [], [], []
-    columns = list(rows[0])
-    expected = set(columns)
-    missing = [c for c in key.columns if c not in expected]
-    if missing:
-        raise ValueError(f"batch lacks key columns {missing}")
-    row_keys = []
-    unique: dict[tuple, Mapping[str, Any]] = {}
-    for row in rows:
-        if row.keys() != expected:
-            raise ValueError("every row of a batch must have the same columns")
-        row_key = _sort_key(row, key.columns)
-        row_keys.append(row_key)
-        unique[row_key] = row  # last one wins
-    ordered_keys = sorted(unique)
-    position = {k: i for i, k in enumerate(ordered_keys)}
-    batch = [dict(unique[k]) for k in ordered_keys]
-    index = [position[k] for k in row_keys]
-    return columns, batch, index
-
-
 @dataclass
 class Batch:
-    """An upsert, ready for a backend: rows de-duplicated and sorted by the key."""
+    """An upsert, ready for a backend: rows de-duplicated and sorted by the key, held by column."""
 
     table: str
     key: ConflictKey
     columns: list[str]
-    rows: list[dict]
-    index: list[int]  # for each input row, its position in ``rows``
+    values: dict[str, list[Any]]  # column → its values, one per batch row
+    index: list[int]  # for each input row, its position in the batch
     update: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.values[self.columns[0]]) if self.columns else 0
+
+    def keys(self) -> list[tuple]:
+        """Each batch row's key values, as a tuple."""
+        return list(zip(*(self.values[c] for c in self.key.columns)))
 
     def ids_for_input(self, batch_ids: list[int | None]) -> list[int | None]:
         return [batch_ids[i] for i in self.index]
@@ -221,25 +201,74 @@ def _clean_scalar(value: Any) -> Any:
 def plan_batch(
     table: str, rows: Sequence[Mapping[str, Any]], key: str, update: Sequence[str] | None
 ) -> Batch:
-    """What every backend does first: clean, resolve the key, de-duplicate, sort, default the update list."""
+    """What every backend does first: clean, resolve the key, de-duplicate, sort, default the update list.
+
+    Sorting every batch by its conflict key gives every agent the same lock order
+    (no deadlocks); de-duplicating (last row wins) avoids "cannot affect row a
+    second time". Work is done a column at a time: batches run to thousands of rows.
+    """
     target = conflict_key(table, key)
-    rows = [{column: _clean_scalar(value) for column, value in row.items()} for row in rows]
-    columns, batch, index = prepare_batch(rows, target)
+    columns = list(rows[0]) if rows else []
     if update is None:
         update = [c for c in columns if c not in target.columns]
-    return Batch(table, target, columns, batch, index, update)
+    if not rows:
+        return Batch(table, target, [], {}, [], update)
+    expected = rows[0].keys()
+    missing = [c for c in target.columns if c not in expected]
+    if missing:
+        raise ValueError(f"batch lacks key columns {missing}")
+    if any(row.keys() != expected for row in rows):
+        raise ValueError("every row of a batch must have the same columns")
+    values = {c: clean_column([row[c] for row in rows]) for c in columns}
+    key_values = [values[c] for c in target.columns]
+    row_keys = list(zip(*key_values))
+    last_row_of = dict(zip(row_keys, range(len(rows))))  # a later duplicate overrides
+    sortable = list(zip(*(_sortable(column) for column in key_values)))
+    picked = sorted(last_row_of.values(), key=sortable.__getitem__)
+    position = dict(zip(picked, range(len(picked))))
+    index = [position[last_row_of[k]] for k in row_keys]
+    values = {c: [column[i] for i in picked] for c, column in values.items()}
+    return Batch(table, target, columns, values, index, update)
 
 
-def _sort_key(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
-    # None sorts first; values of one column share a type.
-    key = []
-    for column in columns:
-        value = row[column]
-        key.append(_NONE_FIRST if value is None else (True, value))
-    return tuple(key)
+def _sortable(column: list[Any]) -> list[Any]:
+    # None compares with nothing: it sorts first, as (False, 0) before every (True, value).
+    if None not in column:
+        return column
+    return [(False, 0) if v is None else (True, v) for v in column]
 
 
-_NONE_FIRST = (False, 0)
+class JsonText(str):
+    """A list or dict, cleaned and serialised as JSON text, as both backends send it."""
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def json_text(value: Any) -> JsonText:
+    text = _dumps(value)
+    # The encoder writes non-ASCII, NUL and lone surrogates as \u escapes, and no
+    # string inside a text this short is over-long: only then is there anything to clean.
+    if len(text) > MAX_TEXT or "\\u" in text:
+        text = _dumps(clean_value(value))
+    return JsonText(text)
+
+
+def clean_column(values: list[Any]) -> list[Any]:
+    """``values`` cleaned (see ``clean_value``); lists and dicts become ``JsonText``."""
+    kinds = set(map(type, values))
+    if kinds <= _SCALARS:
+        if str not in kinds:
+            return values
+        texts = [v for v in values if type(v) is str]
+        joined = "".join(texts)
+        if joined.isascii() and "\x00" not in joined and max(map(len, texts)) <= MAX_TEXT:
+            return values
+    return [json_text(v) if type(v) in _CONTAINERS else clean_value(v) for v in values]
+
+
+_SCALARS = {str, int, float, bool, type(None)}
+_CONTAINERS = (list, tuple, dict)
 
 
 def _quote(identifier: str) -> str:

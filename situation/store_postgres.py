@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ import structlog
 from situation.connect import create_pool
 from situation.dsn import ConnectParams
 from situation.errors import ConnectError, SituationError
-from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
+from situation.store import JsonText, UpsertResult, clean_arguments, json_text, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
 
@@ -42,9 +43,6 @@ _TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
 )
-# Stand-ins for NULL when comparing nullable key columns; the IS NULL test beside
-# them keeps a real zero from matching a NULL.
-_ZERO_VALUES = {"bigint": "0", "integer": "0", "smallint": "0", "boolean": "false"}
 _ARRAY_CASTS = {
     "bigint": "bigint[]",
     "integer": "integer[]",
@@ -188,7 +186,7 @@ class PostgresStore:
         update: Sequence[str] | None = None,
     ) -> UpsertResult:
         plan = plan_batch(table, rows, key, update)
-        if not plan.rows:
+        if not len(plan):
             return UpsertResult()
         types = self.columns[table]
         unknown = [c for c in plan.columns if c not in types]
@@ -196,23 +194,21 @@ class PostgresStore:
             raise ValueError(f"table {table} has no column(s) {unknown}")
         key_columns = plan.key.columns
         statement = self._upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update, key_columns)
-        arrays = [[_to_wire(row[c], types[c]) for row in plan.rows] for c in plan.columns]
-
-        def key_of(row) -> tuple:
-            return tuple(row[c] for c in key_columns)
+        arrays = [_to_wire(plan.values[c], types[c]) for c in plan.columns]
+        keys = plan.keys()
 
         async def work(connection: asyncpg.Connection) -> UpsertResult:
             async with connection.transaction():
                 written = await connection.fetch(statement, *arrays, self.agent_id)
-                ids_by_key = {key_of(r): r["id"] for r in written}
+                ids_by_key = {tuple(r)[1:]: r[0] for r in written}
+                batch_ids = [ids_by_key.get(k) for k in keys]
                 # Rows left unchanged are not returned: look only those up.
-                missing = [row for row in plan.rows if key_of(row) not in ids_by_key]
+                missing = [i for i, found in enumerate(batch_ids) if found is None]
                 if missing:
-                    keys = [[row[c] for row in missing] for c in key_columns]
-                    with_nulls = {c for c, values in zip(key_columns, keys) if None in values}
-                    lookup = self._lookup_sql(table, key_columns, with_nulls)
-                    ids_by_key.update({key_of(r): r["id"] for r in await connection.fetch(lookup, *keys)})
-            batch_ids = [ids_by_key.get(key_of(row)) for row in plan.rows]
+                    lookup = self._lookup_sql(table, key_columns)
+                    probes = [[plan.values[c][i] for i in missing] for c in key_columns]
+                    for i, row in zip(missing, await connection.fetch(lookup, *probes)):
+                        batch_ids[i] = row[0]
             return UpsertResult(written=len(written), ids=plan.ids_for_input(batch_ids))
 
         return await self._with_connection(work)
@@ -247,25 +243,35 @@ class PostgresStore:
         distinct = f"ROW({old}) IS DISTINCT FROM ROW({new})"
         return sql + f"DO UPDATE SET {', '.join(assignments)} WHERE {distinct} {returning}"
 
-    def _lookup_sql(self, table: str, key_columns: Sequence[str], with_nulls: set[str]) -> str:
-        """Ids of existing rows by key: ``=`` wherever the looked-up values hold no NULL
-        (the unique index serves it), a NULL-aware comparison that still hashes elsewhere."""
+    def _lookup_sql(self, table: str, key_columns: Sequence[str]) -> str:
+        """The id of the existing row for each key, in order: one index probe per key.
+
+        A correlated subquery keeps every probe on the unique index whatever the
+        table holds; a join lets the planner hash the whole table (every agent's
+        rows) once the batch is large. ``IS NOT DISTINCT FROM`` and ``COALESCE``
+        cannot use a plain index, so a nullable key column gets one probe per NULL
+        pattern, with ``IS NULL`` where the value is NULL.
+        """
         types = self.columns[table]
-        nullable = self.nullable.get(table, set()) & with_nulls
+        nullable = [c for c in key_columns if c in self.nullable.get(table, set())]
+        qualified = f"{SCHEMA}.{quote_ident(table)}"
+        probes = []
+        for pattern in itertools.product((True, False), repeat=len(nullable)):
+            nulls = {c for c, is_null in zip(nullable, pattern) if is_null}
+            matches = " AND ".join(
+                f"t.{quote_ident(c)} IS NULL" if c in nulls else f"t.{quote_ident(c)} = k.{quote_ident(c)}"
+                for c in key_columns
+            )
+            when = " AND ".join(f"k.{quote_ident(c)} IS {'' if c in nulls else 'NOT '}NULL" for c in nullable)
+            probes.append((when, f"(SELECT t.id FROM {qualified} t WHERE {matches} LIMIT 1)"))
+        if nullable:
+            *branches, (_, otherwise) = probes
+            found = "CASE " + " ".join(f"WHEN {w} THEN {p}" for w, p in branches) + f" ELSE {otherwise} END"
+        else:
+            [(_, found)] = probes
         names = ", ".join(quote_ident(c) for c in key_columns)
         casts = ", ".join(f"${i}::{_ARRAY_CASTS[types[c]]}" for i, c in enumerate(key_columns, start=1))
-        matches = []
-        for column in key_columns:
-            old, new = f"t.{quote_ident(column)}", f"k.{quote_ident(column)}"
-            if column in nullable:
-                zero = _ZERO_VALUES.get(types[column], "''")
-                matches.append(f"COALESCE({old}, {zero}) = COALESCE({new}, {zero}) AND ({old} IS NULL) = ({new} IS NULL)")
-            else:
-                matches.append(f"{old} = {new}")
-        return (
-            f"SELECT t.id, {', '.join(f't.{quote_ident(c)}' for c in key_columns)} "
-            f"FROM {SCHEMA}.{quote_ident(table)} t JOIN unnest({casts}) AS k({names}) ON {' AND '.join(matches)}"
-        )
+        return f"SELECT {found} FROM unnest({casts}) WITH ORDINALITY AS k({names}, n) ORDER BY k.n"
 
     async def counts(self) -> dict[str, int]:
         """Rows this agent wrote last, per table."""
@@ -294,10 +300,10 @@ async def _table_columns(connection: asyncpg.Connection) -> tuple[dict[str, dict
     return columns, nullable
 
 
-def _to_wire(value: Any, data_type: str) -> Any:
-    if data_type in ("json", "jsonb", "ARRAY") and value is not None:
-        return json.dumps(list(value) if data_type == "ARRAY" else value, separators=(",", ":"))
-    return value
+def _to_wire(values: list[Any], data_type: str) -> list[Any]:
+    if data_type not in ("json", "jsonb", "ARRAY"):
+        return values
+    return [v if v is None or type(v) is JsonText else json_text(v) for v in values]
 
 
 def _from_wire(column: str, data_type: str) -> str:

@@ -195,12 +195,13 @@ class SqliteStore:
         update: Sequence[str] | None = None,
     ) -> UpsertResult:
         plan = plan_batch(table, rows, key, update)
-        if not plan.rows:
+        if not len(plan):
             return UpsertResult()
         statement = _upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update)
         lookup = _lookup_sql(table, plan.key.columns)
-        values = [[_encode(row[c]) for c in plan.columns] + [self.agent_id] for row in plan.rows]
-        keys = [[_encode(row[c]) for c in plan.key.columns] for row in plan.rows]
+        encoded = {c: [_encode(v) for v in plan.values[c]] for c in plan.columns}
+        values = [[*row, self.agent_id] for row in zip(*(encoded[c] for c in plan.columns))]
+        keys = list(zip(*(encoded[c] for c in plan.key.columns)))
         written, batch_ids = await self._run(_upsert_rows, statement, lookup, values, keys)
         return UpsertResult(written=written, ids=plan.ids_for_input(batch_ids))
 

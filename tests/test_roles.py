@@ -79,6 +79,7 @@ async def test_agent_dml_succeeds(agent):
         "VALUES ('10.0.0.0/24', '10.0.0.0', 24, 4) ON CONFLICT (network_cidr, tag) DO NOTHING"
     )
     assert await agent.fetchval("SELECT hostname FROM machines WHERE id = $1", machine) == "h2"  # search_path works
+    assert await agent.fetchval("SHOW jit") == "off"  # set on the role by grant
     await agent.execute("DELETE FROM situation.cpus WHERE machine_id = $1", machine)
     assert await migrations.verify_agent_schema(agent) == migrations.latest_version()
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from situation.store import is_postgres_dsn, open_store, prepare_batch, CONFLICT_KEYS
+from situation.store import is_postgres_dsn, open_store, plan_batch, CONFLICT_KEYS
 from situation.errors import ConfigError
 
 AGENT = "0123456789abcdef0123456789abcdef"
@@ -80,6 +80,25 @@ async def test_null_key_parts_do_not_duplicate(store):
     assert len(ids) == 1
 
 
+async def test_unchanged_rows_of_every_null_pattern_keep_their_ids(store):
+    """Rows left unchanged are looked up by key, NULL key parts included, in input order."""
+    machine = await host(store)
+    app = (await store.upsert("applications", [{"name": "sshd", "pid": 1, "machine_id": machine}],
+                              key="machine_app_name_pid")).ids[0]
+    endpoint = (await store.upsert("application_endpoints", [{"port": 22, "protocol": "tcp", "addr": "0.0.0.0",
+                                                               "network_interface_id": None}],
+                                   key="port_protocol_addr_network_interface_id")).ids[0]
+    flows = [
+        {"src_application_id": source, "src_addr": f"10.0.0.{n}", "dst_endpoint_id": target, "src_network_interface_id": None}
+        for n, (source, target) in enumerate([(None, None), (app, None), (None, endpoint), (app, endpoint)])
+    ]
+    first = await store.upsert("flows", flows[:3], key="flow_src_dst")
+    both = await store.upsert("flows", list(reversed(flows)), key="flow_src_dst")
+    assert both.written == 1  # only the fourth is new
+    assert both.ids[1:] == list(reversed(first.ids))
+    assert (await store.upsert("flows", flows, key="flow_src_dst")).ids == list(reversed(both.ids))
+
+
 async def test_do_nothing_upsert(store):
     subnet = {"network_cidr": "10.1.0.0/24", "network_addr": "10.1.0.0", "mask_size": 24, "ip_version": 4, "tag": ""}
     first = await store.upsert("subnetworks", [subnet], key="cidr_tag", update=[])
@@ -121,12 +140,24 @@ def test_backend_detection():
         is_postgres_dsn("mysql://u@h/db")
 
 
-def test_prepare_batch_sorts_by_key():
-    key = CONFLICT_KEYS["packages"]["name_version_machine_id"]
-    rows = [{"name": n, "version": "1", "machine_id": 1} for n in ("b", "a", "b", "c")]
-    _columns, batch, index = prepare_batch(rows, key)
-    assert [r["name"] for r in batch] == ["a", "b", "c"]
-    assert index == [1, 0, 1, 2]
+def test_plan_batch_sorts_by_key_and_keeps_the_last_duplicate():
+    rows = [{"name": n, "version": "1", "machine_id": 1, "vendor": v} for n, v in (("b", "x"), ("a", "y"), ("b", "z"), ("c", "w"))]
+    batch = plan_batch("packages", rows, "name_version_machine_id", None)
+    assert batch.values["name"] == ["a", "b", "c"] and batch.values["vendor"] == ["y", "z", "w"]
+    assert batch.index == [1, 0, 1, 2]
+    assert batch.keys() == [("a", "1", 1), ("b", "1", 1), ("c", "1", 1)]
+    assert batch.update == ["vendor"]
+
+
+def test_plan_batch_sorts_null_keys_first_and_dedupes_after_cleaning():
+    rows = [
+        {"src_application_id": 2, "src_addr": "10.0.0.1", "dst_endpoint_id": 5},
+        {"src_application_id": None, "src_addr": "10.0.0.1", "dst_endpoint_id": 5},
+        {"src_application_id": None, "src_addr": "10.0.0.1\x00", "dst_endpoint_id": 5},
+    ]
+    batch = plan_batch("flows", rows, "flow_src_dst", None)
+    assert batch.keys() == [(None, "10.0.0.1", 5), (2, "10.0.0.1", 5)]
+    assert batch.index == [1, 0, 0]
 
 
 async def test_hostile_text_is_stored_as_clean_bounded_utf8(store):
@@ -146,6 +177,42 @@ def test_clean_value():
     assert clean_value("caf\udce9") == "caf?"
     assert len(clean_value("x" * (MAX_TEXT + 5))) == MAX_TEXT
     assert clean_value({"k\x00": ["v\x00", 1, None]}) == {"k": ["v", 1, None]}
+
+
+def test_json_text_is_cleaned_only_when_it_needs_to_be():
+    from situation.store import MAX_TEXT, json_text
+
+    assert json_text(["/usr/bin/a", "b"]) == '["/usr/bin/a","b"]'
+    assert json_text({"k\x00": ["caf\udce9\x00", 1, None]}) == '{"k":["caf?",1,null]}'
+    assert json_text(["café"]) == '["caf\\u00e9"]'
+    assert len(json_text(["x" * (MAX_TEXT + 10)])) == MAX_TEXT + 4
+
+
+async def test_unchanged_rows_are_found_by_index_probes_whatever_the_table_holds(tls_cluster, fresh_database):
+    """Looking up the ids of unchanged rows never reads the whole table: it holds every agent's rows."""
+    import json
+
+    store = await open_store(tls_cluster.superuser_dsn(fresh_database("probes")), AGENT)
+    try:
+        endpoint = (await store.upsert("application_endpoints", [{"port": 22, "protocol": "tcp", "addr": "0.0.0.0",
+                                                                   "network_interface_id": None}],
+                                       key="port_protocol_addr_network_interface_id")).ids[0]
+        flows = [{"src_application_id": None, "src_addr": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+                  "dst_endpoint_id": endpoint if i % 2 else None} for i in range(20_000)]
+        await store.upsert("flows", flows, key="flow_src_dst")
+        async with store.pool.acquire() as connection:
+            await connection.execute("ANALYZE situation.flows")
+            probed = flows[:3000]
+            lookup = store._lookup_sql("flows", ("src_application_id", "src_addr", "dst_endpoint_id"))
+            plan = await connection.fetchval(
+                f"EXPLAIN (FORMAT JSON) {lookup}",
+                [f["src_application_id"] for f in probed], [f["src_addr"] for f in probed],
+                [f["dst_endpoint_id"] for f in probed],
+            )
+        text = json.dumps(plan)
+        assert "Index Scan" in text and "Seq Scan" not in text and "Hash" not in text, text
+    finally:
+        await store.close()
 
 
 async def test_deadlock_victim_is_retried_as_a_unit(tls_cluster, fresh_database):
