@@ -34,8 +34,14 @@ What it does, per backend (PostgreSQL, then SQLite in a temporary file):
 
    The figure reported is store/baseline: the baseline's time for the fresh
    pass divided by the store's, i.e. how many times faster the store is.
+4. PostgreSQL only: measures the server floor. The baseline's rows are copied
+   (untimed) into staging temp tables of a third fresh database, then each
+   table is filled by one ``INSERT … SELECT … ON CONFLICT DO NOTHING`` on the
+   server, timed: the heap, index, foreign-key and WAL work that every writer of
+   these rows pays, with no client and no network in it. baseline/floor is the
+   ceiling of store/baseline on this server: no writer beats the floor.
 
-Steps 2 and 3 are repeated ``--repeat`` times (default 3), each time into new
+Steps 2 to 4 are repeated ``--repeat`` times (default 3), each time into new
 databases, store and baseline interleaved; every time shown is the best (the
 minimum) of the repetitions, per table and pass, which is the least noisy
 estimate on a shared machine.
@@ -50,14 +56,15 @@ between passes, or the tables do not hold the expected number of rows.
 Without ``--pg`` a throwaway PostgreSQL cluster is started with
 ``tests/support/cluster.py`` (fsync and synchronous_commit off, Unix socket)
 and destroyed at the end. With ``--pg DSN`` the DSN must be a role allowed to
-CREATE DATABASE: databases ``situation_bench_<pid>_store_<n>`` and
-``…_baseline_<n>`` are created there and dropped at the end. ``--keep`` keeps the
+CREATE DATABASE: databases ``situation_bench_<pid>_store_<n>``,
+``…_baseline_<n>`` and ``…_floor_<n>`` are created there and dropped at the end. ``--keep`` keeps the
 cluster's directory (stopped), the databases and the SQLite files.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -436,6 +443,24 @@ def print_baseline(title: str, store: Pass, baseline: Pass) -> float:
     return ratio
 
 
+def print_floor(title: str, store: Pass, baseline: Pass, floor: Pass) -> float:
+    """The floor per table, and the ceiling it puts on store/baseline: baseline/floor."""
+    print(f"\n{title}")
+    print(f"  {'table':<22} {'rows':>6} | {'ms':>8} {'rows/s':>9} | {'store/floor':>11} | {'baseline/floor':>14}")
+    for table, timing in floor.timings.items():
+        print(
+            f"  {table:<22} {timing.rows:>6} | {timing.seconds * 1e3:>8.1f} {rate(timing.rate):>9} | "
+            f"{store.timings[table].seconds / timing.seconds:>10.1f}x | {baseline.timings[table].seconds / timing.seconds:>13.1f}x"
+        )
+    ceiling = baseline.seconds / floor.seconds
+    print(
+        f"  {'total':<22} {floor.rows:>6} | {floor.seconds * 1e3:>8.1f} {rate(floor.rows / floor.seconds):>9} | "
+        f"{store.seconds / floor.seconds:>10.1f}x | {ceiling:>13.1f}x"
+    )
+    print(f"  no writer beats the floor, so store/baseline cannot exceed baseline/floor = {ceiling:.1f}x on this server")
+    return ceiling
+
+
 # -- the two backends ---------------------------------------------------------------------------
 
 
@@ -486,20 +511,67 @@ async def sqlite_baseline_pass(path: Path) -> Pass:
         connection.close()
 
 
-async def bench_postgres(databases: Sequence[tuple[str, str]], server: str, problems: Problems) -> float:
-    runs, baselines = [], []
-    for store_dsn, baseline_dsn in databases:
+async def postgres_floor_pass(source_dsn: str, target_dsn: str) -> Pass:
+    """The server's own work for the fresh inventory, with no client and no network in it.
+
+    Each table's rows (ids included) are copied from ``source_dsn`` into a staging
+    temp table of a fresh database, untimed; then one ``INSERT … SELECT … ON
+    CONFLICT DO NOTHING`` per table, committed on its own, is timed. That is the
+    same heap, index, foreign-key and WAL work as any writer's, and nothing else:
+    no writer of these rows can be faster than this on this server.
+    """
+    from situation.connect import connect
+    from situation.dsn import parse_dsn
+
+    await (await open_store(target_dsn, AGENT)).close()  # migrate
+    source = await connect(parse_dsn(source_dsn))
+    target = await connect(parse_dsn(target_dsn))
+    timings: dict[str, Timing] = {}
+    try:
+        for table, key in KEYS.items():
+            staging, qualified = quote_ident(f"staging_{table}"), f"situation.{quote_ident(table)}"
+            copied = io.BytesIO()
+            await source.copy_from_table(table, schema_name="situation", output=copied, format="binary")
+            await target.execute(f"CREATE TEMP TABLE {staging} (LIKE {qualified})")
+            copied.seek(0)
+            await target.copy_to_table(f"staging_{table}", source=copied, format="binary")
+            rows = await target.fetchval(f"SELECT count(*) FROM {staging}")
+            started = time.perf_counter()
+            status = await target.execute(
+                f"INSERT INTO {qualified} OVERRIDING SYSTEM VALUE SELECT * FROM {staging} "
+                f"ON CONFLICT ({conflict_key(table, key).target('postgres')}) DO NOTHING"
+            )
+            timings[table] = Timing(rows, int(status.rsplit(" ", 1)[-1]), time.perf_counter() - started)
+    finally:
+        await source.close()
+        await target.close()
+    return Pass(timings, {})
+
+
+async def bench_postgres(databases: Sequence[tuple[str, str, str]], server: str, problems: Problems) -> tuple[float, float]:
+    runs, baselines, floors = [], [], []
+    for store_dsn, baseline_dsn, floor_dsn in databases:
         runs.append(await bench_store(store_dsn, "PostgreSQL", problems))
         baselines.append(await postgres_baseline_pass(baseline_dsn))
+        floors.append(await postgres_floor_pass(baseline_dsn, floor_dsn))
     fresh, unchanged, modified = (best([run[i] for run in runs]) for i in range(3))
+    baseline, floor = best(baselines), best(floors)
     times = f"best of {len(databases)}"
     print_store(f"PostgreSQL {server}: store.upsert, one call per table ({times})", fresh, unchanged, modified)
-    return print_baseline(
+    ratio = print_baseline(
         "PostgreSQL baseline: one INSERT … ON CONFLICT … RETURNING id per row, awaited one at a time, "
         f"{'a commit per row' if AUTOCOMMIT else 'one transaction per table'} (fresh pass, {times})",
         fresh,
-        best(baselines),
+        baseline,
     )
+    ceiling = print_floor(
+        f"PostgreSQL server floor: one INSERT … SELECT per table from a staging table on the server, "
+        f"no client, no network (fresh pass, {times})",
+        fresh,
+        baseline,
+        floor,
+    )
+    return ratio, ceiling
 
 
 async def bench_sqlite(directory: Path, repeat: int, problems: Problems) -> float:
@@ -600,12 +672,12 @@ async def admin(dsn: str, statements: Sequence[str]) -> None:
         await connection.close()
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> tuple[float, Problems]:
+async def run(args: argparse.Namespace, workdir: Path) -> tuple[float, float, Problems]:
     problems = Problems()
     cluster = None
     relay = None
     created: list[str] = []
-    names = [(f"store_{n}", f"baseline_{n}") for n in range(1, args.repeat + 1)]
+    names = [(f"store_{n}", f"baseline_{n}", f"floor_{n}") for n in range(1, args.repeat + 1)]
     try:
         if args.pg:
             prefix = f"situation_bench_{os.getpid()}_"
@@ -645,9 +717,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[float, Problems]
                     "Unix socket", f"TCP through a relay asked for {args.rtt:g} ms, measured round trip {effective:.2f} ms"
                 )
         server = f"{await server_version(databases[0][0])} ({where})"
-        pg_ratio = await bench_postgres(databases, server, problems)
+        pg_ratio, pg_ceiling = await bench_postgres(databases, server, problems)
         await bench_sqlite(workdir, args.repeat, problems)
-        return pg_ratio, problems
+        return pg_ratio, pg_ceiling, problems
     finally:
         if created and not args.keep:
             await admin(args.pg, [f"DROP DATABASE IF EXISTS {quote_ident(n)} WITH (FORCE)" for n in created])
@@ -684,7 +756,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sit-bench-sqlite-"))
     started = time.perf_counter()
     try:
-        pg_ratio, problems = uvloop.run(run(args, workdir))
+        pg_ratio, pg_ceiling, problems = uvloop.run(run(args, workdir))
     finally:
         if args.keep:
             print(f"kept the SQLite files in {workdir}")
@@ -694,6 +766,7 @@ def main() -> int:
     verdict = "PASS" if pg_ratio >= TARGET_RATIO else "FAIL"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nPostgreSQL store/baseline, fresh pass: {pg_ratio:.1f}x (target >= {TARGET_RATIO:g}x): {verdict}")
+    print(f"PostgreSQL ceiling for any batched writer here (baseline/floor): {pg_ceiling:.1f}x")
     print(f"wall time {time.perf_counter() - started:.1f} s, peak RSS {peak:.0f} MiB")
     if problems:
         print("\nSTORE ERRORS:")
