@@ -71,6 +71,20 @@ class Context:
         """Modules report what they wrote; the cycle log line sums it."""
         self.rows_written += rows
 
+    async def run_in_transaction(self, work):
+        """``store.run_in_transaction(work)``, with rows counted once however often the unit runs.
+
+        A unit rolled back and rerun (connection lost, deadlock victim) would
+        otherwise count what its failed attempt wrote and then undid.
+        """
+        before = self.rows_written
+
+        async def attempt():
+            self.rows_written = before
+            return await work()
+
+        return await self.store.run_in_transaction(attempt)
+
     def host_id(self) -> int:
         """The host's machine id, which fingerprint / host-basic resolved earlier in the cycle."""
         if self.host.id is None:

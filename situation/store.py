@@ -18,8 +18,10 @@ Modules never build SQL from data. They call:
   back as dicts with JSON decoded.
 - ``await store.run_in_transaction(work)`` runs ``await work()`` (which makes
   store calls) as one short transaction, rerun whole on connection loss,
-  deadlock or serialization failure. Every upsert and every named query
-  outside such a unit is its own unit, retried the same way.
+  deadlock or serialization failure (modules call it as
+  ``ctx.run_in_transaction``, which also keeps their row count right). Every
+  upsert and every named query outside such a unit is its own unit, retried
+  the same way.
   ``async with store.transaction():`` groups calls without retries.
 
 Backends: :mod:`situation.store_postgres` (asyncpg pool) and

@@ -293,3 +293,26 @@ async def test_a_transaction_unit_is_rerun_whole(store):
     assert await store.run_in_transaction(unit) == "done"
     assert len(attempts) == (2 if store.dialect == "postgres" else 1)
     assert (await store.counts())["machines"] == 1
+
+
+async def test_a_module_counts_a_rerun_unit_once(store):
+    """Rows counted by an attempt that was rolled back are not counted again on the rerun."""
+    import asyncpg
+    import structlog
+
+    from situation.hostroot import HostRoot
+    from situation.module import Context
+
+    ctx = Context(store=store, log=structlog.get_logger(), agent_id=AGENT, options={}, root=HostRoot())
+    ctx.count(5)  # written before the unit, kept
+    attempts = []
+
+    async def unit():
+        result = await store.upsert("machines", [{"agent": AGENT, "hostname": f"try{len(attempts)}"}], key="agent")
+        ctx.count(result.written)
+        attempts.append(1)
+        if len(attempts) == 1 and store.dialect == "postgres":
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    await ctx.run_in_transaction(unit)
+    assert ctx.rows_written == 6

@@ -195,7 +195,7 @@ async def _adopt_lone_nic(ctx: Context, identity: Identity, mac_nics: list[dict]
         await ctx.store.execute("attach_nic_to_machine", created.ids[0], lone[0]["id"], ctx.agent_id)
         return created
 
-    result = await ctx.store.run_in_transaction(adopt)
+    result = await ctx.run_in_transaction(adopt)
     ctx.host.id = result.ids[0]
     ctx.count(result.written + 1)
     ctx.log.info("claimed a network interface discovered by a neighbour", nic_id=lone[0]["id"])

@@ -551,7 +551,7 @@ async def run(ctx: Context) -> None:
         nic_ids = await write_nics(ctx, plan, machine_id)
         return subnet_ids, await write_links(ctx, snapshot, nic_ids, subnet_ids)
 
-    subnet_ids, added = await ctx.store.run_in_transaction(write_all)
+    subnet_ids, added = await ctx.run_in_transaction(write_all)
     ctx.count(added)
     if not snapshot.links:
         ctx.log.warning("no subnetwork link: no interface has a routable address")
