@@ -188,16 +188,7 @@ def clean_value(value: Any) -> Any:
 
 def clean_arguments(args: Sequence[Any]) -> list[Any]:
     """Named-query arguments get the same cleaning as upserted values."""
-    return [_clean_scalar(a) for a in args]
-
-
-def _clean_scalar(value: Any) -> Any:
-    kind = type(value)
-    if kind is int or value is None:
-        return value
-    if kind is str and len(value) <= MAX_TEXT and value.isascii() and "\x00" not in value:
-        return value
-    return clean_value(value)
+    return [clean_value(a) for a in args]
 
 
 def plan_batch(
@@ -266,7 +257,7 @@ def clean_column(values: list[Any]) -> list[Any]:
         joined = "".join(texts)
         if joined.isascii() and "\x00" not in joined and max(map(len, texts)) <= MAX_TEXT:
             return values
-    return [json_text(v) if type(v) in _CONTAINERS else clean_value(v) for v in values]
+    return [json_text(v) if isinstance(v, _CONTAINERS) else clean_value(v) for v in values]
 
 
 _SCALARS = {str, int, float, bool, type(None)}

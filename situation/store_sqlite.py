@@ -199,9 +199,9 @@ class SqliteStore:
             return UpsertResult()
         statement = _upsert_sql(table, plan.columns, plan.key.target(self.dialect), plan.update)
         lookup = _lookup_sql(table, plan.key.columns)
-        encoded = {c: [_encode(v) for v in plan.values[c]] for c in plan.columns}
-        values = [[*row, self.agent_id] for row in zip(*(encoded[c] for c in plan.columns))]
-        keys = list(zip(*(encoded[c] for c in plan.key.columns)))
+        # Lists and dicts are JSON text already (plan_batch), as SQLite stores them.
+        values = [[*row, self.agent_id] for row in zip(*(plan.values[c] for c in plan.columns))]
+        keys = plan.keys()
         written, batch_ids = await self._run(_upsert_rows, statement, lookup, values, keys)
         return UpsertResult(written=written, ids=plan.ids_for_input(batch_ids))
 
