@@ -71,6 +71,12 @@ class Context:
         """Modules report what they wrote; the cycle log line sums it."""
         self.rows_written += rows
 
+    async def upsert(self, table: str, rows, *, key: str, update=None):
+        """``store.upsert``, with the rows it wrote counted."""
+        result = await self.store.upsert(table, rows, key=key, update=update)
+        self.count(result.written)
+        return result
+
     async def run_in_transaction(self, work):
         """``store.run_in_transaction(work)``, with rows counted once however often the unit runs.
 

@@ -191,13 +191,13 @@ async def _adopt_lone_nic(ctx: Context, identity: Identity, mac_nics: list[dict]
         return False
 
     async def adopt():
-        created = await ctx.store.upsert("machines", [{"agent": ctx.agent_id}], key="agent")
+        created = await ctx.upsert("machines", [{"agent": ctx.agent_id}], key="agent")
         await ctx.store.execute("attach_nic_to_machine", created.ids[0], lone[0]["id"], ctx.agent_id)
+        ctx.count(1)
         return created
 
     result = await ctx.run_in_transaction(adopt)
     ctx.host.id = result.ids[0]
-    ctx.count(result.written + 1)
     ctx.log.info("claimed a network interface discovered by a neighbour", nic_id=lone[0]["id"])
     return True
 

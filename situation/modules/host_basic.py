@@ -464,9 +464,8 @@ async def run(ctx: Context) -> None:
     row = machine_row(ctx.agent_id, facts)
     if facts.host_id and await _host_id_taken(ctx, facts.host_id):
         row["host_id"] = None
-    result = await ctx.store.upsert("machines", [row], key="agent", update=REFRESHED_COLUMNS)
+    result = await ctx.upsert("machines", [row], key="agent", update=REFRESHED_COLUMNS)
     ctx.host.id = result.ids[0]
-    ctx.count(result.written)
     ctx.log.debug(
         "host facts",
         hostname=facts.hostname,

@@ -260,5 +260,4 @@ async def run(ctx: Context) -> None:
     except OSError as exc:
         raise Skip(f"cannot read /proc/cpuinfo: {exc.strerror or exc}") from None
     row = {"model_name": facts.model_name, "vendor": facts.vendor, "cores": facts.cores, "machine_id": machine_id}
-    result = await ctx.store.upsert("cpus", [row], key="machine_id", update=("model_name", "vendor", "cores"))
-    ctx.count(result.written)
+    await ctx.upsert("cpus", [row], key="machine_id", update=("model_name", "vendor", "cores"))

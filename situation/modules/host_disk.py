@@ -252,11 +252,10 @@ async def run(ctx: Context) -> None:
         ctx.log.info("no disk found")
         return
     machine_id = ctx.host_id()
-    result = await ctx.store.upsert(
+    result = await ctx.upsert(
         "disks",
         [disk.as_row(machine_id) for disk in disks],
         key="machine_disk_name",
         update=("model", "size", "type", "controller", "partitions"),
     )
-    ctx.count(result.written)
     ctx.log.debug("disks stored", disks=len(disks), written=result.written)

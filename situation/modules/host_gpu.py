@@ -257,13 +257,12 @@ async def run(ctx: Context) -> None:
         ctx.log.info("no GPU found")
         return
     machine_id = ctx.host_id()
-    result = await ctx.store.upsert(
+    await ctx.upsert(
         "gpus",
         [gpu.as_row(machine_id) for gpu in gpus],
         key="machine_gpu_index",
         update=("product", "vendor", "driver"),
     )
-    ctx.count(result.written)
     if any(gpu.is_hyper_v for gpu in gpus):
         ctx.count(await ctx.store.execute("set_machine_chassis_if_unknown", "vm", machine_id, ctx.agent_id))
         ctx.log.info("Hyper-V GPU found: host chassis set to vm")

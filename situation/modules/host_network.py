@@ -491,8 +491,7 @@ async def write_subnets(ctx: Context, subnets: Sequence[Subnet]) -> dict[str, in
     for batch, update in ((with_gateway, ("gateway",)), (without_gateway, ())):
         if not batch:
             continue
-        result = await ctx.store.upsert("subnetworks", [s.as_row() for s in batch], key="cidr_tag", update=update)
-        ctx.count(result.written)
+        result = await ctx.upsert("subnetworks", [s.as_row() for s in batch], key="cidr_tag", update=update)
         ids.update({subnet.network_cidr: row_id for subnet, row_id in zip(batch, result.ids)})
     return ids
 
@@ -509,10 +508,7 @@ async def write_nics(ctx: Context, plan: WritePlan, machine_id: int) -> dict[str
     for nics, key, update in batches:
         if not nics:
             continue
-        result = await ctx.store.upsert(
-            "network_interfaces", [nic.as_row(machine_id) for nic in nics], key=key, update=update
-        )
-        ctx.count(result.written)
+        result = await ctx.upsert("network_interfaces", [nic.as_row(machine_id) for nic in nics], key=key, update=update)
         ids.update({nic.name: row_id for nic, row_id in zip(nics, result.ids)})
     return ids
 

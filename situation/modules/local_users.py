@@ -104,5 +104,4 @@ async def run(ctx: Context) -> None:
     if not users:
         return
     rows = [user_row(user, machine_id) for user in users]
-    result = await ctx.store.upsert("users", rows, key="machine_user", update=REFRESHED_COLUMNS)
-    ctx.count(result.written)
+    await ctx.upsert("users", rows, key="machine_user", update=REFRESHED_COLUMNS)
