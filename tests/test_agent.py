@@ -193,6 +193,13 @@ def _wait_for_log(process_log: Path, event: str, timeout: float, after: int = 0)
     raise AssertionError(f"no {event!r} in the agent's log:\n" + (process_log.read_text() if process_log.exists() else ""))
 
 
+def _assert_sigterm_stops_it_quickly(process: subprocess.Popen) -> None:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+
+
 def test_daemon_notifies_systemd_and_stops_on_sigterm(test_host, tmp_path):
     notify = NotifySocket(Path(tempfile.mkdtemp(dir="/tmp")))
     env = agent_env(tmp_path, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
@@ -204,10 +211,7 @@ def test_daemon_notifies_systemd_and_stops_on_sigterm(test_host, tmp_path):
             assert notify.wait_for("READY=1", 60), notify.messages
             assert notify.wait_for("STATUS=", 60) and notify.wait_for("WATCHDOG=1", 10)
             _wait_for_log(log, "cycle finished", 60)
-            started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
-            assert time.monotonic() - started < 10
+            _assert_sigterm_stops_it_quickly(process)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -275,10 +279,7 @@ def test_sigterm_while_waiting_for_the_database(test_host, tmp_path):
                                   env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             _wait_for_log(log, "database unreachable, retrying with backoff", 60)
-            started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
-            assert time.monotonic() - started < 10
+            _assert_sigterm_stops_it_quickly(process)
         finally:
             if process.poll() is None:
                 process.kill()
