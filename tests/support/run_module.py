@@ -23,9 +23,11 @@ import structlog
 
 
 def _refuse_home_namespace() -> None:
-    here = os.stat("/proc/self/ns/net").st_ino
+    from isolated_exec import namespace_inode  # PID 1's namespace may be unreadable (containers)
+
+    here = namespace_inode("/proc/self/ns/net")
     home = os.environ.get("SITUATION_TEST_HOME_NETNS")
-    if not home or here == int(home) or here == os.stat("/proc/1/ns/net").st_ino:
+    if not home or here is None or here in (int(home), namespace_inode("/proc/1/ns/net")):
         sys.stderr.write("refusing to run: not inside a test-made network namespace\n")
         sys.exit(97)
 
