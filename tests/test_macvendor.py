@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 
 from situation.module import REGISTRY, Context, HostMachine, load_builtin_modules
 from situation.hostroot import HostRoot
 from situation.net import oui
-from situation.store import open_store
+from support.stores import backend_store as store, raw_rows  # noqa: F401  (a fixture)
 
 AGENT = "ab" * 16
 
@@ -105,31 +106,16 @@ def test_the_default_source_has_every_registry_it_claims():
         assert index.counts()[24] > 30000 and index.counts()[36] > 1000
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request, tmp_path):
-    if request.param == "sqlite":
-        dsn = str(tmp_path / "situation.sqlite")
-    else:
-        dsn = request.getfixturevalue("tls_cluster").superuser_dsn(request.getfixturevalue("fresh_database")("mv"))
-    opened = await open_store(dsn, AGENT)
-    yield opened
-    await opened.close()
-
-
 async def nic_rows(store) -> dict[str, dict]:
     """Every NIC by MAC, read outside the store's named queries."""
-    if store.dialect == "postgres":
-        rows = await store.pool.fetch("SELECT id, mac, mac_vendor, updated_at FROM situation.network_interfaces")
-        return {r["mac"]: dict(r) for r in rows}
-    from support.modules import rows
-
-    return {r["mac"]: r for r in rows(store, "network_interfaces")}
+    rows = await raw_rows(store, "SELECT id, mac, mac_vendor, updated_at, updated_by FROM network_interfaces")
+    return {r["mac"]: r for r in rows}
 
 
 async def run_macvendor(store, registry: Path) -> Context:
     load_builtin_modules()
     spec = REGISTRY["macvendor"]
-    ctx = Context(store=store, log=__import__("structlog").get_logger(), agent_id=AGENT,
+    ctx = Context(store=store, log=structlog.get_logger(), agent_id=AGENT,
                   options={"registry": str(registry)}, root=HostRoot(), host=HostMachine())
     await spec.run(ctx)
     return ctx
@@ -175,3 +161,11 @@ async def test_no_registry_at_all_is_a_skip_naming_the_fix(store, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Skip, match="install Debian's ieee-data or give --macvendor-registry"):
         await run_macvendor(store, tmp_path / "empty")
+
+
+def test_netaddr_copy_is_the_fallback_with_ma_l_and_iab():
+    files = oui._netaddr_files()
+    assert [f.name for f in files] == ["oui.txt", "iab.txt"]
+    index = oui.load_index(str(files[0].parent))
+    assert index.counts()[24] > 30000 and index.counts()[36] > 1000 and index.counts()[28] == 0
+    assert index.lookup("00:50:c2:7d:51:23") == "DEUTA-WERKE GmbH"

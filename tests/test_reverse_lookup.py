@@ -8,8 +8,6 @@ real SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import ipaddress
-
 import pytest
 import structlog
 
@@ -18,7 +16,7 @@ from situation.hostroot import HostRoot
 from situation.module import Context, HostMachine
 from situation.modules.reverse_lookup import attach_by_name, nameable_addresses, plan_attachments
 from situation.net.reverse_dns import clean_hostname, parse_hosts
-from situation.store import open_store
+from support.stores import backend_store as store, raw_rows  # noqa: F401  (a fixture)
 
 AGENT = "ab" * 16
 
@@ -93,33 +91,9 @@ def test_plan_never_puts_one_mac_twice_on_a_machine():
 # -- storage, on both backends ------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request, tmp_path):
-    if request.param == "sqlite":
-        dsn = str(tmp_path / "situation.sqlite")
-    else:
-        dsn = request.getfixturevalue("tls_cluster").superuser_dsn(request.getfixturevalue("fresh_database")("rl"))
-    opened = await open_store(dsn, AGENT)
-    yield opened
-    await opened.close()
-
-
 def context(store) -> Context:
     return Context(store=store, log=structlog.get_logger(), agent_id=AGENT, options={"timeout": 0.5},
                    root=HostRoot.under("/nonexistent"), host=HostMachine(), discovery=Discovery(scope="database"))
-
-
-async def raw(store, sql: str) -> list[dict]:
-    """Rows of a plain SELECT, outside the store's named queries (tables unqualified)."""
-    if store.dialect == "postgres":
-        async with store.pool.acquire() as connection:
-            await connection.execute("SET search_path = situation")
-            return [dict(r) for r in await connection.fetch(sql)]
-    import sqlite3
-
-    with sqlite3.connect(store.path) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(sql)]
 
 
 async def add_nic(store, mac: str | None, ips: list[str], machine_id: int | None = None) -> int:
@@ -139,7 +113,7 @@ async def machineless(store) -> list[dict]:
 
 
 async def counts(store) -> dict[str, int]:
-    return {t: (await raw(store, f"SELECT count(*) AS n FROM {t}"))[0]["n"] for t in ("machines", "network_interfaces")}
+    return {t: (await raw_rows(store, f"SELECT count(*) AS n FROM {t}"))[0]["n"] for t in ("machines", "network_interfaces")}
 
 
 async def test_one_new_machine_per_name_and_a_second_pass_changes_nothing(store):
@@ -149,10 +123,10 @@ async def test_one_new_machine_per_name_and_a_second_pass_changes_nothing(store)
     ctx = context(store)
     outcome = await attach_by_name(ctx, await machineless(store), {a: "web.example", b: "web.example", c: "db.example"})
     assert (outcome.created, outcome.attached) == (2, 3) and ctx.rows_written == 5
-    machines = {r["hostname"]: r for r in await raw(store, "SELECT * FROM machines")}
+    machines = {r["hostname"]: r for r in await raw_rows(store, "SELECT * FROM machines")}
     assert set(machines) == {"web.example", "db.example"}
     assert machines["web.example"]["updated_by"] == AGENT and machines["web.example"]["platform"] == ""
-    nics = {r["id"]: r["machine_id"] for r in await raw(store, "SELECT id, machine_id FROM network_interfaces")}
+    nics = {r["id"]: r["machine_id"] for r in await raw_rows(store, "SELECT id, machine_id FROM network_interfaces")}
     assert nics == {a: machines["web.example"]["id"], b: machines["web.example"]["id"], c: machines["db.example"]["id"]}
 
     before = await counts(store)
@@ -166,7 +140,7 @@ async def test_an_existing_machine_with_that_name_is_reused(store):
     nic = await add_nic(store, None, ["10.0.0.5"])
     outcome = await attach_by_name(context(store), await machineless(store), {nic: "printer.example"})
     assert (outcome.created, outcome.reused, outcome.attached) == (0, 1, 1)
-    assert (await raw(store, f"SELECT machine_id FROM network_interfaces WHERE id = {nic}"))[0]["machine_id"] == existing
+    assert (await raw_rows(store, f"SELECT machine_id FROM network_interfaces WHERE id = {nic}"))[0]["machine_id"] == existing
     assert (await counts(store))["machines"] == 1
 
 
@@ -192,7 +166,7 @@ async def test_same_mac_on_two_subnets_merges_addresses_and_deletes_nothing(stor
 
     outcome = await attach_by_name(context(store), await machineless(store), names)
     assert (outcome.attached, outcome.merged, outcome.kept_apart) == (1, 1, 2)
-    twin = (await raw(store, "SELECT id FROM machines WHERE hostname = 'twin.example'"))[0]["id"]
+    twin = (await raw_rows(store, "SELECT id FROM machines WHERE hostname = 'twin.example'"))[0]["id"]
     rows = {r["id"]: r for r in await store.fetch("nics_with_mac_on_machines", [twin, agent_host])}
     assert rows[first]["ip"] == ["10.0.0.40", "10.0.1.40"] and rows[first]["machine_id"] == twin
     assert rows[agent_nic]["ip"] == ["10.0.0.50"]  # an agent's NIC: its own agent reports its addresses
@@ -204,7 +178,3 @@ async def test_same_mac_on_two_subnets_merges_addresses_and_deletes_nothing(stor
     await attach_by_name(again, await machineless(store), {second: "twin.example", seen_again: "agent.example"})
     assert again.rows_written == 0 and await counts(store) == before
 
-
-def test_documented_address_classes():
-    # What nameable_addresses relies on from the ipaddress module.
-    assert ipaddress.ip_address("fe80::1").is_link_local and ipaddress.ip_address("::1").is_loopback

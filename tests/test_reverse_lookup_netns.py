@@ -12,13 +12,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import structlog  # noqa: F401  (the module's logger is configured by run_module)
 from support.cluster import clean_environ
+from support.stores import raw_rows
 
 from situation.store import open_store
 
@@ -134,15 +133,7 @@ async def seed(dsn: str) -> dict[str, int]:
 async def query(dsn: str, sql: str) -> list[dict]:
     store = await open_store(dsn, AGENT)
     try:
-        if store.dialect == "postgres":
-            async with store.pool.acquire() as connection:
-                await connection.execute("SET search_path = situation")
-                return [dict(r) for r in await connection.fetch(sql)]
-        import sqlite3
-
-        with sqlite3.connect(store.path) as db:
-            db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute(sql)]
+        return await raw_rows(store, sql)
     finally:
         await store.close()
 

@@ -149,13 +149,14 @@ def registry_files(directory: str = "") -> list[Path]:
 
 
 def _netaddr_files() -> list[Path]:
-    try:
-        from importlib.resources import files
+    """netaddr's bundled listings, found without importing the package."""
+    from importlib.util import find_spec
 
-        bundled = files("netaddr.eui")
-    except (ImportError, ModuleNotFoundError):
+    spec = find_spec("netaddr")
+    if spec is None or not spec.origin:
         return []
-    return [Path(str(bundled / name)) for name in ("oui.txt", "iab.txt") if (bundled / name).is_file()]
+    bundled = Path(spec.origin).parent / "eui"
+    return [p for p in (bundled / "oui.txt", bundled / "iab.txt") if p.is_file()]
 
 
 def load_index(directory: str = "") -> VendorIndex | None:

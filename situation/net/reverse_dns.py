@@ -13,6 +13,9 @@ them), so a name is kept only when it is a plain host name:
 - not an IP address and not ``localhost…`` (which names no neighbour).
 
 A rejected name is reported as such and stored nowhere.
+
+dnspython is imported on first use: it adds about 6 MB to the process, which an
+agent whose cycle never needs a PTR query should not carry.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 MAX_HOSTNAME = 253
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -93,6 +96,9 @@ def read_hosts(path: Path) -> dict[str, str | None]:
 
 def make_resolver(resolv_conf: Path) -> dns.asyncresolver.Resolver | None:
     """A resolver configured from ``resolv_conf`` (blocking: reads the file); None without name servers."""
+    import dns.asyncresolver
+    import dns.resolver
+
     try:
         return dns.asyncresolver.Resolver(filename=str(resolv_conf))
     except dns.resolver.NoResolverConfiguration:
@@ -154,6 +160,9 @@ def _record(result: Lookups, address: str, name: str | None, repr_of: str | None
 
 async def _ptr(resolver: dns.asyncresolver.Resolver, address: str, timeout: float) -> tuple[str, str | None, str]:
     """(outcome, acceptable name or None, the name as DNS escapes it)."""
+    import dns.exception
+    import dns.resolver
+
     try:
         answer = await resolver.resolve_address(address, lifetime=timeout)
     except dns.exception.Timeout:
