@@ -1,8 +1,12 @@
-"""Where a module reads the host from: /proc, /sys, /etc … or a fixture tree.
+r"""Where a module reads the host from: /proc, /sys, /etc … or a fixture tree.
 
 In the spirit of gopsutil's HOST_PROC / HOST_SYS / HOST_ETC, every path a host
 module reads goes through one :class:`HostRoot`, so that tests can point it at
 a fixture tree and a container can point it at the host's mounted /proc.
+
+Host files are untrusted text. The helpers below are how every host module
+reads them: :func:`read_text` (invalid UTF-8 replaced, no newline
+translation) and :func:`lines` (split on ``\n`` only).
 """
 
 from __future__ import annotations
@@ -59,3 +63,36 @@ class HostRoot:
             if absolute == default or absolute.startswith(default + "/"):
                 return getattr(self, name) / absolute[len(default) :].lstrip("/")
         return self.base / absolute.lstrip("/")
+
+
+# -- reading host files ------------------------------------------------------------------
+
+
+def read_text(path: Path) -> str:
+    r"""A host file's text, invalid UTF-8 replaced; raises OSError when it cannot be read.
+
+    Bytes are decoded as they are: no universal-newline translation, so a lone
+    ``\r`` stays inside its line (``Path.read_text`` would split it off).
+    """
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def read_text_or_none(path: Path) -> str | None:
+    """:func:`read_text`, or None when the file cannot be read."""
+    try:
+        return read_text(path)
+    except OSError:
+        return None
+
+
+def lines(text: str) -> list[str]:
+    r"""The lines of a line-oriented host file, split on ``\n`` only.
+
+    ``str.splitlines`` also breaks at U+2028, U+0085, ``\f``, ``\x1c``–``\x1e`` and
+    a lone ``\r``, so a field holding one (a GECOS, a DMI string) would open a
+    forged line. A ``\r`` ending a line (a file saved with CRLF) is dropped.
+    """
+    parts = text.split("\n")
+    if parts[-1] == "":
+        parts.pop()
+    return [part.removesuffix("\r") for part in parts]

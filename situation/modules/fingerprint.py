@@ -27,7 +27,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, read_text
 from situation.module import Context, module
 from situation.modules.host_basic import read_host_id, read_hostname
 from situation.modules.host_network import read_interfaces
@@ -87,10 +87,10 @@ def read_listening_ports(root: HostRoot) -> set[int]:
     ports = set()
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            lines = root.path(name).read_text().splitlines()[1:]
+            rows = lines(read_text(root.path(name)))[1:]
         except OSError:
             continue
-        for line in lines:
+        for line in rows:
             fields = line.split()
             if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))

@@ -31,7 +31,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, read_text_or_none
 from situation.module import Context, command_output, module
 
 PLATFORM = "linux"
@@ -153,15 +153,13 @@ class Lsb:
 
 def _read_lines(path: Path) -> list[str] | None:
     """The lines of a text file, or None when it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else lines(text)
 
 
 def _first_line(path: Path) -> str:
-    lines = _read_lines(path)
-    return lines[0] if lines else ""
+    found = _read_lines(path)
+    return found[0] if found else ""
 
 
 def _has_content(path: Path) -> bool:
@@ -234,7 +232,7 @@ def read_host_id(root: HostRoot) -> str | None:
 def parse_lsb_release_file(text: str) -> Lsb:
     """``/etc/lsb-release``: DISTRIB_ID and DISTRIB_RELEASE, double quotes removed."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split("=")
         if len(fields) >= 2:
             values[fields[0].strip()] = fields[1].replace('"', "").strip()
@@ -244,7 +242,7 @@ def parse_lsb_release_file(text: str) -> Lsb:
 def parse_lsb_release_output(text: str) -> Lsb:
     """Output of ``lsb_release`` (``Distributor ID:`` / ``Release:`` lines)."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split(":")
         if len(fields) >= 2:
             values[fields[0].strip()] = fields[1].replace('"', "").strip()
@@ -255,8 +253,8 @@ def read_lsb(root: HostRoot, command_output: str | None = None) -> Lsb:
     """lsb data from ``/etc/lsb-release``, else from the ``lsb_release`` output given."""
     path = root.path("/etc/lsb-release")
     if _exists(path):
-        lines = _read_lines(path)
-        return parse_lsb_release_file("\n".join(lines)) if lines is not None else Lsb()
+        text = read_text_or_none(path)
+        return parse_lsb_release_file(text) if text is not None else Lsb()
     if command_output:
         return parse_lsb_release_output(command_output)
     return Lsb()
@@ -304,7 +302,7 @@ def _trim_double_quotes(value: str) -> str:
 def parse_os_release(text: str) -> tuple[str, str]:
     """``ID`` and ``VERSION_ID`` of an os-release file (``amzn`` becomes ``amazon``)."""
     platform = version = ""
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split("=")
         if len(fields) < 2:
             continue
@@ -373,19 +371,19 @@ def detect_distribution(root: HostRoot, lsb_release_output: str | None = None) -
     elif branch == "debian_version":
         platform, version = _debian_platform(root, lsb)
     elif branch in ("neokylin-release", "redhat-release", "system-release"):
-        lines = _lines_of(root, f"/etc/{branch}")
-        platform, version = redhatish_platform(lines), redhatish_version(lines)
+        release = _lines_of(root, f"/etc/{branch}")
+        platform, version = redhatish_platform(release), redhatish_version(release)
     elif branch == "gentoo-release":
         platform, version = "gentoo", redhatish_version(_lines_of(root, "/etc/gentoo-release"))
     elif branch == "SuSE-release":
-        lines = _lines_of(root, "/etc/SuSE-release")
-        platform, version = suse_platform(lines), suse_version(lines)
+        release = _lines_of(root, "/etc/SuSE-release")
+        platform, version = suse_platform(release), suse_version(release)
     elif branch == "arch-release":
         platform, version = "arch", lsb.release
     elif branch == "alpine-release":
         platform, version = "alpine", _first_line(root.path("/etc/alpine-release"))
     elif branch == "os-release":
-        platform, version = parse_os_release("\n".join(_lines_of(root, "/etc/os-release")))
+        platform, version = parse_os_release(read_text_or_none(root.path("/etc/os-release")) or "")
     else:
         platform, version = _lsb_fallback_platform(lsb)
     platform = platform.strip('"')

@@ -22,7 +22,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, read_text
 from situation.module import Context, Skip, module
 
 # "CPU implementer" codes (MIDR_EL1 bits 31:24).
@@ -153,7 +153,7 @@ def parse_cpuinfo(text: str) -> CpuInfo:
     preamble: dict[str, str] = {}
     blocks: list[dict[str, str]] = []
     current = preamble
-    for line in text.splitlines():
+    for line in lines(text):
         key, colon, value = line.partition(":")
         if not colon:
             continue
@@ -245,7 +245,7 @@ def _read_sysfs_core_id(root: HostRoot, processor: str) -> str | None:
 
 def collect(root: HostRoot) -> CpuFacts:
     """CPU facts of the host (blocking). Raises OSError when /proc/cpuinfo is unreadable."""
-    text = root.path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    text = read_text(root.path("/proc/cpuinfo"))
     info = parse_cpuinfo(text)
     vendor, model = cpu_vendor_and_model(info)
     return CpuFacts(model_name=model, vendor=vendor, cores=count_cores(root, info))

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, read_text_or_none
 from situation.module import Context, module
 
 SECTOR_SIZE = 512
@@ -109,10 +109,8 @@ class Mount:
 
 def read_text(path: Path) -> str | None:
     """A sysfs/procfs file's content without surrounding whitespace; None when unreadable."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else text.strip()
 
 
 def read_int(path: Path) -> int:
@@ -129,7 +127,7 @@ def read_udev_properties(root: HostRoot, device_number: str | None) -> dict[str,
         return {}
     text = read_text(root.path(f"/run/udev/data/b{device_number}"))
     properties: dict[str, str] = {}
-    for line in (text or "").splitlines():
+    for line in lines(text or ""):
         if line.startswith("E:") and "=" in line:
             key, _, value = line[2:].partition("=")
             properties[key] = value.strip()
@@ -144,7 +142,7 @@ def _unescape_mount_field(text: str) -> str:
 def read_mounts(root: HostRoot) -> dict[str, Mount]:
     """Mounted devices of ``/proc/mounts`` by device path; the first mount of a device wins."""
     mounts: dict[str, Mount] = {}
-    for line in (read_text(root.path("/proc/mounts")) or "").splitlines():
+    for line in lines(read_text(root.path("/proc/mounts")) or ""):
         fields = line.split()
         if len(fields) < 4:
             continue

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, read_text_or_none
 from situation.module import Context, module
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -185,10 +185,8 @@ class WritePlan:
 
 
 def read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else text.strip()
 
 
 def parse_flags(text: str | None) -> int:
@@ -302,7 +300,7 @@ def _little_endian_ipv4(hex_text: str) -> ipaddress.IPv4Address:
 def parse_ipv4_routes(text: str) -> list[DefaultRoute]:
     """Default routes (destination and mask 0, up, via a gateway) of ``/proc/net/route``."""
     routes = []
-    for line in text.splitlines()[1:]:
+    for line in lines(text)[1:]:
         fields = line.split()
         if len(fields) < 8:
             continue
@@ -320,7 +318,7 @@ def parse_ipv4_routes(text: str) -> list[DefaultRoute]:
 def parse_ipv6_routes(text: str) -> list[DefaultRoute]:
     """Default routes (``::/0``, up, via a next hop, not rejecting) of ``/proc/net/ipv6_route``."""
     routes = []
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split()
         if len(fields) < 10:
             continue
