@@ -6,15 +6,28 @@ a fixture tree and a container can point it at the host's mounted /proc.
 
 Host files are untrusted text. The helpers below are how every host module
 reads them: :func:`read_text` (invalid UTF-8 replaced, no newline
-translation) and :func:`lines` (split on ``\n`` only).
+translation), :func:`lines` (split on ``\n`` only) and :func:`parse_source` (a
+file that cannot be parsed is skipped with one warning instead of failing the
+module).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+T = TypeVar("T")
+
+# What parsing hostile text raises (int(), ipaddress, json, struct, indexing a short line).
+PARSE_ERRORS = (ValueError, LookupError, ArithmeticError, struct.error)
+
+log = structlog.get_logger("situation.host")
 
 # (attribute, default path, environment override)
 _PARTS = (
@@ -96,3 +109,16 @@ def lines(text: str) -> list[str]:
     if parts[-1] == "":
         parts.pop()
     return [part.removesuffix("\r") for part in parts]
+
+
+def parse_source(source: Path | str, parse: Callable[[], T], default: T) -> T:
+    """``parse()``, or ``default`` with one warning when the host file ``source`` cannot be parsed.
+
+    One malformed file then costs only what it would have told, never the
+    module (and the modules that depend on it).
+    """
+    try:
+        return parse()
+    except PARSE_ERRORS as exc:
+        log.warning("host file skipped: it cannot be parsed", file=str(source), error=f"{type(exc).__name__}: {exc}")
+        return default

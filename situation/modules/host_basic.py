@@ -3,12 +3,14 @@
 Sources, all read through :class:`~situation.hostroot.HostRoot`:
 
 - ``hostname``: ``socket.gethostname()`` on the live system, else
-  ``/proc/sys/kernel/hostname`` of the fixture/host tree.
+  ``/proc/sys/kernel/hostname`` of the fixture/host tree; invalid UTF-8 is
+  replaced (U+FFFD), as in every host file.
 - ``arch``: ``os.uname().machine`` on the live system, else
   ``/proc/sys/kernel/arch`` (Linux ≥ 6.1), falling back to ``os.uname()``.
 - ``platform``: always ``linux``.
 - ``uptime``: first field of ``/proc/uptime``, truncated to whole seconds
-  (what ``sysinfo()`` gives the original) and stored in nanoseconds.
+  (what ``sysinfo()`` gives the original) and stored in nanoseconds; 0 when
+  the file cannot be parsed.
 - ``host_id``: ``/sys/class/dmi/id/product_uuid`` (lowercased) →
   ``/etc/machine-id`` (32 characters, reformatted 8-4-4-4-12) →
   ``/proc/sys/kernel/random/boot_id`` → ``None`` (never ``''``, spec §10.2).
@@ -31,7 +33,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot, lines, read_text_or_none
+from situation.hostroot import HostRoot, lines, parse_source, read_text, read_text_or_none
 from situation.module import Context, command_output, module
 
 PLATFORM = "linux"
@@ -182,10 +184,12 @@ def _exists(path: Path) -> bool:
 
 
 def read_hostname(root: HostRoot) -> str:
-    """The kernel hostname; raises OSError when a non-live tree lacks it."""
+    """The kernel hostname, invalid UTF-8 replaced; raises OSError when a non-live tree lacks it."""
     if root.is_live:
-        return socket.gethostname()
-    return root.path("/proc/sys/kernel/hostname").read_text(encoding="utf-8").strip()
+        # The kernel takes any bytes; Python hands undecodable ones back as surrogates,
+        # which no database accepts.
+        return os.fsencode(socket.gethostname()).decode("utf-8", errors="replace")
+    return read_text(root.path("/proc/sys/kernel/hostname")).strip()
 
 
 def read_arch(root: HostRoot) -> str:
@@ -197,10 +201,18 @@ def read_arch(root: HostRoot) -> str:
 
 
 def read_uptime_ns(root: HostRoot) -> int:
-    """Uptime in nanoseconds, from whole seconds; raises OSError/ValueError when unreadable."""
-    text = root.path("/proc/uptime").read_text(encoding="ascii")
-    first = text.split()[0]
-    return int(float(first)) * 1_000_000_000
+    """Uptime in nanoseconds, from whole seconds; raises OSError when unreadable.
+
+    A file that cannot be parsed gives 0, the column's "unknown", with a warning.
+    """
+    path = root.path("/proc/uptime")
+    text = read_text(path)
+    return parse_source(path, lambda: parse_uptime_ns(text), 0)
+
+
+def parse_uptime_ns(text: str) -> int:
+    """The first field of /proc/uptime (seconds, with decimals) as whole seconds in nanoseconds."""
+    return int(float(text.split()[0])) * 1_000_000_000
 
 
 # -- host id ------------------------------------------------------------------------------
@@ -408,8 +420,8 @@ async def run_lsb_release() -> str | None:
 
 
 def collect(root: HostRoot, *, lsb_release_output: str | None = None) -> HostFacts:
-    """All host facts (blocking: run it in a thread). Raises OSError/ValueError when
-    the hostname or the uptime cannot be read."""
+    """All host facts (blocking: run it in a thread). Raises OSError when the hostname
+    or the uptime cannot be read; a source that cannot be parsed is left empty."""
     distribution, version, family = detect_distribution(root, lsb_release_output)
     return HostFacts(
         hostname=read_hostname(root),

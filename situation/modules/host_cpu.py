@@ -22,7 +22,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot, lines, read_text
+from situation.hostroot import HostRoot, lines, read_text, read_text_or_none
 from situation.module import Context, Skip, module
 
 # "CPU implementer" codes (MIDR_EL1 bits 31:24).
@@ -237,10 +237,8 @@ def _read_sysfs_core_id(root: HostRoot, processor: str) -> str | None:
     if not processor.isdigit():
         return None
     path: Path = root.path(f"/sys/devices/system/cpu/cpu{processor}/topology/core_id")
-    try:
-        return path.read_text(encoding="ascii").strip()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else text.strip()
 
 
 def collect(root: HostRoot) -> CpuFacts:

@@ -167,7 +167,8 @@ def is_rotational(device_dir: Path) -> bool:
 
 
 def _natural_key(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    # isdecimal, not isdigit: int() refuses digits such as '²' that isdigit accepts.
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name)]
 
 
 # -- collection --------------------------------------------------------------------

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot, lines, read_text_or_none
+from situation.hostroot import HostRoot, lines, parse_source, read_text_or_none
 from situation.module import Context, module
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -250,13 +250,20 @@ def read_live_addresses() -> dict[str, list[IpInterface]]:
 
 def read_fixture_addresses(root: HostRoot) -> dict[str, list[IpInterface]]:
     """Addresses per interface from the fixture file ``/situation-test/addresses.json``."""
-    text = read_text(root.path(ADDRESSES_FIXTURE))
+    path = root.path(ADDRESSES_FIXTURE)
+    text = read_text(path)
     if not text:
         return {}
+    return parse_source(path, lambda: parse_fixture_addresses(text), {})
+
+
+def parse_fixture_addresses(text: str) -> dict[str, list[IpInterface]]:
     document = json.loads(text)
+    if not isinstance(document, dict) or not all(isinstance(v, list) for v in document.values()):
+        raise ValueError("not an object of address lists")
     addresses: dict[str, list[IpInterface]] = {}
     for name, entries in document.items():
-        parsed = (parse_address(entry) for entry in entries)
+        parsed = (parse_address(str(entry)) for entry in entries)
         addresses[name] = [address for address in parsed if address is not None]
     return addresses
 
@@ -345,8 +352,10 @@ def best_route(routes: Iterable[DefaultRoute]) -> DefaultRoute | None:
 def read_default_routes(root: HostRoot) -> list[DefaultRoute]:
     """The IPv4 default route, then the IPv6 one, each when present."""
     routes = []
-    for path, parse in (("/proc/net/route", parse_ipv4_routes), ("/proc/net/ipv6_route", parse_ipv6_routes)):
-        route = best_route(parse(read_text(root.path(path)) or ""))
+    for name, parse in (("/proc/net/route", parse_ipv4_routes), ("/proc/net/ipv6_route", parse_ipv6_routes)):
+        path = root.path(name)
+        text = read_text(path) or ""
+        route = best_route(parse_source(path, lambda: parse(text), []))
         if route is not None:
             routes.append(route)
     return routes

@@ -1,0 +1,171 @@
+"""Hostile host files never block a cycle (issue 14, items 6 and 10, and its fuzz test).
+
+The eight host modules run as one cycle (the scheduler's dependency graph)
+against a fixture tree and a real SQLite store. One malformed source costs what
+it would have told, with one warning naming the file; it never fails a module,
+and never blocks the modules that depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from situation.hostroot import HostRoot
+from situation.modules import fingerprint
+from situation.module import REGISTRY, HostMachine, load_builtin_modules
+from situation.scheduler import OK, SKIPPED, ModuleResult, run_cycle
+from support.cluster import clean_environ
+from support.modules import ModuleStore, open_module_store
+
+HOST_MODULES = (
+    "fingerprint", "host-basic", "host-cpu", "host-disk", "host-gpu", "host-network", "chassis", "local-users",
+)
+
+# A small, well-formed host: each test spoils one file of it.
+HOST: dict[str, bytes | str] = {
+    "proc/sys/kernel/hostname": "web-7\n",
+    "proc/uptime": "12345.67 45678.90\n",
+    "proc/cpuinfo": "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\ncore id\t\t: 0\n\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\ncore id\t\t: 1\n",
+    "proc/net/tcp": "  sl  local_address rem_address   st\n   0: 00000000:0016 00000000:0000 0A 00000000:00000000\n",
+    "proc/net/route": "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+                      "eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\n",
+    "proc/net/ipv6_route": "",
+    "proc/mounts": "/dev/sda1 / ext4 rw,relatime 0 0\n",
+    "etc/passwd": "root:x:0:0:root:/root:/bin/bash\nbob:x:1000:1000:Bob:/home/bob:/bin/sh\n",
+    "etc/os-release": 'ID=debian\nVERSION_ID="12"\n',
+    "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+    "sys/class/dmi/id/chassis_type": "3\n",
+    "sys/class/net/eth0/address": "52:54:00:12:34:56\n",
+    "sys/class/net/eth0/flags": "0x1043\n",
+    "sys/class/net/eth0/type": "1\n",
+    "sys/block/sda/size": "2048\n",
+    "sys/block/sda/dev": "8:0\n",
+    "sys/block/sda/queue/rotational": "1\n",
+    "sys/block/sda/sda1/size": "1024\n",
+    "sys/block/sda/sda1/dev": "8:1\n",
+    "run/udev/data/b8:0": "E:ID_MODEL=Disk\n",
+    "sys/class/drm/card0/device/vendor": "0x1af4\n",
+    "sys/class/drm/card0/device/device": "0x1050\n",
+    "usr/share/misc/pci.ids": "1af4  Red Hat, Inc.\n\t1050  Virtio GPU\n",
+    "situation-test/addresses.json": json.dumps({"eth0": ["192.168.1.10/24"]}),
+}
+
+
+def host_tree(base: Path, files: dict[str, bytes | str]) -> HostRoot:
+    for relative, content in files.items():
+        path = base / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return HostRoot.under(base)
+
+
+async def run_host_cycle(db: ModuleStore, root: HostRoot) -> dict[str, ModuleResult]:
+    """The host modules as one cycle, sharing the host machine as the agent's cycle does."""
+    load_builtin_modules()
+    host = HostMachine()
+
+    def make_context(spec):
+        ctx = db.context(spec.name, root)
+        ctx.host = host
+        return ctx
+
+    results = await run_cycle({name: REGISTRY[name] for name in HOST_MODULES}, make_context)
+    return {result.name: result for result in results}
+
+
+def warnings_about(logs: list[dict], name: str) -> list[dict]:
+    return [line for line in logs if line["log_level"] == "warning" and name in str(line.get("file", ""))]
+
+
+# -- item 6: one bad file ------------------------------------------------------------------
+
+SPOILED = {
+    "non-UTF-8 hostname": ("proc/sys/kernel/hostname", b"web\xff\xfe-7\x1b]0;pwned\x07\n", None),
+    "garbage in /proc/net/tcp": ("proc/net/tcp", b"header\n 0: zz:zz 00 0A\n\xff\x00\n", "proc/net/tcp"),
+    "garbage in /proc/net/route": ("proc/net/route", "h\neth0 zz 00 xx 0 0 1e9999 00\n", "proc/net/route"),
+    "garbage in /proc/uptime": ("proc/uptime", "nan 0\n", "proc/uptime"),
+    "infinite uptime": ("proc/uptime", "1e999 0\n", "proc/uptime"),
+    "empty /proc/uptime": ("proc/uptime", "", "proc/uptime"),
+    "addresses that are not a map": ("situation-test/addresses.json", "[1, 2]", "addresses.json"),
+}
+
+
+@pytest.mark.parametrize(("relative", "content", "warned"), SPOILED.values(), ids=SPOILED.keys())
+async def test_one_bad_file_blocks_no_module(tmp_path: Path, relative: str, content: bytes | str, warned) -> None:
+    root = host_tree(tmp_path / "host", {**HOST, relative: content})
+    async with open_module_store(tmp_path / "db", with_machine=False) as db:
+        with capture_logs() as logs:
+            results = await run_host_cycle(db, root)
+        assert {name: r.status for name, r in results.items()} == {
+            name: OK for name in HOST_MODULES
+        }, [r.detail for r in results.values()]
+        [machine] = db.rows("machines")
+        assert machine["hostname"] and db.rows("users") and db.rows("cpus") and db.rows("disks")
+    if warned:
+        assert len(warnings_about(logs, warned)) >= 1
+
+
+async def test_non_utf8_hostname_is_stored_with_replacement_characters(tmp_path: Path) -> None:
+    root = host_tree(tmp_path / "host", {**HOST, "proc/sys/kernel/hostname": b"web\xff-7\n"})
+    async with open_module_store(tmp_path / "db", with_machine=False) as db:
+        await run_host_cycle(db, root)
+        [machine] = db.rows("machines")
+    assert machine["hostname"] == "web\ufffd-7"
+
+
+async def test_unparsable_uptime_is_recorded_as_unknown(tmp_path: Path) -> None:
+    root = host_tree(tmp_path / "host", {**HOST, "proc/uptime": "soon\n"})
+    async with open_module_store(tmp_path / "db", with_machine=False) as db:
+        with capture_logs() as logs:
+            await run_host_cycle(db, root)
+        [machine] = db.rows("machines")
+    assert machine["uptime"] == 0
+    [warning] = warnings_about(logs, "proc/uptime")
+    assert warning["event"] == "host file skipped: it cannot be parsed" and "ValueError" in warning["error"]
+
+
+async def test_a_failing_identity_read_does_not_block_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fingerprint only avoids duplicating a row neighbours left; without it the host is still recorded."""
+
+    def broken(_root):
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr(fingerprint, "collect_identity", broken)
+    root = host_tree(tmp_path / "host", HOST)
+    async with open_module_store(tmp_path / "db", with_machine=False) as db:
+        with capture_logs() as logs:
+            results = await run_host_cycle(db, root)
+        [machine] = db.rows("machines")
+    assert {r.status for r in results.values()} == {OK}
+    assert machine["agent"] == db.agent_id and machine["hostname"] == "web-7"
+    [warning] = [line for line in logs if line["log_level"] == "warning"]
+    assert "identity could not be read" in warning["event"] and "a parser bug" in warning["error"]
+
+
+def test_live_host_with_a_non_utf8_hostname(test_host, tmp_path: Path) -> None:
+    """A whole --once pass in a test-made network namespace and its own UTS namespace."""
+    database = tmp_path / "agent.sqlite"
+    env = clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"))
+    script = (
+        r"printf 'web\377\376-7\033]0;pwned\007' > /proc/sys/kernel/hostname"
+        f' && exec "{sys.executable}" -m situation run --once --db "{database}"'
+    )
+    result = test_host.run("unshare", "--uts", "sh", "-c", script, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    logs = [json.loads(line) for line in result.stderr.splitlines()]
+    statuses = {line["module"]: line["status"] for line in logs if line["event"] == "module finished"}
+    assert set(HOST_MODULES) <= set(statuses)
+    assert set(statuses.values()) <= {OK, SKIPPED}, statuses
+    with sqlite3.connect(database) as db:
+        [(hostname,)] = db.execute("SELECT hostname FROM machines").fetchall()
+    assert hostname.startswith("web\ufffd\ufffd-7"), repr(hostname)
