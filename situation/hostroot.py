@@ -6,9 +6,9 @@ a fixture tree and a container can point it at the host's mounted /proc.
 
 Host files are untrusted text. The helpers below are how every host module
 reads them: :func:`read_text` (invalid UTF-8 replaced, no newline
-translation), :func:`lines` (split on ``\n`` only) and :func:`parse_source` (a
-file that cannot be parsed is skipped with one warning instead of failing the
-module).
+translation), :func:`lines` (split on ``\n`` only), :func:`host_int` (an
+integer only when it fits the database) and :func:`parse_source` (a file that
+cannot be parsed is skipped with one warning instead of failing the module).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import TypeVar
 import structlog
 
 T = TypeVar("T")
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # What parsing hostile text raises (int(), ipaddress, json, struct, indexing a short line).
 PARSE_ERRORS = (ValueError, LookupError, ArithmeticError, struct.error)
@@ -109,6 +111,27 @@ def lines(text: str) -> list[str]:
     if parts[-1] == "":
         parts.pop()
     return [part.removesuffix("\r") for part in parts]
+
+
+def host_int(text: str | None, *, base: int = 10, minimum: int = 0, maximum: int = INT64_MAX) -> int | None:
+    """The integer ``text`` spells, or None when it spells none or lies outside [minimum, maximum].
+
+    Every integer a host file gives goes through here (or :func:`in_range`)
+    before it is stored: the columns are 64-bit, and a kernel, a fixture or an
+    attacker may write ``99999999999999999999999``.
+    """
+    if text is None:
+        return None
+    try:
+        value = int(text.strip(), base)
+    except ValueError:  # also for more than sys.get_int_max_str_digits() digits
+        return None
+    return in_range(value, minimum=minimum, maximum=maximum)
+
+
+def in_range(value: int, *, minimum: int = 0, maximum: int = INT64_MAX) -> int | None:
+    """``value`` when minimum <= value <= maximum, else None."""
+    return value if minimum <= value <= maximum else None
 
 
 def parse_source(source: Path | str, parse: Callable[[], T], default: T) -> T:

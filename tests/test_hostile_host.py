@@ -21,7 +21,9 @@ from situation.modules import fingerprint
 from situation.module import REGISTRY, HostMachine, load_builtin_modules
 from situation.scheduler import OK, SKIPPED, ModuleResult, run_cycle
 from support.cluster import clean_environ
-from support.modules import ModuleStore, open_module_store
+from support.modules import AGENT, ModuleStore, open_module_store
+
+from situation.store import open_store
 
 HOST_MODULES = (
     "fingerprint", "host-basic", "host-cpu", "host-disk", "host-gpu", "host-network", "chassis", "local-users",
@@ -129,6 +131,62 @@ async def test_unparsable_uptime_is_recorded_as_unknown(tmp_path: Path) -> None:
     assert machine["uptime"] == 0
     [warning] = warnings_about(logs, "proc/uptime")
     assert warning["event"] == "host file skipped: it cannot be parsed" and "ValueError" in warning["error"]
+
+
+# -- item 10: integers beyond 64 bits ---------------------------------------------------------
+
+HUGE = "99999999999999999999999"
+HUGE_INTEGERS = {
+    **HOST,
+    "proc/cpuinfo": f"processor\t: 0\ncore id\t\t: 0\n\nprocessor\t: 1\ncore id\t\t: {HUGE}\n",
+    "proc/uptime": "1e30 0\n",
+    "sys/block/sda/size": f"{HUGE}\n",
+    "sys/block/sda/sda1/size": "36028797018963968\n",  # 2**55 sectors: 2**64 bytes
+    "sys/class/net/eth0/type": f"{HUGE}\n",
+    f"sys/class/drm/card{HUGE}/device/vendor": "0x1af4\n",
+}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request, tmp_path: Path):
+    """A ModuleStore on SQLite or PostgreSQL, without the host's row, and a ``select(sql)`` reading it back."""
+    if request.param == "sqlite":
+        async with open_module_store(tmp_path / "db", with_machine=False) as db:
+            yield db, lambda sql: [tuple(row.values()) for row in _sqlite_select(db, sql)]
+        return
+    cluster = request.getfixturevalue("tls_cluster")
+    name = request.getfixturevalue("fresh_database")("huge")
+    store = await open_store(cluster.superuser_dsn(name), AGENT)
+    try:
+        yield ModuleStore(store, AGENT, None), lambda sql: _psql_select(cluster, name, sql)
+    finally:
+        await store.close()
+
+
+def _sqlite_select(db: ModuleStore, sql: str) -> list[dict]:
+    with sqlite3.connect(db.store.path) as connection:
+        cursor = connection.execute(sql)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+
+def _psql_select(cluster, database: str, sql: str) -> list[tuple]:
+    output = cluster.psql(f"COPY ({sql.replace('FROM ', 'FROM situation.')}) TO STDOUT", dbname=database)
+    return [tuple(int(v) if v.lstrip("-").isdigit() else v for v in line.split("\t")) for line in output.splitlines()]
+
+
+async def test_integers_beyond_64_bits_are_not_stored(tmp_path: Path, any_store) -> None:
+    db, select = any_store
+    root = host_tree(tmp_path / "host", HUGE_INTEGERS)
+    results = await run_host_cycle(db, root)
+    assert {name: r.status for name, r in results.items()} == {name: OK for name in HOST_MODULES}, [
+        r.detail for r in results.values()
+    ]
+    assert select("SELECT cores FROM cpus") == [(2,)]  # not a core id + 1: the number of blocks
+    assert select("SELECT uptime FROM machines") == [(0,)]
+    [(size, partitions)] = select("SELECT size, partitions FROM disks")
+    assert size == 0 and "size" not in json.loads(partitions)[0]
+    assert select('SELECT "index" FROM gpus') == [(0,)]  # card0 only
 
 
 async def test_a_failing_identity_read_does_not_block_the_host(

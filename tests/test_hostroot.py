@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from situation.hostroot import lines, read_text, read_text_or_none
+from situation.hostroot import INT64_MAX, host_int, in_range, lines, read_text, read_text_or_none
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,31 @@ def test_read_text_or_none(tmp_path: Path) -> None:
     assert read_text_or_none(tmp_path / "missing") is None
     with pytest.raises(OSError):
         read_text(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "expected"),
+    [
+        ("42\n", {}, 42),
+        (str(INT64_MAX), {}, INT64_MAX),
+        (str(INT64_MAX + 1), {}, None),
+        ("99999999999999999999999", {}, None),
+        ("9" * 5000, {}, None),  # beyond int()'s digit limit: a ValueError, not a crash
+        ("-1", {}, None),
+        ("-1", {"minimum": -5}, -1),
+        ("0x1f", {"base": 0}, 31),
+        ("1f", {"base": 16}, 31),
+        ("", {}, None),
+        (None, {}, None),
+        ("4\x002", {}, None),
+        ("\u00b2", {}, None),  # isdigit() says yes, int() says no
+        ("12", {"maximum": 10}, None),
+    ],
+)
+def test_host_int(text, kwargs, expected) -> None:
+    assert host_int(text, **kwargs) == expected
+
+
+def test_in_range() -> None:
+    assert in_range(0) == 0 and in_range(INT64_MAX) == INT64_MAX
+    assert in_range(INT64_MAX + 1) is None and in_range(-1) is None

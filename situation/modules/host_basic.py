@@ -33,7 +33,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot, lines, parse_source, read_text, read_text_or_none
+from situation.hostroot import HostRoot, in_range, lines, parse_source, read_text, read_text_or_none
 from situation.module import Context, command_output, module
 
 PLATFORM = "linux"
@@ -212,7 +212,10 @@ def read_uptime_ns(root: HostRoot) -> int:
 
 def parse_uptime_ns(text: str) -> int:
     """The first field of /proc/uptime (seconds, with decimals) as whole seconds in nanoseconds."""
-    return int(float(text.split()[0])) * 1_000_000_000
+    nanoseconds = in_range(int(float(text.split()[0])) * 1_000_000_000)
+    if nanoseconds is None:
+        raise ValueError(f"uptime out of range: {text.split()[0]!r}")
+    return nanoseconds
 
 
 # -- host id ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ Source: ``/proc/cpuinfo`` (one block per logical CPU, each opened by a
   kernels print before the blocks; for ARM Ltd cores the name derived from
   ``CPU part`` wins (the order gopsutil's line-by-line parse yields).
 - ``cores``: ``core id`` of the last block (or its sysfs ``core_id``) + 1;
-  when that is not an integer, the number of blocks.
+  when that is not an integer (or a negative one, or one past 64 bits), the
+  number of blocks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot, lines, read_text, read_text_or_none
+from situation.hostroot import INT64_MAX, HostRoot, host_int, lines, read_text, read_text_or_none
 from situation.module import Context, Skip, module
 
 # "CPU implementer" codes (MIDR_EL1 bits 31:24).
@@ -227,10 +228,8 @@ def count_cores(root: HostRoot, info: CpuInfo) -> int:
     core_id = last.get("core id")
     if core_id is None:
         core_id = _read_sysfs_core_id(root, last.get("processor", last.get("cpu number", "")))
-    try:
-        return int(core_id) + 1
-    except (TypeError, ValueError):
-        return len(info.blocks)
+    core = host_int(core_id, maximum=INT64_MAX - 1)
+    return core + 1 if core is not None else len(info.blocks)
 
 
 def _read_sysfs_core_id(root: HostRoot, processor: str) -> str | None:

@@ -7,8 +7,9 @@ Sources, all read through the module's :class:`~situation.hostroot.HostRoot`:
   virtio/hdd, ``xvd`` scsi/hdd, ``nvme`` nvme/ssd, ``sr`` scsi/optical, ``mmc``
   mmc/ssd, ``fd`` floppy without controller, ``loop`` loop/virtual; anything
   else has no known controller). An ``hdd`` whose ``queue/rotational`` is not
-  ``1`` is an ``ssd``. ``size`` counts 512-byte sectors; ``dev`` holds
-  ``major:minor``; sub-directories named after the disk are its partitions.
+  ``1`` is an ``ssd``. ``size`` counts 512-byte sectors (a size past 64 bits
+  counts as 0); ``dev`` holds ``major:minor``; sub-directories named after the
+  disk are its partitions.
 - ``/run/udev/data/b<major>:<minor>``: udev's database, ``E:ID_MODEL=`` for the
   disk model and ``E:ID_FS_TYPE=`` for a partition's filesystem.
 - ``/proc/mounts``: filesystem type and options of mounted partitions.
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot, lines, read_text_or_none
+from situation.hostroot import INT64_MAX, HostRoot, host_int, lines, read_text_or_none
 from situation.module import Context, module
 
 SECTOR_SIZE = 512
@@ -113,12 +114,10 @@ def read_text(path: Path) -> str | None:
     return None if text is None else text.strip()
 
 
-def read_int(path: Path) -> int:
-    text = read_text(path)
-    try:
-        return int(text) if text else 0
-    except ValueError:
-        return 0
+def read_size(path: Path) -> int:
+    """Bytes of a sysfs ``size`` file (512-byte sectors); 0 when unreadable or beyond 64 bits."""
+    sectors = host_int(read_text(path), maximum=INT64_MAX // SECTOR_SIZE)
+    return sectors * SECTOR_SIZE if sectors is not None else 0
 
 
 def read_udev_properties(root: HostRoot, device_number: str | None) -> dict[str, str]:
@@ -196,7 +195,7 @@ def read_partition(root: HostRoot, partition_dir: Path, mounts: dict[str, Mount]
         fs_type = read_udev_properties(root, read_text(partition_dir / "dev")).get("ID_FS_TYPE") or UNKNOWN
     return Partition(
         name=name,
-        size=read_int(partition_dir / "size") * SECTOR_SIZE,
+        size=read_size(partition_dir / "size"),
         type=fs_type,
         read_only=mount is not None and mount.read_only,
     )
@@ -208,7 +207,7 @@ def read_disk(root: HostRoot, device_dir: Path, mounts: dict[str, Mount]) -> Dis
     controller, drive_type = classify_device(name)
     if controller == UNKNOWN:
         return None
-    size = read_int(device_dir / "size") * SECTOR_SIZE
+    size = read_size(device_dir / "size")
     if controller == "loop":
         if size == 0:
             return None

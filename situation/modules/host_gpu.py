@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot, read_text_or_none
+from situation.hostroot import HostRoot, host_int, read_text_or_none
 from situation.module import Context, Skip, module
 
 UNKNOWN = "unknown"
@@ -124,7 +124,7 @@ def driver_of(device_dir: Path) -> str:
 def card_index(name: str) -> int | None:
     """``card1`` → 1; None for connectors (``card1-DP-2``), render nodes and the rest."""
     match = _CARD_NAME.match(name)
-    return int(match.group(1)) if match else None
+    return host_int(match.group(1)) if match else None
 
 
 def read_card(card_dir: Path, index: int) -> GpuCard:

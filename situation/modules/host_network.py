@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot, lines, parse_source, read_text_or_none
+from situation.hostroot import HostRoot, host_int, lines, parse_source, read_text_or_none
 from situation.module import Context, module
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -274,8 +274,7 @@ def read_addresses(root: HostRoot) -> dict[str, list[IpInterface]]:
 
 def read_interface(net_dir: Path, name: str, addresses: Sequence[IpInterface]) -> Interface:
     interface_dir = net_dir / name
-    type_text = read_text(interface_dir / "type")
-    arp_type = int(type_text) if type_text and type_text.isdigit() else None
+    arp_type = host_int(read_text(interface_dir / "type"))
     return Interface(
         name=name,
         mac=normalize_mac(read_text(interface_dir / "address"), arp_type),
