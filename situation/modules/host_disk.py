@@ -37,6 +37,7 @@ from situation.hostroot import INT64_MAX, HostRoot, host_int, lines, read_text_o
 from situation.module import Context, module
 
 SECTOR_SIZE = 512
+_DEVICE_NUMBER = re.compile(r"^[0-9]+:[0-9]+$")
 UNKNOWN = "unknown"
 
 # Name prefix → (controller, drive type); checked longest prefix first.
@@ -122,8 +123,8 @@ def read_size(path: Path) -> int:
 
 def read_udev_properties(root: HostRoot, device_number: str | None) -> dict[str, str]:
     """``E:KEY=VALUE`` lines of ``/run/udev/data/b<major:minor>``."""
-    if not device_number:
-        return {}
+    if not device_number or not _DEVICE_NUMBER.match(device_number):
+        return {}  # a sysfs ``dev`` of another shape must not pick the file read (NUL, ../)
     text = read_text(root.path(f"/run/udev/data/b{device_number}"))
     properties: dict[str, str] = {}
     for line in lines(text or ""):
