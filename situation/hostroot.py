@@ -24,7 +24,7 @@ import structlog
 
 T = TypeVar("T")
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT64_MAX = 2**63 - 1  # every integer column is BIGINT (SQLite INTEGER: 64 bits)
 
 # What parsing hostile text raises (int(), ipaddress, json, struct, indexing a short line).
 PARSE_ERRORS = (ValueError, LookupError, ArithmeticError, struct.error)

@@ -307,8 +307,8 @@ def fuzzed_host(rng, base: Path) -> HostRoot:
 
 def assert_stored_text_is_clean(snapshot: dict[str, list[dict]]) -> None:
     """No NUL and no invalid UTF-8 in any text the store wrote (reading it back decoded it)."""
-    # TODO(lead): once the store strips every control character (issue 14, item 3),
-    # tighten this to no character below U+0020 (but \t?), nor DEL, nor C1.
+    # To tighten once the store strips control characters (issue 14, item 3): no C0
+    # character (bar those the store keeps, if any), no DEL, no C1, not only NUL.
     for table, table_rows in snapshot.items():
         for row in table_rows:
             for column, value in row.items():
