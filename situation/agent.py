@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from situation.discovery import Discovery
 from situation.errors import ConfigError, SituationError
 from situation.hostroot import HostRoot
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
@@ -65,6 +66,8 @@ class AgentConfig:
     pool_size: int = 4
     statement_cache: bool = True
     summary: bool = False
+    # One policy, and so one packet budget, for every module of this process.
+    discovery: Discovery = field(default_factory=Discovery)
 
     @property
     def database(self) -> str:
@@ -244,6 +247,7 @@ class Agent:
             options=options,
             root=self.root,
             host=host,
+            discovery=self.config.discovery,
         )
 
     def _next_delay(self, healthy: bool) -> float:

@@ -264,6 +264,20 @@ def agent_config(dsn: str | None, values: dict):
         pool_size=settings["pool_size"],
         statement_cache=not settings["no_statement_cache"],
         summary=sys.stdout.isatty() if summary is None else summary,
+        discovery=discovery_policy(settings),
+    )
+
+
+def discovery_policy(settings: dict, only=None):
+    """The one discovery policy (and packet budget) of this process."""
+    from situation.discovery import Discovery
+    from situation.net.rate import RateLimiter
+
+    return Discovery(
+        scope=settings["discovery_scope"],
+        exclude=settings["discovery_exclude"],
+        rate=RateLimiter(settings["discovery_rate"]),
+        only=only,
     )
 
 
