@@ -19,7 +19,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,15 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, registry: Mapping[str, ModuleSpec] | None = None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        registry: Mapping[str, ModuleSpec] | None = None,
+        report: Callable[[Store], Awaitable[None]] | None = None,
+    ):
         self.config = config
+        self.report = report  # after a --once cycle, instead of the summary
         self.modules = plan(
             registry if registry is not None else load_builtin_modules(),
             config.disabled,
@@ -118,7 +125,9 @@ class Agent:
             if self.config.once:
                 if self.stopping.is_set():
                     return 128 + self._signal  # interrupted: the pass is incomplete
-                if self.config.summary:
+                if self.report is not None:
+                    await self.report(self.store)
+                elif self.config.summary:
                     await self._print_summary()
                 return 0 if healthy else 1
             delay = self._next_delay(healthy)
