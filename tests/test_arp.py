@@ -19,8 +19,8 @@ from support.neighbour_table import (
     V4_SUBNET,
     V6_ONLY,
     V6_SUBNET,
-    PostgresDb,
     SqliteDb,
+    database,  # noqa: F401 (fixture)
     links_of,
     neighbour_nics,
     prepare_host,
@@ -113,14 +113,6 @@ def test_plan_matches_mac_then_a_macless_address_never_the_host_or_another_mac()
 
 
 # -- in an isolated host --------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request, tmp_path):
-    if request.param == "sqlite":
-        return SqliteDb(tmp_path / "arp.sqlite")
-    cluster = request.getfixturevalue("tls_cluster")
-    return PostgresDb(cluster, request.getfixturevalue("fresh_database")("arp"))
 
 
 def seed_pinged_nic(db) -> int:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from support.cluster import clean_environ
-from support.neighbour_table import PostgresDb, SEEN_TWICE, SqliteDb, prepare_host, seed_neighbours
+from support.neighbour_table import SEEN_TWICE, database, prepare_host, seed_neighbours  # noqa: F401 (fixture)
 
 from situation.module import load_builtin_modules
 from situation.scan import Found, format_table, scan_registry, scan_targets
@@ -86,14 +86,6 @@ def test_bad_discovery_settings_stop_run_with_one_line(test_host, tmp_path, args
                        tmp_path=tmp_path, **env)
     assert expected in one_error_line(result)
     assert not (tmp_path / "never.sqlite").exists()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request, tmp_path):
-    if request.param == "sqlite":
-        return SqliteDb(tmp_path / "scan.sqlite")
-    cluster = request.getfixturevalue("tls_cluster")
-    return PostgresDb(cluster, request.getfixturevalue("fresh_database")("scan"))
 
 
 def table_rows(stdout: str) -> dict[str, list[str]]:

@@ -12,6 +12,8 @@ import json
 import sqlite3
 import subprocess
 
+import pytest
+
 V4_SUBNET, V6_SUBNET = "10.231.7.0/24", "2001:db8:7::/64"
 SEEN_TWICE = "02:aa:00:00:00:10"  # 10.231.7.10 behind both host interfaces, and 2001:db8:7::10
 PINGED = "02:aa:00:00:00:11"  # 10.231.7.11
@@ -19,7 +21,10 @@ V6_ONLY = "02:aa:00:00:00:20"
 
 
 def _ip(namespace: str, *args: str) -> None:
-    subprocess.run(["ip", "-n", namespace, *args], check=True, capture_output=True, text=True)
+    command = ["ip", "-n", namespace, *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)}: {result.stderr.strip()}")
 
 
 def prepare_host(host) -> None:
@@ -36,16 +41,16 @@ def prepare_host(host) -> None:
 def seed_neighbours(host) -> None:
     ns = host.name
     for device in ("eth0", "eth1"):
-        _ip(ns, "neigh", "add", "10.231.7.10", "lladdr", SEEN_TWICE, "dev", device, "nud", "reachable")
-    _ip(ns, "neigh", "add", "10.231.7.11", "lladdr", PINGED, "dev", "eth0", "nud", "stale")
-    _ip(ns, "neigh", "add", "10.231.7.12", "dev", "eth0", "nud", "failed")
-    _ip(ns, "neigh", "add", "10.231.7.13", "lladdr", "02:aa:00:00:00:13", "dev", "eth0", "nud", "permanent")
-    _ip(ns, "neigh", "add", "10.231.7.14", "dev", "eth0", "nud", "incomplete")
-    _ip(ns, "neigh", "add", "10.231.7.255", "lladdr", "02:aa:00:00:00:ff", "dev", "eth0", "nud", "reachable")
-    _ip(ns, "neigh", "add", "192.0.2.50", "lladdr", "02:aa:00:00:00:50", "dev", "eth0", "nud", "reachable")
-    _ip(ns, "neigh", "add", "2001:db8:7::10", "lladdr", SEEN_TWICE, "dev", "eth0", "nud", "reachable")
-    _ip(ns, "neigh", "add", "2001:db8:7::20", "lladdr", V6_ONLY, "dev", "eth0", "nud", "stale")
-    _ip(ns, "neigh", "add", "fe80::21", "lladdr", "02:aa:00:00:00:21", "dev", "eth0", "nud", "reachable")
+        _ip(ns, "neigh", "replace", "10.231.7.10", "lladdr", SEEN_TWICE, "dev", device, "nud", "reachable")
+    _ip(ns, "neigh", "replace", "10.231.7.11", "lladdr", PINGED, "dev", "eth0", "nud", "stale")
+    _ip(ns, "neigh", "replace", "10.231.7.12", "dev", "eth0", "nud", "failed")
+    _ip(ns, "neigh", "replace", "10.231.7.13", "lladdr", "02:aa:00:00:00:13", "dev", "eth0", "nud", "permanent")
+    _ip(ns, "neigh", "replace", "10.231.7.14", "dev", "eth0", "nud", "incomplete")
+    _ip(ns, "neigh", "replace", "10.231.7.255", "lladdr", "02:aa:00:00:00:ff", "dev", "eth0", "nud", "reachable")
+    _ip(ns, "neigh", "replace", "192.0.2.50", "lladdr", "02:aa:00:00:00:50", "dev", "eth0", "nud", "reachable")
+    _ip(ns, "neigh", "replace", "2001:db8:7::10", "lladdr", SEEN_TWICE, "dev", "eth0", "nud", "reachable")
+    _ip(ns, "neigh", "replace", "2001:db8:7::20", "lladdr", V6_ONLY, "dev", "eth0", "nud", "stale")
+    _ip(ns, "neigh", "replace", "fe80::21", "lladdr", "02:aa:00:00:00:21", "dev", "eth0", "nud", "reachable")
 
 
 class SqliteDb:
@@ -94,3 +99,12 @@ def links_of(db, nic_id: int) -> dict[str, tuple[str, str | None]]:
         f"JOIN {db.table_prefix}subnetworks s ON s.id = l.subnetwork_id WHERE l.network_interface_id = {int(nic_id)}"
     )
     return {cidr: (ip or "", mac_subnet, int(subnet_id)) for cidr, ip, mac_subnet, subnet_id in rows}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    """The same assertions on both backends: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return SqliteDb(tmp_path / "discovery.sqlite")
+    cluster = request.getfixturevalue("tls_cluster")
+    return PostgresDb(cluster, request.getfixturevalue("fresh_database")("discovery"))
