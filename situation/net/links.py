@@ -21,6 +21,7 @@ class Link:
     ethernet: bool  # ARPHRD_ETHER with a MAC: ARP works here
     up: bool
     loopback: bool
+    enslaved: bool  # a port of a bridge or bond: its master carries the addresses
     ipv4: tuple[ipaddress.IPv4Interface, ...]
     ipv6: tuple[ipaddress.IPv6Interface, ...]
 
@@ -66,6 +67,7 @@ def read_links() -> list[Link]:
             ethernet=bool(mac) and _sys_int(name, "type") == ARPHRD_ETHER,
             up=bool(flags & IFF_UP),
             loopback=bool(flags & IFF_LOOPBACK),
+            enslaved=Path("/sys/class/net", name, "master").exists(),
             ipv4=tuple(ipv4),
             ipv6=tuple(ipv6),
         ))
