@@ -228,10 +228,11 @@ async def run(ctx: Context) -> None:
         "hosts found",
         networks=len(sweeps),
         icmp=tally.icmp,
-        arp=tally.arp if kind == "raw" else "needs CAP_NET_RAW",
+        arp=tally.arp,
         arp_only=tally.arp_only,
         ipv6=tally.ipv6,
         new_interfaces=tally.new_nics,
         socket=kind,
         failed=tally.failed,
+        **({} if kind == "raw" else {"arp_skipped": "needs CAP_NET_RAW"}),
     )
