@@ -190,3 +190,62 @@ def test_lab_refuses_to_run_in_the_initial_namespace(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 97
+
+
+def test_scope_database_sweeps_subnetworks_no_host_interface_links(make_lab, tmp_path):
+    here, elsewhere = make_hosts(LAN, 1), make_hosts("10.78.0.0/24", 1)
+    lab = make_lab(hosts=here + elsewhere, extra_addresses=("10.78.0.1/24",))
+    db = tmp_path / "lab.sqlite"
+    run_modules(lab, str(db), modules=("fingerprint", "host-basic", "host-network"))
+    with sqlite3.connect(db) as connection:  # 10.78.0.0/24 becomes a subnetwork only some other agent saw
+        connection.execute("DELETE FROM network_interface_subnets WHERE subnetwork_id = "
+                           "(SELECT id FROM subnetworks WHERE network_cidr = '10.78.0.0/24')")
+    run_modules(lab, str(db), "--host-lookup", modules=("ping",))
+    assert set(neighbours(db)) == {here[0].ip} and lab.probes_received(elsewhere[0]) == 0
+    run_modules(lab, str(db), "--host-lookup", "--scope", "database", "--option", "ping.timeout=300ms",
+                modules=("ping",))
+    assert set(neighbours(db)) == {here[0].ip, elsewhere[0].ip}
+
+
+# -- pure pieces ----------------------------------------------------------------------------
+
+
+def test_echo_request_checksum_and_arp_frames():
+    import ipaddress
+    import socket
+
+    from situation.net.arp import arp_request, parse_arp_reply
+    from situation.net.icmp import checksum, echo_request
+
+    packet = echo_request(socket.AF_INET, 0x1234, 7)
+    assert checksum(packet) == 0 and packet.endswith(b"situation")
+    request = arp_request(bytes.fromhex("021ab0000001"), ipaddress.IPv4Address("198.51.100.1"),
+                          ipaddress.IPv4Address("198.51.100.9"))
+    assert len(request) == 60 and parse_arp_reply(request) is None  # a request is no reply
+    reply = bytearray(request)
+    reply[20:22] = b"\x00\x02"
+    reply[22:28], reply[28:32] = bytes.fromhex("021ab0abcdef"), bytes([198, 51, 100, 9])
+    assert parse_arp_reply(bytes(reply)) == (ipaddress.IPv4Address("198.51.100.9"), "02:1a:b0:ab:cd:ef")
+
+
+def test_plan_sweeps_widths_and_addresses():
+    import ipaddress
+
+    import structlog
+
+    from situation.discovery import Discovery, parse_networks
+    from situation.modules.ping import plan_sweeps, sweep_addresses
+    from situation.net.links import Link
+
+    br0 = Link("br0", "02:1a:b0:00:00:01", True, True, False, False,
+               (ipaddress.IPv4Interface("10.1.2.1/28"),), ())
+    rows = [{"id": 1, "network_cidr": "10.1.2.0/28"}, {"id": 2, "network_cidr": "10.1.2.0/24"},
+            {"id": 3, "network_cidr": "10.0.0.0/16"}, {"id": 4, "network_cidr": "203.0.113.0/24"}]
+    with structlog.testing.capture_logs() as logs:
+        sweeps = plan_sweeps(rows, [br0], structlog.get_logger())
+    assert [(str(s.network), s.subnet_ids, s.interface) for s in sweeps] == [
+        ("10.1.2.0/24", [1, 2], "br0"), ("203.0.113.0/24", [4], None)]
+    assert logs[0]["event"] == "ignoring network (too wide)" and logs[0]["network"] == "10.0.0.0/16"
+    policy = Discovery(exclude=parse_networks("10.1.2.7", what="x"))
+    addresses = sweep_addresses(ipaddress.IPv4Network("10.1.2.0/24"), policy, {ipaddress.IPv4Address("10.1.2.1")})
+    assert len(addresses) == 256 - 3 and str(addresses[0]) == "10.1.2.0"  # not .255, .7, ours
