@@ -41,7 +41,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -115,7 +114,7 @@ def run_lab(title: str, network: str, scanner: str, count: int, drops: tuple[int
     hosts = make_hosts(network, count, drops_icmp=drops, first=10)
     if count > 20:  # spread over the whole network, not packed at its start
         size = 2 ** (32 - int(network.split("/")[1]))
-        hosts = [h for h in make_hosts(network, size - 20, first=10)][:: (size - 20) // count][:count]
+        hosts = make_hosts(network, size - 20, first=10)[:: (size - 20) // count][:count]
     lab = Lab(scanner_address=scanner, hosts=hosts).create()
     live = {host.ip for host in hosts}
     own = scanner.split("/")[0]
@@ -194,7 +193,6 @@ def main() -> int:
         print("bench/discovery.py needs root and iproute2 (it builds network namespaces)", file=sys.stderr)
         return 2
     ensure_tools()
-    tempfile.tempdir = "/tmp"
     failures = []
     for lab in LABS:
         failures += [f"{lab[0]}: {text}" for text in verdict(run_lab(*lab, args))]

@@ -8,7 +8,6 @@ into it. Nothing is sent from, or added to, the initial namespace.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import subprocess
@@ -180,16 +179,6 @@ def test_postgres_second_run_changes_no_row_count(make_lab, tls_cluster, fresh_d
     report, _ = run_modules(lab, dsn)
     assert report["rows"]["ping"] == 0
     assert [pg_rows(f"SELECT count(*) FROM situation.{table}") for table in tables] == before
-
-
-def test_lab_refuses_to_run_in_the_initial_namespace(tmp_path):
-    from support.netns import GUARD, home_namespace
-
-    result = subprocess.run(
-        ["python3", str(GUARD), "true"], env={**os.environ, "SITUATION_TEST_HOME_NETNS": str(home_namespace())},
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 97
 
 
 def test_scope_database_sweeps_subnetworks_no_host_interface_links(make_lab, tmp_path):

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.netns import GuardedNamespace, _ip
+from support.netns import RUN_MODULE, GuardedNamespace, _ip
 
 NFT_COUNTERS = """
 table netdev lab {{
@@ -151,8 +151,7 @@ class Lab(GuardedNamespace):
                 "--bounding-set=-all", *argv]
 
     def run_module_unprivileged(self, *argv: str, env: dict[str, str], timeout: float = 120):
-        from support.netns import RUN_MODULE
-
+        """tests/support/run_module.py in the scanner, as :meth:`unprivileged` runs it."""
         return self.run(*self.unprivileged(sys.executable, str(RUN_MODULE), *argv), env=env, timeout=timeout)
 
 
