@@ -281,13 +281,17 @@ def discovery_policy(settings: dict, only=None):
     )
 
 
+# Modules every scan needs: neither their options nor --no-module-<name> are offered to it.
+SCAN_BASE = {"fingerprint", "host-basic"}
+
+
 def _scan_settings() -> list:
     from situation.scan import scan_registry
 
     shared = {"agent-id", "state-dir", "pool-size", "no-migration", "no-statement-cache",
               "discovery-exclude", "discovery-rate"}
     modules = scan_registry(MODULES)
-    return [s for s in RUN_SETTINGS if s.key in shared or (s.option is not None and s.module in modules)]
+    return [s for s in RUN_SETTINGS if s.key in shared or (s.module in modules and s.module not in SCAN_BASE)]
 
 
 SCAN_SETTINGS = _scan_settings()
@@ -298,7 +302,9 @@ SCAN_SETTINGS = _scan_settings()
 @click.argument("targets", nargs=-1, required=True, metavar="CIDR...")
 @click_options(SCAN_SETTINGS)
 def scan(dsn: str | None = None, targets: tuple[str, ...] = (), **values) -> None:
-    """Find the live hosts of CIDR... once (like nmap -sn), record them as `run` does, print a table."""
+    """Find the live hosts of CIDR... and their open TCP ports once (like nmap), record them as `run` does, print a table.
+
+    --no-module-tcp-scan finds the hosts only (like nmap -sn)."""
     import dataclasses
 
     from situation.agent import Agent

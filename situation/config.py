@@ -31,7 +31,7 @@ class Setting:
     flag: str
     envs: tuple[str, ...]
     default: Any
-    kind: str  # str, int, bool, duration, path, number, choice, networks
+    kind: str  # str, int, bool, duration, path, number, choice, networks, ports
     help: str
     module: str | None = None
     option: str | None = None
@@ -141,7 +141,7 @@ def _option_kwargs(setting: Setting) -> dict[str, Any]:
     kwargs["default"] = None
     kwargs["metavar"] = {
         "duration": "DURATION", "int": "N", "path": "PATH", "number": "N", "networks": "CIDR[,CIDR…]",
-        "choice": "|".join(setting.choices),
+        "choice": "|".join(setting.choices), "ports": "PORTS",
     }.get(setting.kind, "TEXT")
     return kwargs
 
@@ -159,6 +159,8 @@ def convert(setting: Setting, value: Any) -> Any:
         return _networks(setting, value)
     if setting.kind == "number":
         return _number(setting, value)
+    if setting.kind == "ports":
+        return _ports(setting, value)
     if not isinstance(value, str) or setting.kind not in ("duration", "int"):
         return value
     try:
@@ -189,6 +191,17 @@ def _networks(setting: Setting, value: Any) -> tuple:
         return discovery.parse_networks(value, what=setting.flag, strict=True)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _ports(setting: Setting, value: str) -> str:
+    """Checked at start (one line naming the bad item); the module parses the text again."""
+    from situation.net.tcp import parse_ports
+
+    try:
+        parse_ports(value)
+    except ValueError as exc:
+        raise ConfigError(f"{setting.flag}: {exc}") from None
+    return value
 
 
 def _number(setting: Setting, value: Any) -> float:

@@ -37,7 +37,7 @@ class Option:
 
     name: str
     default: Any
-    kind: str  # "str", "int", "bool", "duration" (seconds, Go syntax accepted: 300ms, 1m30s)
+    kind: str  # "str", "int", "bool", "duration" (seconds, Go syntax accepted: 300ms, 1m30s), "ports"
     help: str
 
 
@@ -219,6 +219,10 @@ def convert_option(option: Option, value: Any, source: str) -> Any:
             return int(value)
         if option.kind == "bool":
             return parse_bool(value)
+        if option.kind == "ports":
+            from situation.net.tcp import parse_ports
+
+            parse_ports(value)  # checked here, parsed by the module
         return value
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None

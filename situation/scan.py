@@ -18,8 +18,9 @@ from situation.discovery import WIDEST_PREFIX, IPNetwork, parse_networks
 from situation.errors import ConfigError
 from situation.module import ModuleSpec
 
-# What a scan runs, when registered, with everything these depend on.
-DISCOVERY_MODULES = ("host-network", "ping", "arp", "macvendor", "reverse-lookup")
+# What a scan runs, when registered, with everything these depend on. tls, ja4 and saas join
+# once they exist; until then their columns of the table stay blank.
+DISCOVERY_MODULES = ("host-network", "ping", "arp", "macvendor", "reverse-lookup", "tcp-scan", "tls", "ja4", "saas")
 # IPv6 is never swept address by address (only the neighbour table and the all-nodes
 # multicast find IPv6 hosts), so an IPv6 target may be as wide as one link's /64.
 WIDEST_IPV6_PREFIX = 64
@@ -67,6 +68,43 @@ class Found:
     vendor: str
     name: str
     how: str
+    ports: str = ""  # open TCP ports, comma-separated
+    expires: str = ""  # the earliest not_after of the certificates served, as a date
+    saas: str = ""
+
+
+@dataclass
+class Services:
+    """What the endpoints of one address say: open ports, certificate expiry, SaaS names."""
+
+    ports: set[int]
+    expiries: set[str]
+    saas: set[str]
+
+    def cells(self) -> tuple[str, str, str]:
+        return (",".join(map(str, sorted(self.ports))), min(self.expiries, default=""),
+                ", ".join(sorted(self.saas)))
+
+
+def _expiry(tls) -> str:
+    """The date part of the certificate's not_after (RFC 3339 text), or ''."""
+    not_after = tls.get("not_after") if isinstance(tls, Mapping) else None
+    return not_after[:10] if isinstance(not_after, str) else ""
+
+
+async def services_of(store, nic_ids) -> dict[str, Services]:
+    """Address → what its endpoints on these NICs say."""
+    found: dict[str, Services] = {}
+    for nic_id in nic_ids:
+        for row in await store.fetch("scan_nic_endpoints", nic_id):
+            services = found.setdefault(row["addr"], Services(set(), set(), set()))
+            if row["protocol"] == "tcp":
+                services.ports.add(row["port"])
+            if expiry := _expiry(row["tls"]):
+                services.expiries.add(expiry)
+            if row["saas"]:
+                services.saas.add(row["saas"])
+    return found
 
 
 def _inside(address: str, targets: Sequence[IPNetwork]) -> bool:
@@ -107,16 +145,18 @@ async def found_hosts(store, agent_id: str, targets: Sequence[IPNetwork]) -> lis
             rows.setdefault(row["id"], row)
             if row["link_ip"]:
                 pinged.add((row["id"], row["link_ip"]))
+    services = await services_of(store, rows)
     found = {}
     for row in rows.values():
         for address in row["ip"] or []:
             if _inside(address, targets) and address not in found:
+                extra = services[address].cells() if address in services else ("", "", "")
                 found[address] = Found(address, row["mac"] or "", row["mac_vendor"] or "", row["hostname"] or "",
-                                       _how_found(row, address, host_id, pinged))
+                                       _how_found(row, address, host_id, pinged), *extra)
     return sorted(found.values(), key=lambda f: (ipaddress.ip_address(f.address).version, ipaddress.ip_address(f.address)))
 
 
-HEADERS = ("ADDRESS", "MAC", "VENDOR", "NAME", "FOUND BY")
+HEADERS = ("ADDRESS", "MAC", "VENDOR", "NAME", "FOUND BY", "OPEN TCP PORTS", "CERT EXPIRES", "SAAS")
 
 
 def _printable(text: str, width: int = 60) -> str:
@@ -126,7 +166,11 @@ def _printable(text: str, width: int = 60) -> str:
 
 
 def format_table(found: Sequence[Found], targets: Sequence[IPNetwork]) -> str:
-    cells = [HEADERS] + [tuple(_printable(v) for v in (f.address, f.mac, f.vendor, f.name, f.how)) for f in found]
+    cells = [HEADERS] + [
+        (*(_printable(v) for v in (f.address, f.mac, f.vendor, f.name, f.how)), f.ports,
+         _printable(f.expires), _printable(f.saas))
+        for f in found
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
     lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]
     where = ", ".join(str(t) for t in targets)
