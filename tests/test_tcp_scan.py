@@ -159,6 +159,41 @@ def test_situation_scan_prints_the_open_ports(lab, tmp_path):
     assert lab.hosts[FILTERED].ip in lines and lab.hosts[EXCLUDED].ip not in lines
 
 
+def want_v6(host) -> str:
+    return host.ipv6.split("/")[0]
+
+
+def test_ipv6_addresses_are_scanned_by_both_paths(shared_dir):
+    from support.neighbour_table import SqliteDb
+
+    if not netns_available() or not nft_available():
+        pytest.skip("network namespaces need root, iproute2 and nft")
+    lab = Lab(hosts=make_hosts(LAN, 1, ipv6_prefix="2001:db8:9::/64"), scanner_ipv6="2001:db8:9::1/64").create()
+    servers = []
+    try:
+        servers.append(start_listeners(lab.hosts[0].namespace, [22, 443]))
+        host = lab.hosts[0]
+        want = {(address, port) for address in (host.ip, want_v6(host)) for port in (22, 443)}
+        env = clean_environ(PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        db = SqliteDb(shared_dir / "lab.sqlite")
+        ports = ("--option", "tcp-scan.ports=22,80,443")
+        # The all-nodes echo is answered from link-local addresses: the global one is put into the
+        # scanner's neighbour table, where arp adds it to the host's NIC.
+        subprocess.run(["ip", "-n", lab.name, "neigh", "replace", want_v6(host), "lladdr", host.mac, "dev", "br0",
+                        "nud", "reachable"], check=True)
+        result = lab.run_module("--db", db.dsn, *ports, *DISCOVERY, "tcp-scan", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert endpoints(db) == want  # SYN scan
+        db.execute("DELETE FROM application_endpoints")
+        subprocess.run(["chmod", "-R", "a+rw", str(shared_dir)], check=True)
+        result = lab.run_module_unprivileged("--db", db.dsn, *ports, "--host-lookup", "tcp-scan", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert endpoints(db) == want  # connect scan
+    finally:
+        stop(servers)
+        lab.destroy()
+
+
 # -- pure pieces ------------------------------------------------------------------------------
 
 

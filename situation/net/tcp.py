@@ -296,6 +296,8 @@ class SynScanner:
                                  socket.IPPROTO_TCP)
         except PermissionError:
             raise ProbeUnavailable("a SYN scan needs CAP_NET_RAW (e.g. AmbientCapabilities=CAP_NET_RAW)") from None
+        except OSError:  # the family is not supported here (IPv6 disabled): its probes cannot be sent
+            return
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 16)  # offset of the TCP checksum
         for forced, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
@@ -379,10 +381,12 @@ class SynScanner:
                 except OSError:
                     return False
             packet = syn_segment(self.port, port, self.sequence, ipv4_pseudo_header(source, address.packed, 24))
-            sock, destination = self._sockets[socket.AF_INET], (text, 0)
+            sock, destination = self._sockets.get(socket.AF_INET), (text, 0)
         else:
             packet = syn_segment(self.port, port, self.sequence, None)
-            sock, destination = self._sockets[socket.AF_INET6], (text, 0, 0, 0)
+            sock, destination = self._sockets.get(socket.AF_INET6), (text, 0, 0, 0)
+        if sock is None:
+            return False
         for _ in range(CONGESTION_RETRIES):
             try:
                 sock.sendto(packet, destination)
