@@ -84,7 +84,7 @@ def open_echo_socket(family: int = socket.AF_INET) -> tuple[socket.socket, str]:
             sock = socket.socket(family, sock_type | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, protocol)
         except PermissionError:
             continue
-        _enlarge_buffers(sock)
+        enlarge_buffers(sock)
         return sock, kind
     version = "ICMPv6" if family == socket.AF_INET6 else "ICMP"
     raise ProbeUnavailable(
@@ -94,7 +94,19 @@ def open_echo_socket(family: int = socket.AF_INET) -> tuple[socket.socket, str]:
     )
 
 
-def _enlarge_buffers(sock: socket.socket) -> None:
+async def writable(sock: socket.socket) -> None:
+    """Until the non-blocking ``sock`` can take another packet."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+def enlarge_buffers(sock: socket.socket) -> None:
     for forced, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
         try:
             sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)  # beyond rmem_max: CAP_NET_ADMIN
@@ -171,13 +183,7 @@ class EchoSweep:
         return False
 
     async def _writable(self) -> None:
-        ready = self._loop.create_future()
-        fd = self.sock.fileno()
-        self._loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            self._loop.remove_writer(fd)
+        await writable(self.sock)
 
     async def wait(self, timeout: float) -> set:
         """Until ``timeout`` after the last send, or until every target answered; who answered."""

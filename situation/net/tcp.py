@@ -39,7 +39,7 @@ from typing import Union
 
 from situation.data.tcp_ports import TOP_1000
 from situation.net import ProbeUnavailable
-from situation.net.icmp import checksum
+from situation.net.icmp import checksum, enlarge_buffers, writable
 from situation.net.rate import RateLimiter
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -300,11 +300,7 @@ class SynScanner:
             return
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 16)  # offset of the TCP checksum
-        for forced, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, forced, 8 << 20)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, plain, 8 << 20)
+        enlarge_buffers(sock)
         self._sockets[family] = sock
         self._loop.add_reader(sock.fileno(), self._on_readable, sock, family == socket.AF_INET)
 
@@ -392,7 +388,7 @@ class SynScanner:
                 sock.sendto(packet, destination)
                 return True
             except BlockingIOError:
-                await self._writable(sock)
+                await writable(sock)
             except OSError as exc:
                 if exc.errno in _CONGESTED:
                     await asyncio.sleep(CONGESTION_PAUSE)
@@ -401,14 +397,6 @@ class SynScanner:
                 else:
                     raise
         return False
-
-    async def _writable(self, sock: socket.socket) -> None:
-        ready = self._loop.create_future()
-        self._loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            self._loop.remove_writer(sock.fileno())
 
     def _on_readable(self, sock: socket.socket, ipv4_header: bool) -> None:
         while True:  # drain: one wake-up may carry hundreds of answers
