@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from situation.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, SituationError
 from situation.hostroot import HostRoot
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
@@ -305,9 +306,7 @@ def _status_line(results: list[ModuleResult], healthy: bool) -> str:
 
 def _describe_database(database: str) -> str:
     if not is_postgres_dsn(database):
-        return f"SQLite {database}"
-    from situation.dsn import parse_dsn
-
+        return f"SQLite {redact_dsn(database)}"
     return "PostgreSQL " + parse_dsn(database).redacted()
 
 

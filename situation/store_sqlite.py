@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from situation.dsn import redact_dsn
 from situation.errors import ConfigError, MigrationError
 from situation.migrations import Applied, Migration, load_migrations, plan
 from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
@@ -78,7 +79,7 @@ class SqliteStore:
             reason = getattr(exc, "strerror", None) or exc
             hint = " (a file holding a DSN goes to --db-file)" if "not a database" in str(exc) else ""
             raise ConfigError(
-                f'cannot open SQLite database "{path}" ({reason}); check the path and its permissions{hint}'
+                f'cannot open SQLite database "{redact_dsn(path)}" ({reason}); check the path and its permissions{hint}'
             ) from None
         store = cls(connection, executor, agent_id, path)
         try:
@@ -114,7 +115,7 @@ class SqliteStore:
         found = await self._call(_schema_version, self._db)
         if found < expected:
             raise MigrationError(
-                f"SQLite database {self.path} is at schema version {found} but this build needs {expected}; "
+                f"SQLite database {redact_dsn(self.path)} is at schema version {found} but this build needs {expected}; "
                 "run without --no-migration once"
             )
         return found
