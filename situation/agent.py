@@ -29,6 +29,7 @@ import structlog
 from situation.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, SituationError
 from situation.hostroot import HostRoot
+from situation.logs import escape_controls
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
 from situation.scheduler import ModuleFailed, ModuleResult, plan, run_cycle
@@ -306,7 +307,7 @@ def _status_line(results: list[ModuleResult], healthy: bool) -> str:
 
 def _describe_database(database: str) -> str:
     if not is_postgres_dsn(database):
-        return f"SQLite {redact_dsn(database)}"
+        return f"SQLite {escape_controls(redact_dsn(database))}"
     return "PostgreSQL " + parse_dsn(database).redacted()
 
 

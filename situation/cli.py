@@ -357,5 +357,5 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(message: str, code: int) -> None:
     if logs.is_debug():
         traceback.print_exc(file=sys.stderr)
-    click.echo(f"situation: error: {message}", err=True)
+    click.echo(f"situation: error: {logs.escape_controls(message)}", err=True)
     sys.exit(code)
