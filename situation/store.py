@@ -16,6 +16,12 @@ Modules never build SQL from data. They call:
   ``sql/queries/<topic>.sql`` (portable SQL with ``$1 … $n`` placeholders),
   overridden per dialect by ``sql/<dialect>/queries/<topic>.sql``. Rows come
   back as dicts with JSON decoded.
+- Every text value written (upserted columns, strings inside JSON values and
+  their keys, named-query arguments) is cleaned first, the same on both
+  backends: invalid UTF-8 is replaced, text is cut at ``MAX_TEXT`` characters,
+  tab, newline and carriage return each become a space, and every other control
+  character (C0 including NUL, DEL, C1) is removed. So no stored text holds a
+  control character, whichever module or host file it came from.
 - ``await store.run_in_transaction(work)`` runs ``await work()`` (which makes
   store calls) as one short transaction, rerun whole on connection loss,
   deadlock or serialization failure (modules call it as
@@ -160,16 +166,28 @@ class Batch:
 
 
 # Untrusted text (banners, certificate fields, SNMP strings, hostnames) stays data:
-# every string is stored without NUL bytes, as valid UTF-8, and bounded.
+# every string is stored as valid UTF-8, bounded, and without control characters.
 MAX_TEXT = 4096
+
+# Tab, newline and carriage return become a space (they separated words where the text
+# came from); every other control character (C0, DEL, C1: Unicode category Cc) is removed.
+_CONTROLS = {code: None for code in (*range(0x20), *range(0x7F, 0xA0))} | {ord(c): " " for c in "\t\n\r"}
+
+
+_ASCII_CONTROLS = bytes((*range(0x20), 0x7F))
+
+
+def _printable_ascii(text: str) -> bool:
+    """The common case, checked cheaply: ASCII without control characters (a C loop, twice isprintable's speed)."""
+    return text.isascii() and len(text.encode("ascii").translate(None, _ASCII_CONTROLS)) == len(text)
 
 
 def clean_text(value: str) -> str:
-    if len(value) <= MAX_TEXT and value.isascii() and "\x00" not in value:
-        return value  # the common case, checked cheaply
-    if "\x00" in value:
-        value = value.replace("\x00", "")
+    if len(value) <= MAX_TEXT and _printable_ascii(value):
+        return value
     value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from undecodable bytes
+    if not value.isprintable():  # also true of some harmless characters (NBSP): translate keeps those
+        value = value.translate(_CONTROLS)
     return value if len(value) <= MAX_TEXT else value[:MAX_TEXT]
 
 
@@ -240,9 +258,10 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 def json_text(value: Any) -> JsonText:
     text = _dumps(value)
-    # The encoder writes non-ASCII, NUL and lone surrogates as \u escapes, and no
-    # string inside a text this short is over-long: only then is there anything to clean.
-    if len(text) > MAX_TEXT or "\\u" in text:
+    # The encoder writes every character that is not printable ASCII as a backslash
+    # escape, and no string inside a text this short is over-long: only then is there
+    # anything to clean.
+    if len(text) > MAX_TEXT or "\\" in text:
         text = _dumps(clean_value(value))
     return JsonText(text)
 
@@ -255,7 +274,7 @@ def clean_column(values: list[Any]) -> list[Any]:
             return values
         texts = [v for v in values if type(v) is str]
         joined = "".join(texts)
-        if joined.isascii() and "\x00" not in joined and max(map(len, texts)) <= MAX_TEXT:
+        if _printable_ascii(joined) and max(map(len, texts)) <= MAX_TEXT:
             return values
     return [json_text(v) if isinstance(v, _CONTAINERS) else clean_value(v) for v in values]
 
