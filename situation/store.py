@@ -22,6 +22,11 @@ Modules never build SQL from data. They call:
   tab, newline and carriage return each become a space, and every other control
   character (C0 including NUL, DEL, C1) is removed. So no stored text holds a
   control character, whichever module or host file it came from.
+- An integer outside the signed 64-bit range (which SQLite and PostgreSQL
+  refuse with errors of their own) never reaches a backend: the upsert or
+  named query raises :class:`IntegerOutOfRange`, naming the table and column
+  (or the query and argument), and writes nothing. Modules range-check what
+  they parse; this is the safety net that keeps the failure one clear line.
 - ``await store.run_in_transaction(work)`` runs ``await work()`` (which makes
   store calls) as one short transaction, rerun whole on connection loss,
   deadlock or serialization failure (modules call it as
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
+from situation.errors import SituationError
 from situation.migrations import sql_root
 
 # Conflict targets by name, per table: the key columns, and the expression list
@@ -191,6 +197,35 @@ def clean_text(value: str) -> str:
     return value if len(value) <= MAX_TEXT else value[:MAX_TEXT]
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class IntegerOutOfRange(SituationError):
+    """An integer no backend can store; the batch or query is refused as a whole."""
+
+    def __init__(self, where: str, value: int):
+        super().__init__(f"{where}: {_describe_integer(value)} is outside the signed 64-bit range a database "
+                         "column holds; nothing was written (the value's reader should range-check it)")
+
+
+def _describe_integer(value: int) -> str:
+    # Python refuses to print an integer of more than 4300 digits, and a long one says nothing more.
+    return f"{value}" if value.bit_length() <= 128 else f"a {value.bit_length()}-bit integer"
+
+
+def check_int64(values: list[Any], where: str, kinds: set[type] | None = None) -> None:
+    """Raise IntegerOutOfRange for the first integer of ``values`` outside the signed 64-bit range."""
+    kinds = set(map(type, values)) if kinds is None else kinds
+    if kinds == {int}:
+        integers = values  # min and max then run in C over the list as it is
+    elif kinds == _INT_OR_NONE:
+        integers = [v for v in values if v is not None]
+    else:
+        integers = [v for v in values if isinstance(v, int)]
+    if integers and (min(integers) < INT64_MIN or max(integers) > INT64_MAX):
+        raise IntegerOutOfRange(where, next(v for v in integers if not INT64_MIN <= v <= INT64_MAX))
+
+
 def clean_value(value: Any) -> Any:
     """``value`` with every string in it (also inside JSON lists and objects) cleaned."""
     if value is None or isinstance(value, (int, float)):
@@ -204,8 +239,11 @@ def clean_value(value: Any) -> Any:
     return value
 
 
-def clean_arguments(args: Sequence[Any]) -> list[Any]:
-    """Named-query arguments get the same cleaning as upserted values."""
+def clean_arguments(args: Sequence[Any], query: str) -> list[Any]:
+    """Named-query arguments get the same cleaning and range check as upserted values."""
+    for number, arg in enumerate(args, start=1):
+        if isinstance(arg, int):
+            check_int64([arg], f"argument ${number} of query {query}")
     return [clean_value(a) for a in args]
 
 
@@ -230,7 +268,7 @@ def plan_batch(
         raise ValueError(f"batch lacks key columns {missing}")
     if any(row.keys() != expected for row in rows):
         raise ValueError("every row of a batch must have the same columns")
-    values = {c: clean_column([row[c] for row in rows]) for c in columns}
+    values = {c: clean_column([row[c] for row in rows], f"{table}.{c}") for c in columns}
     key_values = [values[c] for c in target.columns]
     row_keys = list(zip(*key_values))
     last_row_of = dict(zip(row_keys, range(len(rows))))  # a later duplicate overrides
@@ -266,9 +304,11 @@ def json_text(value: Any) -> JsonText:
     return JsonText(text)
 
 
-def clean_column(values: list[Any]) -> list[Any]:
-    """``values`` cleaned (see ``clean_value``); lists and dicts become ``JsonText``."""
+def clean_column(values: list[Any], where: str = "a column") -> list[Any]:
+    """``values`` cleaned (see ``clean_value``) and range-checked; lists and dicts become ``JsonText``."""
     kinds = set(map(type, values))
+    if int in kinds or not kinds <= _SCALARS:
+        check_int64(values, where, kinds)
     if kinds <= _SCALARS:
         if str not in kinds:
             return values
@@ -280,6 +320,7 @@ def clean_column(values: list[Any]) -> list[Any]:
 
 
 _SCALARS = {str, int, float, bool, type(None)}
+_INT_OR_NONE = {int, type(None)}
 _CONTAINERS = (list, tuple, dict)
 
 

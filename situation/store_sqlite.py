@@ -173,7 +173,7 @@ class SqliteStore:
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
         sql = to_sqlite_placeholders(query_text(self.dialect, query))
         # A deferred BEGIN: reads do not take the write lock other processes may want.
-        return await self._run(_fetch, sql, [_encode(a) for a in clean_arguments(args)], write=False)
+        return await self._run(_fetch, sql, [_encode(a) for a in clean_arguments(args, query)], write=False)
 
     async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
         rows = await self.fetch(query, *args)
@@ -185,7 +185,7 @@ class SqliteStore:
 
     async def execute(self, query: str, *args: Any) -> int:
         sql = to_sqlite_placeholders(query_text(self.dialect, query))
-        return await self._run(_execute, sql, [_encode(a) for a in clean_arguments(args)])
+        return await self._run(_execute, sql, [_encode(a) for a in clean_arguments(args, query)])
 
     async def upsert(
         self,

@@ -381,3 +381,29 @@ async def test_no_control_character_is_ever_stored(store):
     # Arguments are cleaned as values are, so hostile text finds the row it was stored as.
     assert (await store.fetchrow("machine_by_host_id", "id\x9b\x85\x00"))["id"] == machine
     assert [r["machine_id"] for r in await store.fetch("machines_by_hostname", f"web{HOSTILE}01")] == [machine]
+
+
+async def stored_disk_sizes(store) -> dict[str, int]:
+    if store.dialect == "sqlite":
+        with sqlite3.connect(store.path) as db:
+            return dict(db.execute("SELECT name, size FROM disks"))
+    async with store.pool.acquire() as connection:
+        return dict(await connection.fetch("SELECT name, size FROM situation.disks"))
+
+
+async def test_an_integer_outside_64_bits_never_reaches_the_backend(store):
+    """The batch is refused whole, with one error naming table and column; the range's ends are stored."""
+    from situation.store import IntegerOutOfRange
+
+    machine = await host(store)
+    for huge in (2**63, -(2**63) - 1, 99999999999999999999999, 10**5000):
+        rows = [{"name": "sda", "size": 1, "machine_id": machine}, {"name": "sdb", "size": huge, "machine_id": machine}]
+        with pytest.raises(IntegerOutOfRange, match=r"^disks\.size: .* outside the signed 64-bit range"):
+            await store.upsert("disks", rows, key="machine_disk_name")
+        with pytest.raises(IntegerOutOfRange, match=r"^argument \$2 of query set_machine_chassis: "):
+            await store.execute("set_machine_chassis", "vm", huge, AGENT)
+    assert await stored_disk_sizes(store) == {}
+    edges = [{"name": "max", "size": 2**63 - 1, "machine_id": machine},
+             {"name": "min", "size": -(2**63), "machine_id": machine}]
+    assert (await store.upsert("disks", edges, key="machine_disk_name")).written == 2
+    assert await stored_disk_sizes(store) == {"max": 2**63 - 1, "min": -(2**63)}
