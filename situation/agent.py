@@ -19,13 +19,14 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from situation.discovery import Discovery
 from situation.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, SituationError
 from situation.hostroot import HostRoot
@@ -67,6 +68,8 @@ class AgentConfig:
     pool_size: int = 4
     statement_cache: bool = True
     summary: bool = False
+    # One policy, and so one packet budget, for every module of this process.
+    discovery: Discovery = field(default_factory=Discovery)
 
     @property
     def database(self) -> str:
@@ -74,8 +77,15 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, registry: Mapping[str, ModuleSpec] | None = None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        registry: Mapping[str, ModuleSpec] | None = None,
+        report: Callable[[Store], Awaitable[None]] | None = None,
+    ):
         self.config = config
+        self.report = report  # after a --once cycle, instead of the summary
         self.modules = plan(
             registry if registry is not None else load_builtin_modules(),
             config.disabled,
@@ -117,7 +127,9 @@ class Agent:
             if self.config.once:
                 if self.stopping.is_set():
                     return 128 + self._signal  # interrupted: the pass is incomplete
-                if self.config.summary:
+                if self.report is not None:
+                    await self.report(self.store)
+                elif self.config.summary:
                     await self._print_summary()
                 return 0 if healthy else 1
             delay = self._next_delay(healthy)
@@ -246,6 +258,7 @@ class Agent:
             options=options,
             root=self.root,
             host=host,
+            discovery=self.config.discovery,
         )
 
     def _next_delay(self, healthy: bool) -> float:

@@ -55,14 +55,31 @@ def sweep_network(network: ipaddress.IPv4Network) -> ipaddress.IPv4Network | Non
     return network
 
 
-def parse_networks(text: str, *, what: str) -> tuple[IPNetwork, ...]:
-    """``CIDR[,CIDR…]`` (plain addresses allowed) as networks; ValueError names the bad item."""
+def parse_networks(text: str, *, what: str, strict: bool = False) -> tuple[IPNetwork, ...]:
+    """``CIDR[,CIDR…]`` (plain addresses allowed) as networks; ValueError names the bad item.
+
+    ``strict`` refuses a CIDR with host bits set (``10.0.0.5/24``): it is not
+    clear whether the address or its whole network was meant.
+    """
     networks = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"{what}: {item!r} is not an address or a network; write e.g. 192.0.2.0/24") from None
+        if strict and not _is_strict_network(item):
+            address = item.split("/")[0]
+            raise ValueError(f"{what}: {item!r} is not a network (host bits set); write {network} for the "
+                             f"network or {address} for the one address")
+        networks.append(network)
     return tuple(networks)
+
+
+def _is_strict_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return False
+    return True

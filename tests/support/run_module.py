@@ -22,10 +22,17 @@ import sys
 import structlog
 
 
+def _namespace_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:  # /proc/1 may be out of reach (a container, hidepid)
+        return None
+
+
 def _refuse_home_namespace() -> None:
-    here = os.stat("/proc/self/ns/net").st_ino
+    here = _namespace_of("/proc/self/ns/net")
     home = os.environ.get("SITUATION_TEST_HOME_NETNS")
-    if not home or here == int(home) or here == os.stat("/proc/1/ns/net").st_ino:
+    if not home or here is None or here == int(home) or here == _namespace_of("/proc/1/ns/net"):
         sys.stderr.write("refusing to run: not inside a test-made network namespace\n")
         sys.exit(97)
 
