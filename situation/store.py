@@ -178,8 +178,6 @@ MAX_TEXT = 4096
 # Tab, newline and carriage return become a space (they separated words where the text
 # came from); every other control character (C0, DEL, C1: Unicode category Cc) is removed.
 _CONTROLS = {code: None for code in (*range(0x20), *range(0x7F, 0xA0))} | {ord(c): " " for c in "\t\n\r"}
-
-
 _ASCII_CONTROLS = bytes((*range(0x20), 0x7F))
 
 

@@ -115,8 +115,8 @@ class SqliteStore:
         found = await self._call(_schema_version, self._db)
         if found < expected:
             raise MigrationError(
-                f"SQLite database {redact_dsn(self.path)} is at schema version {found} but this build needs {expected}; "
-                "run without --no-migration once"
+                f"SQLite database {redact_dsn(self.path)} is at schema version {found} "
+                f"but this build needs {expected}; run without --no-migration once"
             )
         return found
 
