@@ -93,6 +93,36 @@ def plan_sweeps(rows: Iterable[Mapping], links: Sequence[Link], log) -> list[Swe
     return list(sweeps.values())
 
 
+async def scan_target_rows(ctx: Context, targets: Iterable) -> list[dict]:
+    """Under `situation scan`, each IPv4 target is swept as given (the policy keeps probes inside it).
+
+    What it finds is stored against the narrowest stored subnetwork holding the
+    target, else against a new subnetwork row for the target itself.
+    """
+    stored = []
+    for row in await ctx.store.fetch("ping_all_ipv4_subnets"):
+        try:
+            stored.append((ipaddress.IPv4Network(row["network_cidr"], strict=False), row["id"]))
+        except ValueError:
+            continue
+    rows, unheld = [], []
+    for target in (t for t in targets if t.version == 4):
+        holders = [(network, row_id) for network, row_id in stored if target.subnet_of(network)]
+        if holders:
+            rows.append({"id": max(holders, key=lambda h: h[0].prefixlen)[1], "network_cidr": str(target)})
+        else:
+            unheld.append(target)
+    if unheld:
+        result = await ctx.upsert("subnetworks", [target_subnet_row(t) for t in unheld], key="cidr_tag", update=())
+        rows += [{"id": row_id, "network_cidr": str(t)} for t, row_id in zip(unheld, result.ids)]
+    return rows
+
+
+def target_subnet_row(network: IPv4Network) -> dict:
+    return {"network_cidr": str(network), "network_addr": str(network.network_address),
+            "mask_size": network.prefixlen, "ip_version": 4, "gateway": "", "vlan_id": 0, "tag": ""}
+
+
 def attached_interface(network: IPv4Network, links: Sequence[Link]) -> str | None:
     """The Ethernet-like interface up on ``network`` (one of its addresses overlaps it), if any."""
     for link in links:
@@ -209,7 +239,9 @@ async def run(ctx: Context) -> None:
     except ProbeUnavailable as reason:
         raise Skip(str(reason)) from None
     timeout = float(ctx.options.get("timeout", DEFAULT_TIMEOUT))
-    if ctx.discovery.scope == "database":
+    if ctx.discovery.only is not None:
+        rows = await scan_target_rows(ctx, ctx.discovery.only)
+    elif ctx.discovery.scope == "database":
         rows = await ctx.store.fetch("ping_all_ipv4_subnets")
     else:
         rows = await ctx.store.fetch("ping_host_ipv4_subnets", ctx.host_id())
