@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from support.cluster import clean_environ
 from support.neighbour_table import database  # noqa: F401 (fixture)
+from support.stores import backend_store, raw_rows  # noqa: F401 (fixture)
 
 from situation.modules.netstat import HostNic, is_incoming, pick_remote_nics, plan_rows
 from situation.net.sockets import Listing, ProcessInfo, classify, plain_ip
@@ -358,3 +359,39 @@ def test_without_root_the_users_own_processes_are_recorded(test_host, holders, n
     assert output.count("not running as root") == 1
     assert report["rows"]["netstat"] > 0
     assert {pid for pid, _ in endpoints(db).values()} == {server.pid}
+
+
+# -- standard-protocol on both backends --------------------------------------------------------
+
+async def test_standard_protocols_label_unlabelled_endpoints_of_every_transport(backend_store):
+    import structlog
+
+    from situation.hostroot import HostRoot
+    from situation.module import REGISTRY, Context, load_builtin_modules
+
+    rows = [(22, "tcp", "10.0.0.1", ["custom"]), (22, "tcp6", "::1", None), (53, "udp", "10.0.0.1", None),
+            (5353, "udp6", "::1", None), (2222, "tcp", "10.0.0.1", None), (53, "tcp", "10.0.0.1", None),
+            (443, "udp", "10.0.0.1", None), (161, "snmp", "10.0.0.1", None)]
+    await backend_store.upsert("application_endpoints", [
+        {"port": port, "protocol": protocol, "addr": addr, "network_interface_id": None,
+         "application_protocols": labels} for port, protocol, addr, labels in rows],
+        key="port_protocol_addr_network_interface_id")
+    load_builtin_modules()
+    spec = REGISTRY["standard-protocol"]
+    assert spec.depends == ("netstat",)
+
+    def context():
+        return Context(store=backend_store, log=structlog.get_logger(), agent_id=backend_store.agent_id, options={},
+                       root=HostRoot.under("/"))
+
+    first = context()
+    await spec.run(first)
+    found = {(r["port"], r["protocol"]): r["application_protocols"] for r in
+             await raw_rows(backend_store, "SELECT port, protocol, application_protocols FROM application_endpoints")}
+    found = {k: json.loads(v) if isinstance(v, str) else v for k, v in found.items()}
+    assert found == {(22, "tcp"): ["custom"], (22, "tcp6"): ["ssh"], (53, "udp"): ["dns"], (5353, "udp6"): ["mdns"],
+                     (2222, "tcp"): None, (53, "tcp"): ["dns"], (443, "udp"): ["quic"], (161, "snmp"): None}
+    assert first.rows_written == 5
+    again = context()
+    await spec.run(again)
+    assert again.rows_written == 0
