@@ -33,7 +33,7 @@ from support.neighbour_table import database  # noqa: F401 (fixture)
 from support.stores import backend_store, raw_rows  # noqa: F401 (fixture)
 
 from situation.modules.netstat import HostNic, is_incoming, pick_remote_nics, plan_rows
-from situation.net.sockets import Listing, ProcessInfo, classify, plain_ip
+from situation.net.sockets import ProcessInfo, classify, plain_ip
 
 AGENT_ID = "ne75ae7ne75ae7ne75ae7ne75ae7ne70".replace("n", "a")
 HOLDER = Path(__file__).parent / "support" / "socket_holder.py"

@@ -150,9 +150,7 @@ def describe_process(pid: int) -> ProcessInfo | None:
         if command and executable:
             return ProcessInfo(pid, executable, tuple(command[1:]), uid)
         return ProcessInfo(pid, process.name(), (), uid)
-    except psutil.NoSuchProcess:
-        return None
-    except psutil.AccessDenied:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
