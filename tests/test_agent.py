@@ -300,3 +300,71 @@ def test_bad_run_settings_are_one_line(test_host, tmp_path, args, extra_env, exp
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("situation: error: ") and expected in lines[0], result.stderr
     assert "Hunter2" not in result.stderr + result.stdout
+
+
+# -- a one-shot pass that records nothing never exits 0 (issue 14, item 4) ------------------------
+
+
+def _recorded_database(test_host, tmp_path: Path) -> Path:
+    """A real database file, written by one pass."""
+    database = tmp_path / "recorded.sqlite"
+    result = situation(test_host, "run", "--once", "--db", str(database), env=agent_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    return database
+
+
+def _garbled_copy(database: Path, table: str) -> Path:
+    """A copy of ``database`` whose ``table`` has its root data page overwritten with garbage."""
+    with sqlite3.connect(database) as db:
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    copy = database.with_name(f"garbled-{table}.sqlite")
+    copy.write_bytes(database.read_bytes())
+    with copy.open("r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+    return copy
+
+
+def _read_only_copy(database: Path) -> Path:
+    copy = database.with_name("read-only.sqlite")
+    copy.write_bytes(database.read_bytes())
+    copy.chmod(0o444)
+    return copy
+
+
+# Root without CAP_DAC_OVERRIDE may not write a file whose mode forbids it.
+WITHOUT_DAC_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("read-only file", "attempt to write a readonly database); give this user write access"),
+    ("garbled machines page", "database disk image is malformed); the file is damaged"),
+])
+def test_once_that_records_nothing_exits_non_zero(test_host, tmp_path, case, expected):
+    database = _recorded_database(test_host, tmp_path)
+    if case == "read-only file":
+        argv = (*WITHOUT_DAC_OVERRIDE, sys.executable, "-m", "situation", "run", "--once", "--summary",
+                "--db", str(_read_only_copy(database)))
+    else:
+        argv = (sys.executable, "-m", "situation", "run", "--once", "--summary",
+                "--db", str(_garbled_copy(database, "machines")))
+    result = test_host.run(*argv, env=agent_env(tmp_path, SITUATION_LOG_LEVEL="error"), timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""  # no summary of a failed pass
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("situation: error: the database failed during this pass (module ") and expected in last
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_once_summary_that_cannot_be_read_is_one_line(test_host, tmp_path):
+    # The pass writes no package, so it succeeds; reading the counts back then fails.
+    garbled = _garbled_copy(_recorded_database(test_host, tmp_path), "packages")
+    result = situation(test_host, "run", "--once", "--summary", "--db", str(garbled),
+                       env=agent_env(tmp_path, SITUATION_LOG_LEVEL="error"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"situation: error: the pass was recorded, but SQLite {garbled} cannot be read back for the summary "
+        "(DatabaseError: database disk image is malformed); the file is damaged: restore it from a backup, "
+        "or point --db at a new file"
+    ]
