@@ -28,13 +28,14 @@ from typing import Any
 import asyncpg
 import structlog
 
-from situation.errors import ConfigError, ConnectError, PassFailed, SituationError
+from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
 from situation.store import Store, is_postgres_dsn, open_store
 from situation.store_postgres import StoreUnavailable
+from situation.store_sqlite import busy_message, is_busy
 
 log = structlog.get_logger("situation.agent")
 
@@ -138,9 +139,9 @@ class Agent:
         if not healthy:
             raise ConnectError(f"the database became unusable during the pass ({self._database_problem})",
                                transient=True)
-        problem = pass_problem(results)
-        if problem:
-            raise PassFailed(problem)
+        failure = pass_failure(results, self.config.database)
+        if failure is not None:
+            raise failure
         if self.config.summary:
             await self._print_summary()
         return 0
@@ -319,16 +320,18 @@ class Agent:
                 print(f"  {label:<13} {counts[table]}", file=sys.stdout)
 
 
-def pass_problem(results: list[ModuleResult]) -> str | None:
+def pass_failure(results: list[ModuleResult], database: str) -> SituationError | None:
     """Why a finished pass counts as failed: the database failed a module, or no module succeeded."""
     broken = next((r for r in results if r.failed and isinstance(r.error, DATABASE_ERRORS)), None)
     if broken is not None:
-        return (f"the database failed during this pass (module {broken.name}: {_one_line(broken.error)})"
-                f"{_database_hint(broken.error)}")
+        if is_busy(broken.error):
+            return DatabaseBusy(busy_message(database))
+        return PassFailed(f"the database failed during this pass (module {broken.name}: {_one_line(broken.error)})"
+                          f"{_database_hint(broken.error)}")
     if results and not any(r.status in (OK, SKIPPED) for r in results):
         failed = ", ".join(r.name for r in results if r.failed) or "none"
-        return (f"no module succeeded in this pass (failed: {failed}; the others depend on them); "
-                "the log above says why")
+        return PassFailed(f"no module succeeded in this pass (failed: {failed}; the others depend on them); "
+                          "the log above says why")
     return None
 
 

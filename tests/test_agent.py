@@ -368,3 +368,43 @@ def test_once_summary_that_cannot_be_read_is_one_line(test_host, tmp_path):
         "(DatabaseError: database disk image is malformed); the file is damaged: restore it from a backup, "
         "or point --db at a new file"
     ]
+
+
+# -- a locked SQLite file (issue 14, items 8 and 9) ------------------------------------------------
+
+HOLD_EXCLUSIVE = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+class ExclusiveHolder:
+    """Another process holding ``BEGIN EXCLUSIVE`` on an SQLite file until the block ends."""
+
+    def __init__(self, database: Path):
+        self.process = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(database)],
+                                        stdout=subprocess.PIPE, text=True)
+
+    def __enter__(self):
+        assert self.process.stdout.readline().strip() == "held"
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
+def test_locked_sqlite_file_is_a_temporary_failure(test_host, tmp_path):
+    database = _recorded_database(test_host, tmp_path)
+    with ExclusiveHolder(database):
+        result = situation(test_host, "run", "--once", "--db", str(database), env=agent_env(tmp_path), timeout=60)
+    assert result.returncode == 75, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f'situation: error: another process holds the SQLite database "{database}" '
+        "(waited 10s, the busy timeout); try again once it has finished"
+    )
+    assert "remove" not in result.stderr
