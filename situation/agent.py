@@ -112,8 +112,8 @@ class Agent:
         self.notifier.ready(status="opening the database")
         try:
             self.store = await self._open_store()
-            if self.store is None:  # stopped while waiting for the database
-                return 0
+            if self.store is None:  # stopped while connecting, or waiting for a lock
+                return self._stopped_status()
             self.notifier.status("first cycle")
             return await self._loop()
         finally:
@@ -135,7 +135,7 @@ class Agent:
     async def _finish_pass(self, results: list[ModuleResult], healthy: bool) -> int:
         """The status of a one-shot pass: 0 only when it ran to its end and something was recorded."""
         if self.stopping.is_set():
-            return 128 + self._signal  # interrupted: the pass is incomplete
+            return self._stopped_status()
         if not healthy:
             raise ConnectError(f"the database became unusable during the pass ({self._database_problem})",
                                transient=True)
@@ -145,6 +145,11 @@ class Agent:
         if self.config.summary:
             await self._print_summary()
         return 0
+
+    def _stopped_status(self) -> int:
+        """A daemon asked to stop has done its job (0); a one-shot pass that did not run
+        to its end, whether it had started or not, was interrupted (128 + the signal)."""
+        return 128 + self._signal if self.config.once else 0
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

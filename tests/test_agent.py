@@ -408,3 +408,88 @@ def test_locked_sqlite_file_is_a_temporary_failure(test_host, tmp_path):
         "(waited 10s, the busy timeout); try again once it has finished"
     )
     assert "remove" not in result.stderr
+
+
+class SilentServer:
+    """A PostgreSQL Unix socket that accepts connections and never answers: connecting hangs."""
+
+    def __init__(self, directory: Path, port: int = 5999):
+        self.port = port
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(directory / f".s.PGSQL.{port}"))
+        self.listener.listen()
+        self.listener.settimeout(60)
+        self.dsn = f"postgresql://agent@/situation?host={directory}&port={port}&sslmode=disable"
+        self.accepted: list[socket.socket] = []
+
+    def wait_for_a_client(self) -> None:
+        self.accepted.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        for connection in (*self.accepted, self.listener):
+            connection.close()
+
+
+class MigrationLockHolder:
+    """A psql session holding the migration advisory lock of ``database``."""
+
+    def __init__(self, cluster: Cluster, database: str):
+        from support.cluster import SUPERUSER, make_conninfo
+
+        target = make_conninfo(host=cluster.socket_dir, port=cluster.port, user=SUPERUSER, dbname=database)
+        self.process = subprocess.Popen([str(cluster.psql_path), "-XAtq", "-d", target], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=clean_environ())
+        self.process.stdin.write(f"SELECT pg_advisory_lock({migrations.LOCK_KEY}), 'held';\n")
+        self.process.stdin.flush()
+
+    def __enter__(self):
+        assert self.process.stdout.readline().strip() == "|held"
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
+def _interrupt_once(test_host, tmp_path: Path, database: str, number: int, waiting, **env: str) -> int:
+    """Start `run --once` on ``database``; once ``waiting(log)`` returns, send signal ``number``; its status."""
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        process = test_host.popen(sys.executable, "-m", "situation", "run", "--once", "--db", database,
+                                  env=agent_env(tmp_path, **env), stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            waiting(log)
+            process.send_signal(number)
+            return process.wait(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=lambda n: signal.Signals(n).name)
+def test_once_interrupted_before_its_pass_exits_128_plus_the_signal(number, test_host, tls_cluster, fresh_database,
+                                                                   tmp_path):
+    # While connecting: the server accepted the connection and says nothing.
+    server = SilentServer(Path(tempfile.mkdtemp(dir="/tmp")))
+    try:
+        status = _interrupt_once(test_host, tmp_path, server.dsn, number, lambda log: server.wait_for_a_client(),
+                                 SITUATION_AGENT_ID=AGENT_ID)
+    finally:
+        server.close()
+    assert status == 128 + number, "while connecting"
+    # While waiting for the migration lock another session holds.
+    name = fresh_database("locked")
+    with MigrationLockHolder(tls_cluster, name):
+        status = _interrupt_once(test_host, tmp_path, tls_cluster.superuser_dsn(name), number,
+                                 lambda log: _wait_for_log(log, "waiting for another migration to finish", 30))
+    assert status == 128 + number, "while waiting for the migration lock"
+    assert tls_cluster.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'situation'", dbname=name) == "0"
+    # While waiting for an SQLite file another process holds (its busy timeout is 10 s).
+    database = _recorded_database(test_host, tmp_path)
+    with ExclusiveHolder(database):
+        started = time.monotonic()
+        status = _interrupt_once(test_host, tmp_path, str(database), number,
+                                 lambda log: (_wait_for_log(log, "using the embedded SQLite database", 30),
+                                              time.sleep(1)))
+        assert time.monotonic() - started < 8  # it did not wait out the busy timeout
+    assert status == 128 + number, "while waiting for a locked SQLite file"
