@@ -493,3 +493,34 @@ def test_once_interrupted_before_its_pass_exits_128_plus_the_signal(number, test
                                               time.sleep(1)))
         assert time.monotonic() - started < 8  # it did not wait out the busy timeout
     assert status == 128 + number, "while waiting for a locked SQLite file"
+
+
+# -- small ones (issue 14, item 11) ----------------------------------------------------------------
+
+
+# Imports that the command line makes at start-up, in this order: a Ctrl-C right after
+# each must still end the process quietly.
+STARTUP_IMPORTS = ("asyncpg", "click", "structlog", "uvloop", "situation.config", "situation.modules.host_network",
+                   "situation.cli")
+
+
+@pytest.mark.parametrize("after", STARTUP_IMPORTS)
+def test_ctrl_c_while_starting_prints_no_traceback(after, test_host, tmp_path):
+    # -X importtime reports each import as it finishes: the signal lands right after ``after``.
+    process = test_host.popen(sys.executable, "-X", "importtime", "-m", "situation", "run", "--once",
+                              "--db", str(tmp_path / "db.sqlite"), env=agent_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in process.stderr:
+            if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == after:
+                process.send_signal(signal.SIGINT)
+                break
+        else:
+            raise AssertionError(f"{after} was never imported")
+        rest = process.stderr.read()
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert process.returncode == 128 + signal.SIGINT, rest
