@@ -123,7 +123,12 @@ def plan(migrations: list[Migration], history: list[Applied]) -> list[Migration]
                 f"database schema is at version {max(r.version for r in history)}, newer than this build "
                 f"({newest_known}); upgrade situation before migrating"
             )
-        migration = known[row.version]
+        migration = known.get(row.version)
+        if migration is None:  # below 1: no file was ever numbered so
+            raise MigrationError(
+                f"database migration history holds version {row.version}, which no migration has (they start at 0001); "
+                "it was changed by hand: delete that row from schema_migrations before migrating"
+            )
         if migration.checksum != row.checksum:
             raise MigrationError(
                 f"migration {migration.filename} was changed after it was applied "
