@@ -103,6 +103,8 @@ def read_dsn_file(path: Path) -> str:
         raise ConfigError(f'DSN file "{path}" is not UTF-8 text; it must hold one DSN line') from None
     if not text:
         raise ConfigError(f'DSN file "{path}" is empty; write the PostgreSQL DSN into it')
+    if "\0" in text:
+        raise ConfigError(f'DSN file "{path}" holds a NUL byte; it must hold one line of text: the DSN or an SQLite path')
     return text
 
 

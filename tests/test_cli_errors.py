@@ -374,3 +374,15 @@ def test_a_role_never_granted_is_told_to_get_a_grant(ungranted, test_host, tls_c
     )
     assert run_cli("grant", UNGRANTED, "--db", owner, home=tmp_path).returncode == 0
     assert run_cli("check", "--db", over_tls, home=tmp_path).stdout.count("has no rights") == 0
+
+
+def test_nul_in_an_sqlite_path_from_a_db_file_is_one_clear_line(test_host, tmp_path):
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_bytes(b"/var/lib/situation/agent\0.sqlite\n")
+    expected = (f'situation: error: DSN file "{dsn_file}" holds a NUL byte; it must hold one line of text: '
+                "the DSN or an SQLite path")
+    assert assert_one_line_error(run_cli("migrate", "--db-file", str(dsn_file), home=tmp_path)) == expected
+    # Whole-cycle runs go inside the isolated host, even one that fails before its pass.
+    run = test_host.run(sys.executable, "-m", "situation", "run", "--once", "--db-file", str(dsn_file),
+                        env=clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state")), timeout=60)
+    assert assert_one_line_error(run) == expected
