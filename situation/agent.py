@@ -331,8 +331,11 @@ def pass_failure(results: list[ModuleResult], database: str) -> SituationError |
     if broken is not None:
         if is_busy(broken.error):
             return DatabaseBusy(busy_message(database))
-        return PassFailed(f"the database failed during this pass (module {broken.name}: {_one_line(broken.error)})"
-                          f"{_database_hint(broken.error)}")
+        message = (f"the database failed during this pass (module {broken.name}: {_one_line(broken.error)})"
+                   f"{_database_hint(broken.error)}")
+        if isinstance(broken.error, SituationError) and _is_transient(broken.error):
+            return ConnectError(message, transient=True)
+        return PassFailed(message)
     if results and not any(r.status in (OK, SKIPPED) for r in results):
         failed = ", ".join(r.name for r in results if r.failed) or "none"
         return PassFailed(f"no module succeeded in this pass (failed: {failed}; the others depend on them); "
