@@ -29,9 +29,9 @@ from situation.store import UpsertResult, clean_arguments, plan_batch, query_tex
 
 log = structlog.get_logger("situation.store")
 
-MIN_SQLITE = (3, 35, 0)
+MIN_SQLITE = (3, 35, 0)  # UPSERT, RETURNING, UPDATE … FROM, JSON1
 BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another process's lock
-OPEN_LOCK_POLL_MS = 100  # the wait per try while the store opens (see _while_locked)  # UPSERT, RETURNING, UPDATE … FROM, JSON1
+OPEN_LOCK_POLL_MS = 100  # the wait per try while the store opens (see _while_locked)
 JSON_COLUMNS = frozenset(
     {"ip", "flags", "partitions", "config", "tls", "fingerprints", "application_protocols", "args", "files"}
 )
