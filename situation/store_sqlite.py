@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from situation.dsn import redact_dsn
 from situation.errors import ConfigError, DatabaseBusy, MigrationError
 from situation.migrations import Applied, Migration, load_migrations, plan
 from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
@@ -82,7 +83,7 @@ def is_busy(exc: BaseException) -> bool:
 
 def busy_message(path: str) -> str:
     return (
-        f'another process holds the SQLite database "{path}" (waited {BUSY_TIMEOUT_MS / 1000:g}s, the busy '
+        f'another process holds the SQLite database "{redact_dsn(path)}" (waited {BUSY_TIMEOUT_MS / 1000:g}s, the busy '
         "timeout); try again once it has finished"
     )
 
@@ -126,7 +127,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             await store.close()
             raise ConfigError(
-                f'SQLite database "{path}" cannot be used ({exc}); point --db at another file, '
+                f'SQLite database "{redact_dsn(path)}" cannot be used ({exc}); point --db at another file, '
                 "or restore this one from a backup"
             ) from None
         except BaseException:
