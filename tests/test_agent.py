@@ -381,15 +381,18 @@ time.sleep(600)
 """
 
 
-class ExclusiveHolder:
-    """Another process holding ``BEGIN EXCLUSIVE`` on an SQLite file until the block ends."""
+class LockHolder:
+    """Another process holding a lock from when it prints ``ready`` until the block ends."""
 
-    def __init__(self, database: Path):
-        self.process = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(database)],
-                                        stdout=subprocess.PIPE, text=True)
+    def __init__(self, argv: list[str], ready: str, *, stdin: str | None = None, env: dict[str, str] | None = None):
+        self.ready = ready
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if stdin is not None:
+            self.process.stdin.write(stdin)
+            self.process.stdin.flush()
 
     def __enter__(self):
-        assert self.process.stdout.readline().strip() == "held"
+        assert self.process.stdout.readline().strip() == self.ready
         return self
 
     def __exit__(self, *exc):
@@ -397,9 +400,14 @@ class ExclusiveHolder:
         self.process.wait()
 
 
+def exclusive_holder(database: Path) -> LockHolder:
+    """``BEGIN EXCLUSIVE`` held on an SQLite file."""
+    return LockHolder([sys.executable, "-c", HOLD_EXCLUSIVE, str(database)], "held")
+
+
 def test_locked_sqlite_file_is_a_temporary_failure(test_host, tmp_path):
     database = _recorded_database(test_host, tmp_path)
-    with ExclusiveHolder(database):
+    with exclusive_holder(database):
         result = situation(test_host, "run", "--once", "--db", str(database), env=agent_env(tmp_path), timeout=60)
     assert result.returncode == 75, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -430,25 +438,13 @@ class SilentServer:
             connection.close()
 
 
-class MigrationLockHolder:
+def migration_lock_holder(cluster: Cluster, database: str) -> LockHolder:
     """A psql session holding the migration advisory lock of ``database``."""
+    from support.cluster import SUPERUSER, make_conninfo
 
-    def __init__(self, cluster: Cluster, database: str):
-        from support.cluster import SUPERUSER, make_conninfo
-
-        target = make_conninfo(host=cluster.socket_dir, port=cluster.port, user=SUPERUSER, dbname=database)
-        self.process = subprocess.Popen([str(cluster.psql_path), "-XAtq", "-d", target], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=clean_environ())
-        self.process.stdin.write(f"SELECT pg_advisory_lock({migrations.LOCK_KEY}), 'held';\n")
-        self.process.stdin.flush()
-
-    def __enter__(self):
-        assert self.process.stdout.readline().strip() == "|held"
-        return self
-
-    def __exit__(self, *exc):
-        self.process.kill()
-        self.process.wait()
+    target = make_conninfo(host=cluster.socket_dir, port=cluster.port, user=SUPERUSER, dbname=database)
+    return LockHolder([str(cluster.psql_path), "-XAtq", "-d", target], "|held", env=clean_environ(),
+                      stdin=f"SELECT pg_advisory_lock({migrations.LOCK_KEY}), 'held';\n")
 
 
 def _interrupt_once(test_host, tmp_path: Path, database: str, number: int, waiting, **env: str) -> int:
@@ -479,14 +475,14 @@ def test_once_interrupted_before_its_pass_exits_128_plus_the_signal(number, test
     assert status == 128 + number, "while connecting"
     # While waiting for the migration lock another session holds.
     name = fresh_database("locked")
-    with MigrationLockHolder(tls_cluster, name):
+    with migration_lock_holder(tls_cluster, name):
         status = _interrupt_once(test_host, tmp_path, tls_cluster.superuser_dsn(name), number,
                                  lambda log: _wait_for_log(log, "waiting for another migration to finish", 30))
     assert status == 128 + number, "while waiting for the migration lock"
     assert tls_cluster.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'situation'", dbname=name) == "0"
     # While waiting for an SQLite file another process holds (its busy timeout is 10 s).
     database = _recorded_database(test_host, tmp_path)
-    with ExclusiveHolder(database):
+    with exclusive_holder(database):
         started = time.monotonic()
         status = _interrupt_once(test_host, tmp_path, str(database), number,
                                  lambda log: (_wait_for_log(log, "using the embedded SQLite database", 30),
