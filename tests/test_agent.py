@@ -503,20 +503,24 @@ STARTUP_IMPORTS = ("asyncpg", "click", "structlog", "uvloop", "situation.config"
 @pytest.mark.parametrize("after", STARTUP_IMPORTS)
 def test_ctrl_c_while_starting_prints_no_traceback(after, test_host, tmp_path):
     # -X importtime reports each import as it finishes: the signal lands right after ``after``.
-    process = test_host.popen(sys.executable, "-X", "importtime", "-m", "situation", "run", "--once",
-                              "--db", str(tmp_path / "db.sqlite"), env=agent_env(tmp_path),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for line in process.stderr:
-            if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == after:
-                process.send_signal(signal.SIGINT)
-                break
-        else:
-            raise AssertionError(f"{after} was never imported")
-        rest = process.stderr.read()
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    # The database is held by another process, so however late the signal lands, the agent
+    # is still waiting for it, not finished and exiting.
+    database = tmp_path / "db.sqlite"
+    with exclusive_holder(database):
+        process = test_host.popen(sys.executable, "-X", "importtime", "-m", "situation", "run", "--once",
+                                  "--db", str(database), env=agent_env(tmp_path),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            for line in process.stderr:
+                if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == after:
+                    process.send_signal(signal.SIGINT)
+                    break
+            else:
+                raise AssertionError(f"{after} was never imported")
+            rest = process.stderr.read()
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
     assert process.returncode == 128 + signal.SIGINT, rest
