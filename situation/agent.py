@@ -20,7 +20,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from situation.discovery import Discovery
 from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
@@ -77,6 +78,8 @@ class AgentConfig:
     pool_size: int = 4
     statement_cache: bool = True
     summary: bool = False
+    # One policy, and so one packet budget, for every module of this process.
+    discovery: Discovery = field(default_factory=Discovery)
 
     @property
     def database(self) -> str:
@@ -84,8 +87,15 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, registry: Mapping[str, ModuleSpec] | None = None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        registry: Mapping[str, ModuleSpec] | None = None,
+        report: Callable[[Store], Awaitable[None]] | None = None,
+    ):
         self.config = config
+        self.report = report  # after a --once cycle, instead of the summary
         self.modules = plan(
             registry if registry is not None else load_builtin_modules(),
             config.disabled,
@@ -142,7 +152,9 @@ class Agent:
         failure = pass_failure(results, self.config.database)
         if failure is not None:
             raise failure
-        if self.config.summary:
+        if self.report is not None:
+            await self.report(self.store)
+        elif self.config.summary:
             await self._print_summary()
         return 0
 
@@ -273,6 +285,7 @@ class Agent:
             options=options,
             root=self.root,
             host=host,
+            discovery=self.config.discovery,
         )
 
     def _next_delay(self, healthy: bool) -> float:

@@ -242,7 +242,7 @@ def run(dsn: str | None = None, **values) -> None:
     sys.exit(status)
 
 
-def agent_config(dsn: str | None, values: dict):
+def agent_config(dsn: str | None, values: dict, *, only=None):
     from situation.agent import AgentConfig
     from situation.identity import default_state_dir, resolve_agent_id
 
@@ -267,7 +267,54 @@ def agent_config(dsn: str | None, values: dict):
         pool_size=settings["pool_size"],
         statement_cache=not settings["no_statement_cache"],
         summary=sys.stdout.isatty() if summary is None else summary,
+        discovery=discovery_policy(settings, only=only),
     )
+
+
+def discovery_policy(settings: dict, only=None):
+    """The one discovery policy (and packet budget) of this process."""
+    from situation.discovery import Discovery
+    from situation.net.rate import RateLimiter
+
+    return Discovery(
+        scope=settings["discovery_scope"],
+        exclude=settings["discovery_exclude"],
+        rate=RateLimiter(settings["discovery_rate"]),
+        only=only,
+    )
+
+
+def _scan_settings() -> list:
+    from situation.scan import scan_registry
+
+    shared = {"agent-id", "state-dir", "pool-size", "no-migration", "no-statement-cache",
+              "discovery-exclude", "discovery-rate"}
+    modules = scan_registry(MODULES)
+    return [s for s in RUN_SETTINGS if s.key in shared or (s.option is not None and s.module in modules)]
+
+
+SCAN_SETTINGS = _scan_settings()
+
+
+@cli.command()
+@database_options
+@click.argument("targets", nargs=-1, required=True, metavar="CIDR...")
+@click_options(SCAN_SETTINGS)
+def scan(dsn: str | None = None, targets: tuple[str, ...] = (), **values) -> None:
+    """Find the live hosts of CIDR... once (like nmap -sn), record them as `run` does, print a table."""
+    import dataclasses
+
+    from situation.agent import Agent
+    from situation.scan import found_hosts, format_table, scan_registry, scan_targets
+
+    only = scan_targets(targets)
+    config = dataclasses.replace(agent_config(dsn, values, only=only), once=True, summary=False)
+
+    async def report(store) -> None:
+        click.echo(format_table(await found_hosts(store, config.agent_id, only), only))
+
+    status = run_async(Agent(config, registry=scan_registry(MODULES), report=report).run())
+    sys.exit(status)
 
 
 @cli.command()

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from situation import discovery
 from situation.errors import ConfigError
 from situation.module import ModuleSpec, Option, format_duration, parse_bool, parse_duration
 
@@ -30,11 +31,13 @@ class Setting:
     flag: str
     envs: tuple[str, ...]
     default: Any
-    kind: str  # str, int, bool, duration, path
+    kind: str  # str, int, bool, duration, path, number, choice, networks
     help: str
     module: str | None = None
     option: str | None = None
     minimum: float | None = None  # smallest accepted number (durations in seconds)
+    maximum: float | None = None  # largest accepted number (kind "number")
+    choices: tuple[str, ...] = ()  # accepted words (kind "choice")
 
 
 def _env_name(text: str) -> str:
@@ -64,6 +67,22 @@ def core_settings() -> list[Setting]:
                 "Do not use prepared statements (for PgBouncer in transaction mode)."),
         Setting("summary", "summary", "--summary/--no-summary", ("SITUATION_SUMMARY",), None, "bool",
                 "Print what was recorded after --once (default: when stdout is a terminal)."),
+        *discovery_settings(),
+    ]
+
+
+def discovery_settings() -> list[Setting]:
+    """Where and how fast every active module may send packets (one policy per agent)."""
+    return [
+        Setting("discovery-scope", "discovery_scope", "--discovery-scope", ("SITUATION_DISCOVERY_SCOPE",),
+                discovery.DEFAULT_SCOPE, "choice",
+                "attached: sweep only the subnetworks of this host's interfaces; database: every IPv4 "
+                "subnetwork in the database (the original agent's behaviour).", choices=discovery.SCOPES),
+        Setting("discovery-exclude", "discovery_exclude", "--discovery-exclude", ("SITUATION_DISCOVERY_EXCLUDE",),
+                "", "networks", "Addresses and networks (CIDR[,CIDR…]) that no module ever sends a packet to."),
+        Setting("discovery-rate", "discovery_rate", "--discovery-rate", ("SITUATION_DISCOVERY_RATE",),
+                discovery.DEFAULT_RATE, "number", "Most probe packets per second, for the whole agent.",
+                minimum=1.0, maximum=discovery.MAX_RATE),
     ]
 
 
@@ -120,7 +139,10 @@ def _option_kwargs(setting: Setting) -> dict[str, Any]:
             kwargs.update(is_flag=True, default=False)
         return kwargs
     kwargs["default"] = None
-    kwargs["metavar"] = {"duration": "DURATION", "int": "N", "path": "PATH"}.get(setting.kind, "TEXT")
+    kwargs["metavar"] = {
+        "duration": "DURATION", "int": "N", "path": "PATH", "number": "N", "networks": "CIDR[,CIDR…]",
+        "choice": "|".join(setting.choices),
+    }.get(setting.kind, "TEXT")
     return kwargs
 
 
@@ -130,7 +152,13 @@ MAX_DURATION = 366 * 86400.0  # beyond that a timer overflows, and no cycle want
 def convert(setting: Setting, value: Any) -> Any:
     """A value from Click (or None) as the setting's kind, falling back to its default."""
     if value is None:
-        return setting.default
+        value = setting.default
+    if setting.kind == "choice":
+        return _choice(setting, value)
+    if setting.kind == "networks":
+        return _networks(setting, value)
+    if setting.kind == "number":
+        return _number(setting, value)
     if not isinstance(value, str) or setting.kind not in ("duration", "int"):
         return value
     try:
@@ -145,6 +173,37 @@ def convert(setting: Setting, value: Any) -> Any:
             raise ConfigError(f"{setting.flag}: {value!r} is out of range; use a duration from {least} to 366 days")
         raise ConfigError(f"{setting.flag}: {value!r} is out of range; use a whole number of at least {setting.minimum}")
     return number
+
+
+def _choice(setting: Setting, value: str) -> str:
+    word = value.strip().lower()
+    if word not in setting.choices:
+        raise ConfigError(f"{setting.flag}: {value!r} is not one of {', '.join(setting.choices)}")
+    return word
+
+
+def _networks(setting: Setting, value: Any) -> tuple:
+    if isinstance(value, tuple):
+        return value
+    try:
+        return discovery.parse_networks(value, what=setting.flag, strict=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _number(setting: Setting, value: Any) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{setting.flag}: {value!r} is not a number") from None
+    low, high = setting.minimum, setting.maximum
+    if not math.isfinite(number) or (low is not None and number < low) or (high is not None and number > high):
+        raise ConfigError(f"{setting.flag}: {value!r} is out of range; use a number from {_plain(low)} to {_plain(high)}")
+    return number
+
+
+def _plain(number: float) -> str:
+    return f"{number:.0f}" if number == int(number) else f"{number:g}"
 
 
 def defaults_document(settings: list[Setting], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -176,6 +235,8 @@ def _from_environment(setting: Setting, text: str) -> Any:
             return parse_duration(text)
         if setting.kind == "int":
             return int(text)
+        if setting.kind == "number":
+            return float(text)
     except ValueError:
         return text
     return text

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from situation.discovery import Discovery
 from situation.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Context:
     options: Mapping[str, Any]
     root: HostRoot
     host: HostMachine = field(default_factory=HostMachine)
+    discovery: Discovery = field(default_factory=Discovery)  # where active modules may send packets
     rows_written: int = 0
 
     def count(self, rows: int) -> None:

@@ -69,3 +69,73 @@ def test_go_durations_and_booleans():
     assert parse_bool("on") and not parse_bool("F")
     with pytest.raises(ValueError):
         parse_duration("1x")
+
+
+# -- discovery settings: one policy per agent ----------------------------------------------
+
+def _discovery_settings():
+    from situation.config import core_settings
+
+    return {s.key: s for s in core_settings() if s.key.startswith("discovery-")}
+
+
+def test_discovery_settings_have_flags_environment_names_and_defaults():
+    from situation.discovery import DEFAULT_RATE
+
+    settings = _discovery_settings()
+    assert {key: (s.flag, s.envs) for key, s in settings.items()} == {
+        "discovery-scope": ("--discovery-scope", ("SITUATION_DISCOVERY_SCOPE",)),
+        "discovery-exclude": ("--discovery-exclude", ("SITUATION_DISCOVERY_EXCLUDE",)),
+        "discovery-rate": ("--discovery-rate", ("SITUATION_DISCOVERY_RATE",)),
+    }
+    assert convert(settings["discovery-scope"], None) == "attached"
+    assert convert(settings["discovery-exclude"], None) == ()
+    assert convert(settings["discovery-rate"], None) == DEFAULT_RATE
+    document = defaults_document(list(settings.values()), {"SITUATION_DISCOVERY_RATE": "500"})
+    assert document["discovery-rate"] == {**document["discovery-rate"], "default": DEFAULT_RATE, "value": 500.0}
+    assert document["discovery-scope"]["default"] == "attached"
+
+
+def test_discovery_values_are_parsed():
+    import ipaddress
+
+    settings = _discovery_settings()
+    assert convert(settings["discovery-scope"], "Database") == "database"
+    assert convert(settings["discovery-exclude"], "192.0.2.7, 198.51.100.0/25,2001:db8::/64") == (
+        ipaddress.ip_network("192.0.2.7/32"), ipaddress.ip_network("198.51.100.0/25"),
+        ipaddress.ip_network("2001:db8::/64"),
+    )
+    assert convert(settings["discovery-rate"], "250") == 250.0
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("discovery-scope", "fleet", "--discovery-scope: 'fleet' is not one of attached, database"),
+    ("discovery-exclude", "10.0.0.0/33", "--discovery-exclude: '10.0.0.0/33' is not an address or a network"),
+    ("discovery-exclude", "printer.lan", "--discovery-exclude: 'printer.lan' is not an address or a network"),
+    ("discovery-exclude", "10.0.0.5/24",
+     "--discovery-exclude: '10.0.0.5/24' is not a network (host bits set); write 10.0.0.0/24 for the network"),
+    ("discovery-rate", "0", "--discovery-rate: '0' is out of range; use a number from 1 to 1000000"),
+    ("discovery-rate", "-10", "--discovery-rate: '-10' is out of range"),
+    ("discovery-rate", "1e12", "--discovery-rate: '1e12' is out of range"),
+    ("discovery-rate", "inf", "--discovery-rate: 'inf' is out of range"),
+    ("discovery-rate", "fast", "--discovery-rate: 'fast' is not a number"),
+])
+def test_bad_discovery_values_name_the_flag(key, value, message):
+    with pytest.raises(ConfigError) as caught:
+        convert(_discovery_settings()[key], value)
+    assert str(caught.value).startswith(message)
+
+
+def test_one_discovery_policy_is_shared_by_every_module(tmp_path):
+    from situation.agent import Agent, AgentConfig
+    from situation.discovery import Discovery
+    from situation.module import HostMachine
+    from situation.net.rate import RateLimiter
+
+    policy = Discovery(rate=RateLimiter(100))
+    registry = {name: ModuleSpec(name, _noop) for name in ("ping", "tcp-scan")}
+    agent = Agent(AgentConfig(dsn=None, state_dir=tmp_path, agent_id="ab" * 16, discovery=policy), registry=registry)
+    host = HostMachine()
+    contexts = [agent._context(spec, host) for spec in registry.values()]
+    assert all(ctx.discovery is policy for ctx in contexts)
+    assert contexts[0].discovery.rate is contexts[1].discovery.rate

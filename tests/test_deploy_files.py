@@ -694,7 +694,7 @@ def refuse_agent_cycles(invocations: list[list[str]]) -> None:
     """Fail the test if any `situation` invocation would run the agent (DEVELOPERS.md, rule 1)."""
     for argv in invocations:
         _global_flags, command, flags = split_invocation(argv)
-        if command in (None, "run") and "--help" not in flags:
+        if command in (None, "run", "scan") and "--help" not in flags:
             pytest.fail(f"refusing to run {' '.join(['situation', *argv])} outside an isolated host")
 
 

@@ -131,6 +131,12 @@ def test_x86_core_id_not_an_integer_counts_blocks(tmp_path: Path) -> None:
     assert collect(tree(tmp_path, {"/proc/cpuinfo": text})).cores == 8
 
 
+@pytest.mark.parametrize("core_id", ["99999999999999999999999", "9223372036854775807", "-2"])
+def test_x86_core_id_beyond_64_bits_or_negative_counts_blocks(tmp_path: Path, core_id: str) -> None:
+    text = X86_CPUINFO.replace("core id\t\t: 3", f"core id\t\t: {core_id}")
+    assert collect(tree(tmp_path, {"/proc/cpuinfo": text})).cores == 8
+
+
 def test_raspberry_pi_armv7(tmp_path: Path) -> None:
     root = tree(
         tmp_path,

@@ -187,6 +187,24 @@ def test_disk_row(disk_root: Path) -> None:
     }
 
 
+@pytest.mark.parametrize("dev", ["8:0\x00", "../../../etc/udev", "8:0/../8:0", "8"])
+def test_dev_of_another_shape_reads_no_udev_file(tmp_path: Path, dev: str) -> None:
+    root = tmp_path / "host"
+    add_block_device(root, "sda", sectors=8, dev="8:0", rotational=1)
+    (root / "sys/block/sda/dev").write_bytes(dev.encode())
+    add_udev(root, "8:0", ID_MODEL="Disk")
+    write(root / "etc/udev", "E:ID_MODEL=Forged\n")
+    [disk] = collect_disks(HostRoot.under(root))
+    assert disk.model == "unknown"
+
+
+def test_size_past_64_bits_counts_as_zero(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    add_block_device(root, "sda", sectors=2**55, dev="8:0", rotational=1, partitions={"sda1": (2**54 - 1, "8:1")})
+    [disk] = collect_disks(HostRoot.under(root))
+    assert disk.size == 0 and disk.partitions[0].size == 2**63 - 512  # the largest that fits
+
+
 def test_missing_sys_block_gives_no_disk(tmp_path: Path) -> None:
     assert collect_disks(HostRoot.under(tmp_path)) == []
 

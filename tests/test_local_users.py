@@ -136,6 +136,24 @@ async def test_run_unreadable_passwd_is_skipped(tmp_path: Path, module_store: Mo
     assert module_store.rows("users") == []
 
 
+# Everything str.splitlines breaks a line at, besides "\n" (issue 14, item 5).
+LINE_BREAKS_OF_SPLITLINES = ["\u2028", "\u2029", "\x85", "\f", "\v", "\x1c", "\x1d", "\x1e", "\r"]
+
+
+@pytest.mark.parametrize("separator", LINE_BREAKS_OF_SPLITLINES, ids=repr)
+async def test_a_line_break_inside_gecos_forges_no_account(
+    tmp_path: Path, module_store: ModuleStore, separator: str
+) -> None:
+    passwd = f"bob:x:1000:1000:Bob{separator}ghost:x:4242:0:Ghost:/:/bin/sh\n"
+    root = tmp_path / "host"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_bytes(passwd.encode())
+    await module_store.run("local-users", root)
+    [bob] = user_columns(module_store)
+    assert (bob["uid"], bob["gid"], bob["username"]) == ("1000", "1000", "bob")
+    assert bob["name"].startswith("Bob")  # the rest of the GECOS stays data (the store cleans it)
+
+
 async def test_run_needs_host(tmp_path: Path, module_store: ModuleStore) -> None:
     with pytest.raises(RuntimeError, match="no host"):
         await module_store.run("local-users", write_passwd(tmp_path, PASSWD), machine_id=None)

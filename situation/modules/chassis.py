@@ -29,7 +29,7 @@ import re
 import shutil
 from pathlib import Path
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, read_text_or_none
 from situation.module import Context, Skip, command_output, module
 
 COMMAND_TIMEOUT = 5.0
@@ -107,16 +107,9 @@ SYSTEM_BUS_SOCKETS = ("/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_s
 # -- file helpers ------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
 def _read_first_line(path: Path) -> str:
-    lines = (_read_text(path) or "").splitlines()
-    return lines[0].strip() if lines else ""
+    first = lines(read_text_or_none(path) or "")[:1]
+    return first[0].strip() if first else ""
 
 
 def _exists(path: Path) -> bool:
@@ -135,10 +128,10 @@ def detect_container(root: HostRoot) -> str | None:
     for marker in ("/.dockerenv", "/run/.containerenv", "/run/systemd/container"):
         if _exists(root.path(marker)):
             return marker
-    cgroup = (_read_text(root.path("/proc/1/cgroup")) or "").lower()
+    cgroup = (read_text_or_none(root.path("/proc/1/cgroup")) or "").lower()
     if any(word in cgroup for word in _CONTAINER_CGROUP_WORDS):
         return "/proc/1/cgroup"
-    environ = _read_text(root.path("/proc/1/environ")) or ""
+    environ = read_text_or_none(root.path("/proc/1/environ")) or ""
     if any(item.startswith("container=") for item in environ.split("\0")):
         return "/proc/1/environ"
     return None
@@ -163,7 +156,7 @@ def is_vm_dmi(sys_vendor: str, product_name: str, bios_vendor: str = "") -> bool
 
 
 def has_hypervisor_flag(cpuinfo: str) -> bool:
-    for line in cpuinfo.splitlines():
+    for line in lines(cpuinfo):
         key, colon, value = line.partition(":")
         if colon and key.strip() in ("flags", "Features") and "hypervisor" in value.split():
             return True
@@ -174,7 +167,7 @@ def detect_vm(root: HostRoot) -> str | None:
     """The VM evidence found (for the log line), or None."""
     if is_vm_dmi(_dmi(root, "sys_vendor"), _dmi(root, "product_name"), _dmi(root, "bios_vendor")):
         return "/sys/class/dmi/id"
-    if has_hypervisor_flag(_read_text(root.path("/proc/cpuinfo")) or ""):
+    if has_hypervisor_flag(read_text_or_none(root.path("/proc/cpuinfo")) or ""):
         return "/proc/cpuinfo hypervisor flag"
     return None
 
@@ -202,7 +195,7 @@ def acpi_chassis(pm_profile: str) -> str | None:
 def _device_tree_value(root: HostRoot, name: str) -> str:
     """A device-tree string property (NUL-terminated), from /proc or /sys."""
     for base in ("/proc/device-tree", "/sys/firmware/devicetree/base"):
-        text = _read_text(root.path(f"{base}/{name}"))
+        text = read_text_or_none(root.path(f"{base}/{name}"))
         if text:
             return text.split("\0")[0].strip()
     return ""

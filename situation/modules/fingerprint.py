@@ -18,6 +18,13 @@ The original agent wrote the weighted match but never called it, checked the
 host_id before its own agent id, and inserted a second machine when both
 existed; none of that is kept. Nothing found is not an error: host-basic
 creates the row.
+
+Reading this host never fails the module: a host file that cannot be parsed
+only weakens the match (hostroot.parse_source), and should reading the
+identity fail anyway, nothing is claimed and host-basic records the host under
+its agent id. A failing fingerprint would block every other module, while the
+only cost of skipping the match is a possible duplicate of a row neighbours
+left. Database errors still fail it: host-basic could not write either.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, parse_source, read_text
 from situation.module import Context, module
 from situation.modules.host_basic import read_host_id, read_hostname
 from situation.modules.host_network import read_interfaces
@@ -84,16 +91,24 @@ def collect_identity(root: HostRoot) -> Identity:
 
 def read_listening_ports(root: HostRoot) -> set[int]:
     """TCP ports in LISTEN state, from /proc/net/tcp{,6} (readable without privileges)."""
-    ports = set()
+    ports: set[int] = set()
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = root.path(name)
         try:
-            lines = root.path(name).read_text().splitlines()[1:]
+            text = read_text(path)
         except OSError:
             continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        ports |= parse_source(path, lambda: parse_listening_ports(text), set())
+    return ports
+
+
+def parse_listening_ports(text: str) -> set[int]:
+    """Local ports of the LISTEN rows of a /proc/net/tcp{,6} table (header line first)."""
+    ports = set()
+    for line in lines(text)[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
 
@@ -138,7 +153,14 @@ async def run(ctx: Context) -> None:
     if mine is not None:  # every cycle after the first: no need to look at the host
         ctx.host.id = mine["id"]
         return
-    identity = await asyncio.to_thread(collect_identity, ctx.root)
+    try:
+        identity = await asyncio.to_thread(collect_identity, ctx.root)
+    except Exception as exc:  # noqa: BLE001 - see below
+        # Matching only avoids a duplicate of a row neighbours left; host-basic records
+        # this host under its agent id without it. Failing here would block every module.
+        ctx.log.warning("this host's identity could not be read; no existing row is claimed",
+                        error=f"{type(exc).__name__}: {exc}")
+        return
     if identity.host_id and await _claim_by_host_id(ctx, identity.host_id):
         return
     if await _claim_by_traces(ctx, identity):

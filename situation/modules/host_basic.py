@@ -3,12 +3,14 @@
 Sources, all read through :class:`~situation.hostroot.HostRoot`:
 
 - ``hostname``: ``socket.gethostname()`` on the live system, else
-  ``/proc/sys/kernel/hostname`` of the fixture/host tree.
+  ``/proc/sys/kernel/hostname`` of the fixture/host tree; invalid UTF-8 is
+  replaced (U+FFFD), as in every host file.
 - ``arch``: ``os.uname().machine`` on the live system, else
   ``/proc/sys/kernel/arch`` (Linux ≥ 6.1), falling back to ``os.uname()``.
 - ``platform``: always ``linux``.
 - ``uptime``: first field of ``/proc/uptime``, truncated to whole seconds
-  (what ``sysinfo()`` gives the original) and stored in nanoseconds.
+  (what ``sysinfo()`` gives the original) and stored in nanoseconds; 0 when
+  the file cannot be parsed.
 - ``host_id``: ``/sys/class/dmi/id/product_uuid`` (lowercased) →
   ``/etc/machine-id`` (32 characters, reformatted 8-4-4-4-12) →
   ``/proc/sys/kernel/random/boot_id`` → ``None`` (never ``''``, spec §10.2).
@@ -31,7 +33,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, in_range, lines, parse_source, read_text, read_text_or_none
 from situation.module import Context, command_output, module
 
 PLATFORM = "linux"
@@ -153,15 +155,13 @@ class Lsb:
 
 def _read_lines(path: Path) -> list[str] | None:
     """The lines of a text file, or None when it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else lines(text)
 
 
 def _first_line(path: Path) -> str:
-    lines = _read_lines(path)
-    return lines[0] if lines else ""
+    found = _read_lines(path)
+    return found[0] if found else ""
 
 
 def _has_content(path: Path) -> bool:
@@ -184,10 +184,12 @@ def _exists(path: Path) -> bool:
 
 
 def read_hostname(root: HostRoot) -> str:
-    """The kernel hostname; raises OSError when a non-live tree lacks it."""
+    """The kernel hostname, invalid UTF-8 replaced; raises OSError when a non-live tree lacks it."""
     if root.is_live:
-        return socket.gethostname()
-    return root.path("/proc/sys/kernel/hostname").read_text(encoding="utf-8").strip()
+        # The kernel takes any bytes; Python hands undecodable ones back as surrogates,
+        # which no database accepts.
+        return os.fsencode(socket.gethostname()).decode("utf-8", errors="replace")
+    return read_text(root.path("/proc/sys/kernel/hostname")).strip()
 
 
 def read_arch(root: HostRoot) -> str:
@@ -199,10 +201,21 @@ def read_arch(root: HostRoot) -> str:
 
 
 def read_uptime_ns(root: HostRoot) -> int:
-    """Uptime in nanoseconds, from whole seconds; raises OSError/ValueError when unreadable."""
-    text = root.path("/proc/uptime").read_text(encoding="ascii")
-    first = text.split()[0]
-    return int(float(first)) * 1_000_000_000
+    """Uptime in nanoseconds, from whole seconds; raises OSError when unreadable.
+
+    A file that cannot be parsed gives 0, the column's "unknown", with a warning.
+    """
+    path = root.path("/proc/uptime")
+    text = read_text(path)
+    return parse_source(path, lambda: parse_uptime_ns(text), 0)
+
+
+def parse_uptime_ns(text: str) -> int:
+    """The first field of /proc/uptime (seconds, with decimals) as whole seconds in nanoseconds."""
+    nanoseconds = in_range(int(float(text.split()[0])) * 1_000_000_000)
+    if nanoseconds is None:
+        raise ValueError(f"uptime out of range: {text.split()[0]!r}")
+    return nanoseconds
 
 
 # -- host id ------------------------------------------------------------------------------
@@ -234,7 +247,7 @@ def read_host_id(root: HostRoot) -> str | None:
 def parse_lsb_release_file(text: str) -> Lsb:
     """``/etc/lsb-release``: DISTRIB_ID and DISTRIB_RELEASE, double quotes removed."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split("=")
         if len(fields) >= 2:
             values[fields[0].strip()] = fields[1].replace('"', "").strip()
@@ -244,7 +257,7 @@ def parse_lsb_release_file(text: str) -> Lsb:
 def parse_lsb_release_output(text: str) -> Lsb:
     """Output of ``lsb_release`` (``Distributor ID:`` / ``Release:`` lines)."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split(":")
         if len(fields) >= 2:
             values[fields[0].strip()] = fields[1].replace('"', "").strip()
@@ -255,8 +268,8 @@ def read_lsb(root: HostRoot, command_output: str | None = None) -> Lsb:
     """lsb data from ``/etc/lsb-release``, else from the ``lsb_release`` output given."""
     path = root.path("/etc/lsb-release")
     if _exists(path):
-        lines = _read_lines(path)
-        return parse_lsb_release_file("\n".join(lines)) if lines is not None else Lsb()
+        text = read_text_or_none(path)
+        return parse_lsb_release_file(text) if text is not None else Lsb()
     if command_output:
         return parse_lsb_release_output(command_output)
     return Lsb()
@@ -304,7 +317,7 @@ def _trim_double_quotes(value: str) -> str:
 def parse_os_release(text: str) -> tuple[str, str]:
     """``ID`` and ``VERSION_ID`` of an os-release file (``amzn`` becomes ``amazon``)."""
     platform = version = ""
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split("=")
         if len(fields) < 2:
             continue
@@ -373,19 +386,19 @@ def detect_distribution(root: HostRoot, lsb_release_output: str | None = None) -
     elif branch == "debian_version":
         platform, version = _debian_platform(root, lsb)
     elif branch in ("neokylin-release", "redhat-release", "system-release"):
-        lines = _lines_of(root, f"/etc/{branch}")
-        platform, version = redhatish_platform(lines), redhatish_version(lines)
+        release = _lines_of(root, f"/etc/{branch}")
+        platform, version = redhatish_platform(release), redhatish_version(release)
     elif branch == "gentoo-release":
         platform, version = "gentoo", redhatish_version(_lines_of(root, "/etc/gentoo-release"))
     elif branch == "SuSE-release":
-        lines = _lines_of(root, "/etc/SuSE-release")
-        platform, version = suse_platform(lines), suse_version(lines)
+        release = _lines_of(root, "/etc/SuSE-release")
+        platform, version = suse_platform(release), suse_version(release)
     elif branch == "arch-release":
         platform, version = "arch", lsb.release
     elif branch == "alpine-release":
         platform, version = "alpine", _first_line(root.path("/etc/alpine-release"))
     elif branch == "os-release":
-        platform, version = parse_os_release("\n".join(_lines_of(root, "/etc/os-release")))
+        platform, version = parse_os_release(read_text_or_none(root.path("/etc/os-release")) or "")
     else:
         platform, version = _lsb_fallback_platform(lsb)
     platform = platform.strip('"')
@@ -410,8 +423,8 @@ async def run_lsb_release() -> str | None:
 
 
 def collect(root: HostRoot, *, lsb_release_output: str | None = None) -> HostFacts:
-    """All host facts (blocking: run it in a thread). Raises OSError/ValueError when
-    the hostname or the uptime cannot be read."""
+    """All host facts (blocking: run it in a thread). Raises OSError when the hostname
+    or the uptime cannot be read; a source that cannot be parsed is left empty."""
     distribution, version, family = detect_distribution(root, lsb_release_output)
     return HostFacts(
         hostname=read_hostname(root),

@@ -13,7 +13,8 @@ Source: ``/proc/cpuinfo`` (one block per logical CPU, each opened by a
   kernels print before the blocks; for ARM Ltd cores the name derived from
   ``CPU part`` wins (the order gopsutil's line-by-line parse yields).
 - ``cores``: ``core id`` of the last block (or its sysfs ``core_id``) + 1;
-  when that is not an integer, the number of blocks.
+  when that is not an integer (or a negative one, or one past 64 bits), the
+  number of blocks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.hostroot import HostRoot
+from situation.hostroot import INT64_MAX, HostRoot, host_int, lines, read_text, read_text_or_none
 from situation.module import Context, Skip, module
 
 # "CPU implementer" codes (MIDR_EL1 bits 31:24).
@@ -153,7 +154,7 @@ def parse_cpuinfo(text: str) -> CpuInfo:
     preamble: dict[str, str] = {}
     blocks: list[dict[str, str]] = []
     current = preamble
-    for line in text.splitlines():
+    for line in lines(text):
         key, colon, value = line.partition(":")
         if not colon:
             continue
@@ -227,25 +228,21 @@ def count_cores(root: HostRoot, info: CpuInfo) -> int:
     core_id = last.get("core id")
     if core_id is None:
         core_id = _read_sysfs_core_id(root, last.get("processor", last.get("cpu number", "")))
-    try:
-        return int(core_id) + 1
-    except (TypeError, ValueError):
-        return len(info.blocks)
+    core = host_int(core_id, maximum=INT64_MAX - 1)
+    return core + 1 if core is not None else len(info.blocks)
 
 
 def _read_sysfs_core_id(root: HostRoot, processor: str) -> str | None:
     if not processor.isdigit():
         return None
     path: Path = root.path(f"/sys/devices/system/cpu/cpu{processor}/topology/core_id")
-    try:
-        return path.read_text(encoding="ascii").strip()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else text.strip()
 
 
 def collect(root: HostRoot) -> CpuFacts:
     """CPU facts of the host (blocking). Raises OSError when /proc/cpuinfo is unreadable."""
-    text = root.path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    text = read_text(root.path("/proc/cpuinfo"))
     info = parse_cpuinfo(text)
     vendor, model = cpu_vendor_and_model(info)
     return CpuFacts(model_name=model, vendor=vendor, cores=count_cores(root, info))

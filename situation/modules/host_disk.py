@@ -7,8 +7,9 @@ Sources, all read through the module's :class:`~situation.hostroot.HostRoot`:
   virtio/hdd, ``xvd`` scsi/hdd, ``nvme`` nvme/ssd, ``sr`` scsi/optical, ``mmc``
   mmc/ssd, ``fd`` floppy without controller, ``loop`` loop/virtual; anything
   else has no known controller). An ``hdd`` whose ``queue/rotational`` is not
-  ``1`` is an ``ssd``. ``size`` counts 512-byte sectors; ``dev`` holds
-  ``major:minor``; sub-directories named after the disk are its partitions.
+  ``1`` is an ``ssd``. ``size`` counts 512-byte sectors (a size past 64 bits
+  counts as 0); ``dev`` holds ``major:minor``; sub-directories named after the
+  disk are its partitions.
 - ``/run/udev/data/b<major>:<minor>``: udev's database, ``E:ID_MODEL=`` for the
   disk model and ``E:ID_FS_TYPE=`` for a partition's filesystem.
 - ``/proc/mounts``: filesystem type and options of mounted partitions.
@@ -32,10 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot
+from situation.hostroot import INT64_MAX, HostRoot, host_int, lines, read_text_or_none
 from situation.module import Context, module
 
 SECTOR_SIZE = 512
+_DEVICE_NUMBER = re.compile(r"^[0-9]+:[0-9]+$")
 UNKNOWN = "unknown"
 
 # Name prefix → (controller, drive type); checked longest prefix first.
@@ -109,27 +111,23 @@ class Mount:
 
 def read_text(path: Path) -> str | None:
     """A sysfs/procfs file's content without surrounding whitespace; None when unreadable."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else text.strip()
 
 
-def read_int(path: Path) -> int:
-    text = read_text(path)
-    try:
-        return int(text) if text else 0
-    except ValueError:
-        return 0
+def read_size(path: Path) -> int:
+    """Bytes of a sysfs ``size`` file (512-byte sectors); 0 when unreadable or beyond 64 bits."""
+    sectors = host_int(read_text(path), maximum=INT64_MAX // SECTOR_SIZE)
+    return sectors * SECTOR_SIZE if sectors is not None else 0
 
 
 def read_udev_properties(root: HostRoot, device_number: str | None) -> dict[str, str]:
     """``E:KEY=VALUE`` lines of ``/run/udev/data/b<major:minor>``."""
-    if not device_number:
-        return {}
+    if not device_number or not _DEVICE_NUMBER.match(device_number):
+        return {}  # a sysfs ``dev`` of another shape must not pick the file read (NUL, ../)
     text = read_text(root.path(f"/run/udev/data/b{device_number}"))
     properties: dict[str, str] = {}
-    for line in (text or "").splitlines():
+    for line in lines(text or ""):
         if line.startswith("E:") and "=" in line:
             key, _, value = line[2:].partition("=")
             properties[key] = value.strip()
@@ -144,7 +142,7 @@ def _unescape_mount_field(text: str) -> str:
 def read_mounts(root: HostRoot) -> dict[str, Mount]:
     """Mounted devices of ``/proc/mounts`` by device path; the first mount of a device wins."""
     mounts: dict[str, Mount] = {}
-    for line in (read_text(root.path("/proc/mounts")) or "").splitlines():
+    for line in lines(read_text(root.path("/proc/mounts")) or ""):
         fields = line.split()
         if len(fields) < 4:
             continue
@@ -169,7 +167,8 @@ def is_rotational(device_dir: Path) -> bool:
 
 
 def _natural_key(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    # isdecimal, not isdigit: int() refuses digits such as '²' that isdigit accepts.
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name)]
 
 
 # -- collection --------------------------------------------------------------------
@@ -197,7 +196,7 @@ def read_partition(root: HostRoot, partition_dir: Path, mounts: dict[str, Mount]
         fs_type = read_udev_properties(root, read_text(partition_dir / "dev")).get("ID_FS_TYPE") or UNKNOWN
     return Partition(
         name=name,
-        size=read_int(partition_dir / "size") * SECTOR_SIZE,
+        size=read_size(partition_dir / "size"),
         type=fs_type,
         read_only=mount is not None and mount.read_only,
     )
@@ -209,7 +208,7 @@ def read_disk(root: HostRoot, device_dir: Path, mounts: dict[str, Mount]) -> Dis
     controller, drive_type = classify_device(name)
     if controller == UNKNOWN:
         return None
-    size = read_int(device_dir / "size") * SECTOR_SIZE
+    size = read_size(device_dir / "size")
     if controller == "loop":
         if size == 0:
             return None

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, host_int, read_text_or_none
 from situation.module import Context, Skip, module
 
 UNKNOWN = "unknown"
@@ -93,10 +93,8 @@ class PciNames:
 
 
 def read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else text.strip()
 
 
 def normalize_pci_id(text: str | None) -> str | None:
@@ -126,7 +124,7 @@ def driver_of(device_dir: Path) -> str:
 def card_index(name: str) -> int | None:
     """``card1`` → 1; None for connectors (``card1-DP-2``), render nodes and the rest."""
     match = _CARD_NAME.match(name)
-    return int(match.group(1)) if match else None
+    return host_int(match.group(1)) if match else None
 
 
 def read_card(card_dir: Path, index: int) -> GpuCard:
@@ -168,7 +166,8 @@ def find_pci_ids(root: HostRoot) -> Path | None:
 
 def _pci_ids_lines(path: Path) -> Iterator[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+    # newline="\n": lines end at \n only, as everywhere a host file is split (hostroot.lines).
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="\n") as handle:
         yield from handle
 
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, host_int, lines, parse_source, read_text_or_none
 from situation.module import Context, module
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -185,10 +185,8 @@ class WritePlan:
 
 
 def read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
+    text = read_text_or_none(path)
+    return None if text is None else text.strip()
 
 
 def parse_flags(text: str | None) -> int:
@@ -252,13 +250,20 @@ def read_live_addresses() -> dict[str, list[IpInterface]]:
 
 def read_fixture_addresses(root: HostRoot) -> dict[str, list[IpInterface]]:
     """Addresses per interface from the fixture file ``/situation-test/addresses.json``."""
-    text = read_text(root.path(ADDRESSES_FIXTURE))
+    path = root.path(ADDRESSES_FIXTURE)
+    text = read_text(path)
     if not text:
         return {}
+    return parse_source(path, lambda: parse_fixture_addresses(text), {})
+
+
+def parse_fixture_addresses(text: str) -> dict[str, list[IpInterface]]:
     document = json.loads(text)
+    if not isinstance(document, dict) or not all(isinstance(v, list) for v in document.values()):
+        raise ValueError("not an object of address lists")
     addresses: dict[str, list[IpInterface]] = {}
     for name, entries in document.items():
-        parsed = (parse_address(entry) for entry in entries)
+        parsed = (parse_address(str(entry)) for entry in entries)
         addresses[name] = [address for address in parsed if address is not None]
     return addresses
 
@@ -269,8 +274,7 @@ def read_addresses(root: HostRoot) -> dict[str, list[IpInterface]]:
 
 def read_interface(net_dir: Path, name: str, addresses: Sequence[IpInterface]) -> Interface:
     interface_dir = net_dir / name
-    type_text = read_text(interface_dir / "type")
-    arp_type = int(type_text) if type_text and type_text.isdigit() else None
+    arp_type = host_int(read_text(interface_dir / "type"))
     return Interface(
         name=name,
         mac=normalize_mac(read_text(interface_dir / "address"), arp_type),
@@ -302,7 +306,7 @@ def _little_endian_ipv4(hex_text: str) -> ipaddress.IPv4Address:
 def parse_ipv4_routes(text: str) -> list[DefaultRoute]:
     """Default routes (destination and mask 0, up, via a gateway) of ``/proc/net/route``."""
     routes = []
-    for line in text.splitlines()[1:]:
+    for line in lines(text)[1:]:
         fields = line.split()
         if len(fields) < 8:
             continue
@@ -320,7 +324,7 @@ def parse_ipv4_routes(text: str) -> list[DefaultRoute]:
 def parse_ipv6_routes(text: str) -> list[DefaultRoute]:
     """Default routes (``::/0``, up, via a next hop, not rejecting) of ``/proc/net/ipv6_route``."""
     routes = []
-    for line in text.splitlines():
+    for line in lines(text):
         fields = line.split()
         if len(fields) < 10:
             continue
@@ -347,8 +351,10 @@ def best_route(routes: Iterable[DefaultRoute]) -> DefaultRoute | None:
 def read_default_routes(root: HostRoot) -> list[DefaultRoute]:
     """The IPv4 default route, then the IPv6 one, each when present."""
     routes = []
-    for path, parse in (("/proc/net/route", parse_ipv4_routes), ("/proc/net/ipv6_route", parse_ipv6_routes)):
-        route = best_route(parse(read_text(root.path(path)) or ""))
+    for name, parse in (("/proc/net/route", parse_ipv4_routes), ("/proc/net/ipv6_route", parse_ipv6_routes)):
+        path = root.path(name)
+        text = read_text(path) or ""
+        route = best_route(parse_source(path, lambda: parse(text), []))
         if route is not None:
             routes.append(route)
     return routes

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from situation.hostroot import HostRoot
+from situation.hostroot import HostRoot, lines, read_text
 from situation.module import Context, Skip, module
 
 
@@ -35,7 +35,7 @@ class LocalUser:
 def _records(text: str) -> list[list[str]]:
     """Non-comment passwd lines split on ``:`` (at most 7 fields, like Go's SplitN)."""
     records = []
-    for raw in text.splitlines():
+    for raw in lines(text):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -72,7 +72,7 @@ def parse_passwd(text: str) -> list[LocalUser]:
 
 def collect(root: HostRoot) -> list[LocalUser]:
     """Local accounts of the host (blocking). Raises OSError when /etc/passwd is unreadable."""
-    text = root.path("/etc/passwd").read_text(encoding="utf-8", errors="replace")
+    text = read_text(root.path("/etc/passwd"))
     return parse_passwd(text)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GUARD = Path(__file__).with_name("isolated_exec.py")
+RUN_MODULE = Path(__file__).with_name("run_module.py")
 
 
 def home_namespace() -> int:
@@ -90,6 +91,10 @@ class IsolatedHost:
         return subprocess.run(
             self.command(*argv), env=_guarded(env), capture_output=True, text=True, timeout=timeout, **kwargs
         )
+
+    def run_module(self, *argv: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+        """tests/support/run_module.py inside the agent's namespace (modules run once, in order)."""
+        return self.run(sys.executable, str(RUN_MODULE), *argv, env=env, timeout=timeout)
 
     def popen(self, *argv: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.command(*argv), env=_guarded(env), text=True, **kwargs)
