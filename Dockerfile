@@ -29,6 +29,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # build context's .venv, .git and tests never reach a layer. Every dependency has
 # a manylinux wheel for 3.11, so no compiler is needed; the build backend lives in
 # pip's temporary build environment and is not installed.
+# ieee-data: the full IEEE MAC registries (MA-L, MA-M, MA-S) for macvendor.
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends ieee-data \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /tmp/situation-src
 COPY pyproject.toml README.md ./
 COPY situation ./situation

@@ -1,0 +1,72 @@
+-- Named queries of the reverse-lookup module (situation/modules/reverse_lookup.py).
+-- Portable SQL, unqualified table names; sql/sqlite/queries/reverse_lookup.sql
+-- overrides the ones taking lists (JSON text there, arrays on PostgreSQL).
+
+-- name: machineless_nics
+-- --discovery-scope database: every NIC without a machine, as the original.
+SELECT id, mac, tag, ip
+FROM network_interfaces
+WHERE machine_id IS NULL
+ORDER BY id;
+
+-- name: machineless_nics_near
+-- --discovery-scope attached: NICs without a machine that share a subnetwork
+-- with a NIC of this host ($1, its machine id).
+SELECT n.id, n.mac, n.tag, n.ip
+FROM network_interfaces n
+WHERE n.machine_id IS NULL
+  AND EXISTS (
+    SELECT 1
+    FROM network_interface_subnets l
+    JOIN network_interface_subnets h ON h.subnetwork_id = l.subnetwork_id
+    JOIN network_interfaces hn ON hn.id = h.network_interface_id
+    WHERE l.network_interface_id = n.id AND hn.machine_id = $1
+  )
+ORDER BY n.id;
+
+-- name: lock_hostnames
+-- Agents sharing a database serialise on each host name ($1, a list) until
+-- their transaction ends, so that two never create a machine for one name.
+-- Locks are taken in one order (by key) to avoid deadlocks.
+SELECT count(pg_advisory_xact_lock(k))
+FROM (SELECT DISTINCT hashtextextended('situation.hostname:' || n, 0) AS k
+      FROM unnest($1::varchar[]) AS n ORDER BY k) AS keys;
+
+-- name: machines_named
+-- Machines whose host name is one of $1 (lowercase names), compared without case.
+SELECT id, lower(hostname) AS hostname, agent
+FROM machines
+WHERE lower(hostname) = ANY($1::varchar[])
+ORDER BY id;
+
+-- name: create_named_machines
+-- One machine per name in $1; $2 agent id. Every column is written (tables
+-- the Go agent created have no defaults).
+INSERT INTO machines (hostname, arch, platform, distribution, distribution_version,
+                      distribution_family, uptime, cpe, chassis, updated_by)
+SELECT n, '', '', '', '', '', 0, '', '', $2
+FROM unnest($1::varchar[]) AS n
+RETURNING id, hostname;
+
+-- name: nics_with_mac_on_machines
+-- NICs with a MAC already on the machines $1: the key (mac, tag, machine_id)
+-- allows one row per MAC and tag on a machine.
+SELECT n.id, n.mac, n.tag, n.ip, n.machine_id, m.agent
+FROM network_interfaces n
+JOIN machines m ON m.id = n.machine_id
+WHERE n.machine_id = ANY($1::bigint[]) AND n.mac IS NOT NULL
+ORDER BY n.id;
+
+-- name: attach_nics
+-- $1 NIC ids, $2 their machines (same order), $3 agent id. A NIC another agent
+-- attached meanwhile is left where it is.
+UPDATE network_interfaces AS n
+SET machine_id = v.machine_id, updated_at = CURRENT_TIMESTAMP, updated_by = $3
+FROM unnest($1::bigint[], $2::bigint[]) AS v(id, machine_id)
+WHERE n.id = v.id AND n.machine_id IS NULL;
+
+-- name: set_nic_addresses
+-- $1 the NIC's address list, $2 NIC id, $3 agent id.
+UPDATE network_interfaces
+SET ip = $1, updated_at = CURRENT_TIMESTAMP, updated_by = $3
+WHERE id = $2;
