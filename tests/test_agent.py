@@ -523,4 +523,7 @@ def test_ctrl_c_while_starting_prints_no_traceback(after, test_host, tmp_path):
             if process.poll() is None:
                 process.kill()
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
-    assert process.returncode == 128 + signal.SIGINT, rest
+    # Exit 130; or, under `python -m` only, death by SIGINT (also 130 to a shell): CPython
+    # turns a KeyboardInterrupt that ended a string exec (a dataclass being built, say) into
+    # that at exit even when it was caught. The installed `situation` script never does.
+    assert process.returncode in (128 + signal.SIGINT, -signal.SIGINT), rest
