@@ -85,10 +85,15 @@ def is_grease(value: int) -> bool:
     return value & 0x0F0F == 0x0A0A and value >> 8 == value & 0xFF
 
 
-def _hash12(items: list[int]) -> str:
+def _hex4(values: list[int]) -> list[str]:
+    return [f"{v:04x}" for v in values]
+
+
+def _hash12(items: list[str]) -> str:
+    """First 12 hex digits of SHA-256 of the comma-joined items; zeros for an empty list."""
     if not items:
         return EMPTY_HASH
-    return hashlib.sha256(",".join(f"{v:04x}" for v in items).encode()).hexdigest()[:12]
+    return hashlib.sha256(",".join(items).encode()).hexdigest()[:12]
 
 
 def _count(n: int) -> str:
@@ -136,6 +141,15 @@ def _handshake_body(data: bytes, expected: int) -> _Cursor:
     return _Cursor(data, start, min(start + length, len(data)))
 
 
+def _hello(data: bytes, expected: int) -> tuple[_Cursor, int]:
+    """A hello's legacy version, and a cursor past its random and session id."""
+    reader = _handshake_body(data, expected)
+    legacy = reader.number(2)
+    reader.take(32)
+    reader.sub(1)  # session id
+    return reader, legacy
+
+
 @dataclass
 class _Extensions:
     types: list[int]
@@ -178,10 +192,7 @@ def _negotiated_version(legacy: int, extensions: _Extensions) -> int:
 def ja4(client_hello: bytes, transport: str = "t") -> str | Malformed:
     """JA4 of a ClientHello (handshake message, optionally with its record header)."""
     try:
-        reader = _handshake_body(client_hello, CLIENT_HELLO)
-        legacy = reader.number(2)
-        reader.take(32)
-        reader.sub(1)  # session id
+        reader, legacy = _hello(client_hello, CLIENT_HELLO)
         suites = reader.sub(2)
         ciphers = [suites.number(2) for _ in range(suites.remaining() // 2)]
         reader.sub(1)  # compression methods
@@ -195,25 +206,22 @@ def ja4(client_hello: bytes, transport: str = "t") -> str | Malformed:
               f"{_count(len(ciphers))}{_count(len(types))}{alpn_code(extensions.alpn)}")
     hashed = sorted(t for t in types if t not in (EXT_SNI, EXT_ALPN))
     algorithms = [a for a in extensions.signature_algorithms or () if not is_grease(a)]
-    return f"{part_a}_{_hash12(sorted(ciphers))}_{_extensions_hash(hashed, algorithms)}"
+    return f"{part_a}_{_hash12(_hex4(sorted(ciphers)))}_{_extensions_hash(hashed, algorithms)}"
 
 
 def _extensions_hash(extensions: list[int], algorithms: list[int]) -> str:
     if not extensions:
         return EMPTY_HASH
-    text = ",".join(f"{v:04x}" for v in extensions)
+    text = ",".join(_hex4(extensions))
     if algorithms:
-        text += "_" + ",".join(f"{v:04x}" for v in algorithms)
+        text += "_" + ",".join(_hex4(algorithms))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def ja4s(server_hello: bytes, transport: str = "t") -> str | Malformed:
     """JA4S of a ServerHello (handshake message, optionally with its record header)."""
     try:
-        reader = _handshake_body(server_hello, SERVER_HELLO)
-        legacy = reader.number(2)
-        reader.take(32)
-        reader.sub(1)  # session id
+        reader, legacy = _hello(server_hello, SERVER_HELLO)
         cipher = reader.number(2)
         reader.take(1)  # compression method
         extensions = _walk_extensions(reader, client=False)
@@ -221,7 +229,7 @@ def ja4s(server_hello: bytes, transport: str = "t") -> str | Malformed:
         return Malformed(f"ServerHello: {short}")
     version = _version_code(_negotiated_version(legacy, extensions))
     part_a = f"{transport}{version}{_count(len(extensions.types))}{alpn_code(extensions.alpn)}"
-    return f"{part_a}_{cipher:04x}_{_hash12(extensions.types)}"
+    return f"{part_a}_{cipher:04x}_{_hash12(_hex4(extensions.types))}"
 
 
 # -- JA4X: a minimal DER walk over the certificate -----------------------------------
@@ -282,12 +290,6 @@ def _content_hex(cursor: _Cursor) -> str:
     return cursor.take(cursor.remaining()).hex()
 
 
-def _hash12_text(items: list[str]) -> str:
-    if not items:
-        return EMPTY_HASH
-    return hashlib.sha256(",".join(items).encode()).hexdigest()[:12]
-
-
 def ja4x(certificate_der: bytes) -> str | Malformed:
     """JA4X of a DER certificate: issuer, subject and extension OIDs, each hashed in DER order."""
     try:
@@ -304,4 +306,4 @@ def ja4x(certificate_der: bytes) -> str | Malformed:
         extensions = _extension_oids(tbs)
     except _Short as short:
         return Malformed(f"certificate: {short}")
-    return "_".join(_hash12_text(oids) for oids in (issuer, subject, extensions))
+    return "_".join(_hash12(oids) for oids in (issuer, subject, extensions))
