@@ -2,8 +2,7 @@
 
 Targets: stored TCP endpoints (of any machine, or none) on a TLS port —
 data.json's list by default, ``--tls-ports`` changes it (``443,8443,9000-9010``).
-The spec has tls after tcp-scan and netstat (the endpoints come from them);
-netstat is not declared until it exists. With ``--discovery-scope attached``
+It runs after tcp-scan and netstat, whose endpoints it visits. With ``--discovery-scope attached``
 (the default) only endpoints on this host's NICs, on neighbours sharing one of
 its subnetworks, or that its applications talk to (netstat flows); with
 ``database`` every one, as the original. Addresses excluded by
@@ -120,7 +119,7 @@ async def handshake_all(ctx: Context, targets: Targets, timeout: float) -> tuple
 
 @module(
     "tls",
-    depends=("tcp-scan",),
+    depends=("tcp-scan", "netstat"),
     options=(
         Option("ports", ",".join(map(str, TLS_PORTS)), "str",
                "TCP ports whose endpoints get a TLS handshake (list and ranges, e.g. 443,8443,9000-9010)."),
