@@ -141,6 +141,12 @@ def test_certificates_and_fingerprints_of_lab_servers(tls_lab, database, tmp_pat
     lab, certs, legacy = tls_lab
     run_modules(lab, database.dsn, *DISCOVER)
     seed_endpoints(database, lab)
+    excluded = lab.hosts[1]
+    probes = lab.probes_received(excluded)
+    report, _ = run_modules(lab, database.dsn, "tls", "ja4", extra=("--exclude", f"{excluded.ip}/32"))
+    assert lab.probes_received(excluded) == probes  # not one packet to an excluded host
+    assert endpoints(database)[(excluded.ip, 443)] == (None, None)
+    assert endpoints(database)[(lab.hosts[0].ip, 443)][0] is not None
     report, logs = run_modules(lab, database.dsn, "tls", "ja4")
     assert report["skipped"] == {}
     found = endpoints(database)
