@@ -47,6 +47,7 @@ No engine at the address: the module is skipped (one info line).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -165,8 +166,6 @@ def plan_rows(state: EngineState, host_id: int, nics: Sequence[HostNic], now: fl
 
 
 def _inside(ip: str, network) -> bool:
-    import ipaddress
-
     address = ipaddress.ip_address(ip)
     return address.version == network.version and address in network
 
