@@ -42,10 +42,11 @@ def drop_directories(paths: Iterable[str]) -> list[str]:
     paths that are no listed path's ancestor, in the source's order, repeats removed.
     """
     listed = list(dict.fromkeys(paths))
-    directories: set[str] = set()
-    for path in listed:
-        parent = path.rpartition("/")[0]
-        while parent and parent not in directories:  # stops at once for a second file of a directory
+    directories = {path.rpartition("/")[0] for path in listed}
+    # A parent that is not listed itself may hide listed ancestors (rare): walk those up.
+    for parent in directories.difference(listed):
+        parent = parent.rpartition("/")[0]
+        while parent and parent not in directories:
             directories.add(parent)
             parent = parent.rpartition("/")[0]
     return [path for path in listed if path not in directories]

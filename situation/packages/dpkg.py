@@ -9,8 +9,6 @@
   ``<name>.list``: the package's files, one path a line; directory entries
   are dropped (:func:`~situation.packages.drop_directories`) and ``/.`` is left out. The file's
   mtime is the install time: dpkg rewrites it when it unpacks that version.
-  Parsed lists are kept between collections and parsed again only when their
-  mtime or size changes, so a steady cycle costs a stat per package.
 - ``/var/log/dpkg.log*`` (``.gz`` rotations included) only for packages
   without a ``.list``: the time of the last ``install``/``upgrade`` event of the
   installed version. The log is in local time without a zone; it is read in
@@ -77,25 +75,14 @@ def list_files(info: Path) -> dict[str, os.DirEntry]:
         return {}
 
 
-# .list path → (mtime_ns, size, leaf paths) from the last collection: a steady cycle stats the
-# lists and parses only those dpkg rewrote. Replaced whole by each collection (removed lists go).
-ParsedLists = dict[str, tuple[int, int, tuple[str, ...]]]
-_parsed_lists: ParsedLists = {}
-
-
-def read_list(entry: os.DirEntry, parsed: ParsedLists) -> tuple[tuple[str, ...], int] | None:
-    """(leaf paths, mtime) of one ``.list`` file, recorded in ``parsed``; None when it cannot be read."""
+def read_list(entry: os.DirEntry) -> tuple[tuple[str, ...], int] | None:
+    """(leaf paths, mtime) of one ``.list`` file; None when it cannot be read."""
     try:
-        status = entry.stat()
-        known = _parsed_lists.get(entry.path)
-        if known is not None and known[:2] == (status.st_mtime_ns, status.st_size):
-            files = known[2]
-        else:
-            files = parse_list(read_text(Path(entry.path)))
+        mtime = int(entry.stat().st_mtime)
+        files = parse_list(read_text(Path(entry.path)))
     except OSError:
         return None
-    parsed[entry.path] = (status.st_mtime_ns, status.st_size, files)
-    return files, in_range(int(status.st_mtime)) or 0
+    return files, in_range(mtime) or 0
 
 
 def parse_list(text: str) -> tuple[str, ...]:
@@ -110,17 +97,14 @@ def collect(root: HostRoot) -> list[Package]:
     lists = list_files(root.path(INFO))
     packages: list[Package] = []
     unlisted: list[Installed] = []
-    parsed: ParsedLists = {}
     for entry in installed:
         list_entry = lists.get(f"{entry.name}:{entry.architecture}") or lists.get(entry.name)
-        found = read_list(list_entry, parsed) if list_entry is not None else None
+        found = read_list(list_entry) if list_entry is not None else None
         if found is None:
             unlisted.append(entry)
             continue
         files, mtime = found
         packages.append(Package(entry.name, entry.version, "", mtime, files))
-    _parsed_lists.clear()
-    _parsed_lists.update(parsed)
     if unlisted:
         events = install_events(log_texts(root.path(LOG_DIRECTORY)))
         for entry in unlisted:
