@@ -43,6 +43,9 @@ from situation.packages import Package, merge_duplicates
 # Directories that /usr-merge makes symbolic links to their /usr counterparts.
 MERGED_CANDIDATES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 UPDATED_COLUMNS = ("vendor", "manager", "install_time_unix", "files")
+# Packages per upsert, and file paths: bounds the JSON text held at once (one transaction all the same).
+CHUNK_PACKAGES = 200
+CHUNK_FILES = 10_000
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,15 @@ async def record_packages(ctx: Context, manager: str, families: tuple[str, ...],
     packages.sort(key=lambda p: p.key)
     owners = await asyncio.to_thread(owners_of_applications, ctx.root, applications, packages)
     existing = {(r["name"], r["version"]): r for r in await ctx.store.fetch("machine_packages", host)}
+    unchanged_ids, changed = split_unchanged(packages, existing, manager)
+    del packages  # the file lists of unchanged packages are no longer needed
 
     async def write() -> None:
-        ids = await _write_packages(ctx, host, manager, packages, existing)
+        ids = dict(unchanged_ids)
+        for chunk in chunks(changed):
+            rows = [package_row(p, manager, host) for p in chunk]
+            result = await ctx.upsert("packages", rows, key="name_version_machine_id", update=UPDATED_COLUMNS)
+            ids.update({p.key: i for p, i in zip(chunk, result.ids) if i is not None})
         kept = sorted(set(ids.values()))
         ctx.count(await ctx.store.execute("unlink_removed_packages", host, manager, kept, ctx.agent_id))
         ctx.count(await ctx.store.execute("delete_removed_packages", host, manager, kept))
@@ -95,10 +104,26 @@ async def record_packages(ctx: Context, manager: str, families: tuple[str, ...],
     await ctx.run_in_transaction(write)
 
 
-async def _write_packages(
-    ctx: Context, host: int, manager: str, packages: list[Package], existing: Mapping[tuple, Mapping[str, Any]]
-) -> dict[tuple[str, str], int]:
-    """Upsert what is new or changed; (name, version) → row id for every package."""
+def chunks(packages: list[Package]) -> list[list[Package]]:
+    """``packages`` in runs of at most CHUNK_PACKAGES, and CHUNK_FILES paths unless one package has more."""
+    runs: list[list[Package]] = []
+    run: list[Package] = []
+    files = 0
+    for package in packages:
+        if run and (len(run) >= CHUNK_PACKAGES or files + len(package.files) > CHUNK_FILES):
+            runs.append(run)
+            run, files = [], 0
+        run.append(package)
+        files += len(package.files)
+    if run:
+        runs.append(run)
+    return runs
+
+
+def split_unchanged(
+    packages: list[Package], existing: Mapping[tuple, Mapping[str, Any]], manager: str
+) -> tuple[dict[tuple[str, str], int], list[Package]]:
+    """(key → id of the packages whose row is as it would be written, the other packages)."""
     ids: dict[tuple[str, str], int] = {}
     changed: list[Package] = []
     for package in packages:
@@ -107,13 +132,7 @@ async def _write_packages(
             ids[package.key] = row["id"]
         else:
             changed.append(package)
-    if changed:
-        result = await ctx.upsert(
-            "packages", [package_row(p, manager, host) for p in changed], key="name_version_machine_id",
-            update=UPDATED_COLUMNS,
-        )
-        ids.update({p.key: i for p, i in zip(changed, result.ids) if i is not None})
-    return ids
+    return ids, changed
 
 
 def _unchanged(row: Mapping[str, Any], package: Package, manager: str) -> bool:
