@@ -22,6 +22,7 @@ from situation.module import Skip
 from situation.packages import Package, drop_directories, merge_duplicates
 from situation.packages import dpkg as dpkg_reader
 from support.packages import add_applications, add_host, links, packages_of, run_package_module, table_counts
+from support.neighbour_table import database  # noqa: F401  (a fixture)
 from support.stores import backend_store as store  # noqa: F401  (a fixture)
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-query") is None or not Path("/var/lib/dpkg/status").exists(),
@@ -258,3 +259,46 @@ async def test_this_machines_packages_and_a_running_binary_linked_to_its_owner(s
     finally:
         process.kill()
         process.wait()
+
+
+# -- a cycle in a test-made namespace: netstat records the applications, dpkg links them ----
+
+HOLDER = Path(__file__).parent / "support" / "socket_holder.py"
+CYCLE_AGENT = "dc" * 16
+
+
+def run_in_namespace(test_host, database, home: Path, *modules: str) -> dict:
+    from support.cluster import clean_environ
+
+    result = test_host.run_module("--db", database.dsn, "--agent", CYCLE_AGENT, "--host-lookup", *modules,
+                                  env=clean_environ(HOME=str(home)))
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@needs_dpkg
+def test_a_cycle_in_a_namespace_links_a_listening_process_to_its_package(test_host, database, tmp_path):
+    from support.cluster import clean_environ
+
+    python = os.path.realpath("/usr/bin/python3")  # a packaged interpreter (python3.11 here)
+    holder = test_host.popen(python, str(HOLDER), "listen:tcp:127.0.0.1:7070", env=clean_environ(),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        modules = ("fingerprint", "host-basic", "local-users", "host-network", "netstat", "dpkg")
+        report = run_in_namespace(test_host, database, tmp_path, *modules)
+        assert report["rows"]["dpkg"] > 0 and not report["skipped"], report
+        p = database.table_prefix
+        linked = {(name, int(pid)): package for name, pid, package in database.query(
+            f"SELECT a.name, a.pid, k.name FROM {p}applications a LEFT JOIN {p}packages k ON k.id = a.package_id")}
+        assert linked[(python, holder.pid)] == owner_here(python)
+        stored = {(name, version) for name, version in database.query(f"SELECT name, version FROM {p}packages")}
+        assert stored == installed_here()
+
+        counts = {t: database.query(f"SELECT count(*) FROM {p}{t}")[0][0] for t in ("packages", "applications")}
+        again = run_in_namespace(test_host, database, tmp_path, "netstat", "dpkg")
+        assert again["rows"]["dpkg"] == 0
+        assert {t: database.query(f"SELECT count(*) FROM {p}{t}")[0][0] for t in counts} == counts
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
