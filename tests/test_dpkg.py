@@ -148,6 +148,56 @@ def test_install_time_from_list_mtime_else_from_the_log(tmp_path):
     assert found["leaving"].install_time_unix == 0  # neither a .list nor a parsable event
 
 
+def test_gzip_rotations_of_the_log_are_read(tmp_path):
+    import gzip
+
+    root = make_root(tmp_path, STATUS, {}, log="")
+    with gzip.open(root / "var/log/dpkg.log.2.gz", "wt", encoding="utf-8") as rotated:
+        rotated.write("2023-06-01 08:00:00 install leaving:amd64 <none> 2.0\n")
+    (root / "var/log/dpkg.log.3.gz").write_bytes(b"not gzip at all")  # skipped, not fatal
+    found = {p.name: p for p in dpkg_reader.collect(HostRoot.under(root))}
+    assert found["leaving"].install_time_unix == int(time.mktime(time.strptime("2023-06-01 08:00:00",
+                                                                               "%Y-%m-%d %H:%M:%S")))
+
+
+@pytest.mark.parametrize("seed", [*range(20), 1735])  # 1735: DIRINDEXES forged as strings
+def test_random_bytes_never_break_the_package_parsers(seed):
+    import random
+
+    from situation.packages import rpmdb, rpmquery
+
+    chance = random.Random(seed)
+    alphabet = b"Package: Status: Version: install ok installed \n\r\x00/:.-\xff\xfe\t 0123456789abc"
+    data = bytes(chance.choice(alphabet) for _ in range(chance.randrange(1, 4000)))
+    text = data.decode("utf-8", errors="replace")
+    dpkg_reader.parse_status(text)
+    dpkg_reader.parse_list(text)
+    dpkg_reader.install_events([text])
+    rpmquery.parse_output(text, "tok")
+    try:
+        rpmdb.parse_header(data)
+    except rpmdb.HeaderError:
+        pass
+    blob = struct_header(chance, data)
+    try:
+        values = rpmdb.parse_header(blob)
+    except rpmdb.HeaderError:
+        return
+    rpmdb.package_from(values, None)
+
+
+def struct_header(chance, data: bytes) -> bytes:
+    """A header blob with a few random entries of the wanted tags pointing into ``data``."""
+    import struct
+
+    from situation.packages import rpmdb
+
+    tags = sorted(rpmdb.WANTED)
+    entries = [(chance.choice(tags), chance.randrange(0, 10), chance.randrange(0, len(data) + 8),
+                chance.randrange(0, 6)) for _ in range(chance.randrange(0, 8))]
+    return (struct.pack(">II", len(entries), len(data)) + b"".join(struct.pack(">4I", *e) for e in entries) + data)
+
+
 def test_no_status_file_is_a_skip(tmp_path):
     with pytest.raises(OSError):
         dpkg_reader.collect(HostRoot.under(tmp_path))

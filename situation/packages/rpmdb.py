@@ -117,7 +117,7 @@ def package_from(values: Mapping[int, object], install_time: int | None) -> Pack
     vendor = values.get(VENDOR)
     if install_time is None:
         times = values.get(INSTALLTIME)
-        install_time = times[0] if isinstance(times, list) and times else 0
+        install_time = times[0] if _all(times, int) and times else 0
     return Package(
         name=name,
         version=version,
@@ -129,13 +129,17 @@ def package_from(values: Mapping[int, object], install_time: int | None) -> Pack
 
 def _files(values: Mapping[int, object]) -> list[str]:
     directories, bases, indexes = values.get(DIRNAMES), values.get(BASENAMES), values.get(DIRINDEXES)
-    if not (isinstance(directories, list) and isinstance(bases, list) and isinstance(indexes, list)):
-        return []
+    if not (_all(directories, str) and _all(bases, str) and _all(indexes, int)):
+        return []  # missing, or of another type than rpm writes (a forged header)
     if len(bases) != len(indexes) or len(bases) > MAX_FILES_PER_PACKAGE:
         return []
     if any(i >= len(directories) for i in indexes):
         return []
     return [directories[i] + base for i, base in zip(indexes, bases)]
+
+
+def _all(value: object, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(item, kind) for item in value)
 
 
 @dataclass
