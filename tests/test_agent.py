@@ -358,9 +358,11 @@ def test_once_that_records_nothing_exits_non_zero(test_host, tmp_path, case, exp
 
 
 def test_once_summary_that_cannot_be_read_is_one_line(test_host, tmp_path):
-    # The pass writes no package, so it succeeds; reading the counts back then fails.
+    # Without the package modules the pass never reads or writes `packages`, so it succeeds;
+    # reading the counts back then fails.
     garbled = _garbled_copy(_recorded_database(test_host, tmp_path), "packages")
     result = situation(test_host, "run", "--once", "--summary", "--db", str(garbled),
+                       "--no-module-dpkg", "--no-module-rpm", "--no-module-zypper",
                        env=agent_env(tmp_path, SITUATION_LOG_LEVEL="error"))
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [
