@@ -12,7 +12,7 @@ from situation.connect import connect
 from situation.dsn import ConnectParams
 from situation.errors import MigrationError
 from situation.migrations import latest_version, schema_version
-from situation.tls import VERIFY_NONE, build_ssl_context, describe_certificate
+from situation.tls import VERIFY_NONE, describe_certificate, ssl_context_for
 
 _PRIVILEGES = """
 SELECT r.rolsuper AS superuser,
@@ -62,7 +62,7 @@ class CheckReport:
 
 async def inspect(params: ConnectParams) -> CheckReport:
     """Connect with the agent's exact settings and gather the facts."""
-    tls = await asyncio.to_thread(build_ssl_context, params)
+    tls = await asyncio.to_thread(ssl_context_for, params)
     connection = await connect(params, tls=tls, server_settings={"application_name": "situation check"})
     try:
         return await _gather(connection, params, tls)

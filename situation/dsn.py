@@ -105,6 +105,9 @@ UNSUPPORTED_LIBPQ_OPTIONS = (
     "oauth_scope",
 )
 
+# Every keyword libpq knows: what tells a key=value PostgreSQL DSN from an SQLite path.
+LIBPQ_OPTIONS = frozenset(SUPPORTED_OPTIONS) | frozenset(UNSUPPORTED_LIBPQ_OPTIONS)
+
 # Environment variables libpq would act on but we cannot honour, with the option each one sets.
 _UNSUPPORTED_ENV_VARS = {
     "PGHOSTADDR": "hostaddr",

@@ -1,0 +1,122 @@
+"""libpq habits beyond sslmode, compared with psql (the machine's libpq) as the oracle.
+
+Each case connects with situation's code and with psql for the same DSN and
+environment: both must succeed or fail alike (support/compare.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+from support.compare import PSQL, psql_outcome, situation_outcome
+
+from situation.store import is_postgres_dsn
+
+PASSWORD = "pw-habits"
+ROLE = "sit_habits"
+
+
+@pytest.fixture(scope="session")
+def habits_role(tls_cluster, plain_cluster):
+    for cluster in (tls_cluster, plain_cluster):
+        cluster.create_role(ROLE, PASSWORD)
+    return ROLE
+
+
+async def assert_outcome(dsn, home, *, ok, env=None, compare=True):
+    environ = {"HOME": str(home), **(env or {})}
+    ours = await situation_outcome(dsn, environ)
+    assert ours.ok is ok, ours.detail
+    if compare and PSQL:
+        theirs = psql_outcome(dsn, environ)
+        assert theirs.ok is ok, f"psql disagrees: {theirs.detail}"
+        if ok:
+            assert theirs.detail == ours.detail
+    return ours
+
+
+# -- target_session_attrs: a server of the wrong kind is skipped ----------------------
+
+
+@pytest.fixture
+def read_only_plain(habits_role, plain_cluster):
+    """The plain server's sessions for ROLE are read-only; the TLS server's are not."""
+    plain_cluster.psql(f"ALTER ROLE {ROLE} SET default_transaction_read_only = on;")
+    yield
+    plain_cluster.psql(f"ALTER ROLE {ROLE} RESET default_transaction_read_only;")
+
+
+def two_hosts(first, second, **params):
+    hosts = ",".join(f"localhost:{cluster.port}" for cluster in (first, second))
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    return f"postgresql://{ROLE}:{PASSWORD}@{hosts}/postgres?{query}"
+
+
+@pytest.mark.parametrize(
+    "attrs, ssl",
+    [("read-write", True), ("any", False), ("primary", False), ("prefer-standby", False)],
+)
+async def test_target_session_attrs_moves_on_to_the_next_host(
+    read_only_plain, plain_cluster, tls_cluster, home, attrs, ssl
+):
+    # The plain server (listed first) is read-only: read-write must reach the TLS server.
+    result = await assert_outcome(
+        two_hosts(plain_cluster, tls_cluster, sslmode="prefer", target_session_attrs=attrs), home, ok=True
+    )
+    assert result.detail == f"ssl={ssl}"
+
+
+async def test_target_session_attrs_read_only_skips_a_writable_first_host(
+    read_only_plain, plain_cluster, tls_cluster, home
+):
+    dsn = two_hosts(tls_cluster, plain_cluster, sslmode="prefer", target_session_attrs="read-only")
+    result = await assert_outcome(dsn, home, ok=True)
+    assert result.detail == "ssl=False"
+
+
+async def test_target_session_attrs_without_a_match_names_the_requirement(
+    read_only_plain, plain_cluster, home
+):
+    dsn = two_hosts(plain_cluster, plain_cluster, sslmode="disable", target_session_attrs="read-write")
+    result = await assert_outcome(dsn, home, ok=False)
+    assert "target_session_attrs=read-write" in result.detail and "read-only" in result.detail
+
+
+async def test_standby_wanted_and_only_primaries(habits_role, plain_cluster, home):
+    dsn = two_hosts(plain_cluster, plain_cluster, sslmode="disable", target_session_attrs="standby")
+    result = await assert_outcome(dsn, home, ok=False)
+    assert "a primary" in result.detail
+
+
+# -- Unix sockets never use TLS ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-ca", "verify-full"])
+async def test_unix_socket_ignores_sslmode(tls_cluster, home, mode):
+    # No root certificate anywhere: libpq still connects over the socket, in plaintext.
+    dsn = f"host={tls_cluster.socket_dir} port={tls_cluster.port} user=postgres dbname=postgres"
+    result = await assert_outcome(dsn, home, ok=True, env={"PGSSLMODE": mode})
+    assert result.detail == "ssl=False"
+
+
+async def test_tls_settings_are_still_checked_for_a_tcp_host_after_a_socket(tls_cluster, home):
+    dsn = f"host=/nonexistent/sock,localhost port={tls_cluster.port} user={ROLE} dbname=postgres sslmode=verify-full"
+    result = await assert_outcome(dsn, home, ok=False)
+    assert "root certificate" in result.detail
+
+
+# -- DSN kind --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    ["service=inventory", "servicefile=/etc/x.conf service=a", "hostaddr=192.0.2.1", "options='-c jit=off'",
+     "keepalives_idle=30", "load_balance_hosts=random", "target_session_attrs=read-write",
+     "application_name = agent", "passfile=/x sslrootcert=/y"],
+)
+def test_any_libpq_keyword_means_postgresql(dsn):
+    assert is_postgres_dsn(dsn)
+
+
+@pytest.mark.parametrize("path", ["inventory", "/var/lib/situation/db", "data=1.sqlite", "./x=y"])
+def test_paths_stay_sqlite(path):
+    assert not is_postgres_dsn(path)
