@@ -49,6 +49,7 @@ class CheckReport:
     schema_version: int | None
     expected_version: int
     notes: list[str] = field(default_factory=list)
+    service: str | None = None  # "NAME (FILE)" when the settings came from a service file
 
     @property
     def can_change_schema(self) -> bool:
@@ -102,6 +103,7 @@ async def _gather(connection: asyncpg.Connection, params: ConnectParams, tls) ->
         schema_version=version,
         expected_version=await asyncio.to_thread(latest_version),
         notes=notes,
+        service=f"{params.service} ({params.service_file})" if params.service else None,
     )
     report.notes.extend(_advice(report, privileges))
     return report
@@ -158,8 +160,10 @@ def _advice(report: CheckReport, privileges) -> list[str]:
 
 
 def format_report(report: CheckReport) -> str:
-    rows = [
-        ("server", f"{report.server}, PostgreSQL {report.server_version}"),
+    rows = [("server", f"{report.server}, PostgreSQL {report.server_version}")]
+    if report.service:
+        rows.append(("service", report.service))
+    rows += [
         ("tls", f"on, {report.tls_version}, {report.cipher}" if report.tls else "off"),
         ("verification", _verification_text(report)),
     ]

@@ -43,6 +43,9 @@ DEFAULT_PORT = 5432
 DEFAULT_MIN_TLS_VERSION = "TLSv1.2"
 # Where libpq builds on Debian/Red Hat/upstream put the server socket; the first that exists wins.
 DEFAULT_SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql", "/tmp")
+# Where the system-wide pg_service.conf lives unless PGSYSCONFDIR says otherwise
+# (`pg_config --sysconfdir` of Debian's libpq).
+DEFAULT_SYSCONFDIR = "/etc/postgresql-common"
 
 # Supported options and the environment variable that fills each one when the DSN leaves it unset.
 _OPTION_ENV_VARS: dict[str, str | None] = {
@@ -71,14 +74,14 @@ _OPTION_ENV_VARS: dict[str, str | None] = {
     "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
     "client_encoding": "PGCLIENTENCODING",
     "gssencmode": "PGGSSENCMODE",
+    "service": "PGSERVICE",
+    "servicefile": "PGSERVICEFILE",
 }
 SUPPORTED_OPTIONS = tuple(_OPTION_ENV_VARS)
 
 # Options libpq accepts that we refuse rather than silently ignore.
 UNSUPPORTED_LIBPQ_OPTIONS = (
     "hostaddr",
-    "service",
-    "servicefile",
     "options",
     "keepalives",
     "keepalives_idle",
@@ -111,7 +114,6 @@ LIBPQ_OPTIONS = frozenset(SUPPORTED_OPTIONS) | frozenset(UNSUPPORTED_LIBPQ_OPTIO
 # Environment variables libpq would act on but we cannot honour, with the option each one sets.
 _UNSUPPORTED_ENV_VARS = {
     "PGHOSTADDR": "hostaddr",
-    "PGSERVICE": "service",
     "PGOPTIONS": "options",
     "PGCHANNELBINDING": "channel_binding",
     "PGSSLCOMPRESSION": "sslcompression",
@@ -188,6 +190,8 @@ class ConnectParams:
     application_name: str | None
     target_session_attrs: str | None
     home: str
+    service: str | None = None
+    service_file: str | None = None
 
     def redacted(self) -> str:
         """A URI for logs; an explicit password shows as ``***``, sslpassword never appears."""
@@ -491,15 +495,20 @@ def _parse_options(dsn: str | None) -> dict[str, str]:
 
 
 class _Sources:
-    """Looks an option up in the DSN first, then in its environment variable (empty = unset)."""
+    """Looks an option up in the DSN, then the service file's section, then its
+    environment variable (an empty variable counts as unset): libpq's order."""
 
-    def __init__(self, options: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    def __init__(self, options: Mapping[str, str], environ: Mapping[str, str],
+                 service: Mapping[str, _Setting] | None = None) -> None:
         self.options = options
         self.environ = environ
+        self.service = service or {}
 
     def get(self, key: str) -> _Setting | None:
         if key in self.options:
             return _Setting(self.options[key], key)
+        if key in self.service:
+            return self.service[key]
         var = _OPTION_ENV_VARS.get(key)
         return self.env(var) if var else None
 
@@ -511,6 +520,79 @@ class _Sources:
         """A free-form option; an empty value means "use the default"."""
         setting = self.get(key)
         return setting.value if setting and setting.value else None
+
+
+# --------------------------------------------------------------------------- service files
+
+
+@dataclass(frozen=True)
+class _Service:
+    name: str
+    file: str
+    settings: dict[str, _Setting]
+
+
+def _service_files(sources: _Sources, home: str) -> list[str]:
+    """libpq's search order: servicefile (or PGSERVICEFILE, else ~/.pg_service.conf), then the system file."""
+    first = sources.text("servicefile") or (os.path.join(home, ".pg_service.conf") if home else None)
+    sysconfdir = sources.environ.get("PGSYSCONFDIR") or DEFAULT_SYSCONFDIR
+    return [path for path in (first, os.path.join(sysconfdir, "pg_service.conf")) if path]
+
+
+def _load_service(sources: _Sources, home: str) -> _Service | None:
+    name = sources.text("service")
+    if name is None:
+        return None
+    files = _service_files(sources, home)
+    for path in files:
+        settings = _read_service_section(path, name)
+        if settings is not None:
+            return _Service(name, path, settings)
+    searched = " and ".join(f'"{path}"' for path in files)
+    raise DsnError(f"service {_show(name)} is not defined in {searched}; add a [{_escape(name, 40)}] section "
+                   "to one of them, or point servicefile (PGSERVICEFILE) at the right file")
+
+
+def _read_service_section(path: str, name: str) -> dict[str, _Setting] | None:
+    """The settings of section ``[name]`` of ``path``; None when the file or section is missing."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise DsnError(f'service file "{path}" cannot be read ({reason}); fix its permissions or content') from None
+    settings: dict[str, _Setting] | None = None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if settings is not None:
+                break  # the section ends where the next one begins
+            if line.endswith("]") and line[1:-1] == name:
+                settings = {}
+            continue
+        if settings is not None:
+            _add_service_line(settings, line, f'"{path}" line {number}')
+    return settings
+
+
+def _add_service_line(settings: dict[str, _Setting], line: str, where: str) -> None:
+    key, equals, value = line.partition("=")
+    if not equals:
+        raise DsnError(f'syntax error in service file {where}: "=" is missing; write key=value')
+    if key in ("service", "servicefile"):
+        raise DsnError(f"service file {where} sets {key}, but services cannot be nested; remove the line")
+    if key == "requiressl":
+        key, value = "sslmode", _sslmode_from_requiressl(_Setting(value, f"service file {where}: requiressl"))
+    try:
+        _check_option_name(key)
+    except DsnError as exc:
+        raise DsnError(f"service file {where}: {exc}") from None
+    # libpq keeps the first value of a key within a section.
+    settings.setdefault(key, _Setting(value, f"{key} (service file {where})"))
 
 
 def _reject_unsupported_environment(environ: Mapping[str, str]) -> None:
@@ -705,10 +787,13 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
     environ = os.environ if environ is None else environ
     sources = _Sources(_parse_options(dsn), environ)
     _reject_unsupported_environment(environ)
+    home = _home_directory(environ)
+    service = _load_service(sources, home)
+    if service is not None:
+        sources = _Sources(sources.options, environ, service.settings)
     _check_client_encoding(sources)
     _check_gssencmode(sources)
 
-    home = _home_directory(environ)
     user = _user_name(sources)
     password = sources.text("password")
     sslrootcert = sources.text("sslrootcert")
@@ -736,6 +821,8 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
         application_name=_application_name(sources),
         target_session_attrs=_target_session_attrs(sources),
         home=home,
+        service=service.name if service else None,
+        service_file=service.file if service else None,
     )
 
 

@@ -362,7 +362,7 @@ async def open_store(
     from situation.dsn import parse_dsn
     from situation.store_postgres import PostgresStore
 
-    params = parse_dsn(dsn)
+    params = await asyncio.to_thread(parse_dsn, dsn)  # may read a service file
     if migrate:
         async with direct_connection(params) as connection:
             await migrations.migrate(connection)

@@ -336,3 +336,17 @@ def test_check_json(checker, tls_cluster, certs, tmp_path):
     assert report["can_change_schema"] is False
     assert report["schema_changes"] == []
     assert_no_secret(result)
+
+
+def test_check_shows_the_service_and_its_file(checker, tls_cluster, certs, tmp_path):
+    services = tmp_path / "services.conf"
+    host, port = tls_cluster.host_port
+    services.write_text(f"[inventory]\nhost={host}\nport={port}\ndbname=postgres\nuser={ROLE}\n"
+                        f"sslmode=verify-full\nsslrootcert={certs.ca_crt}\n")
+    env = {"PGSERVICEFILE": str(services), "PGPASSWORD": PASSWORD}
+    result = run_cli("check", "--db", "service=inventory", home=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"service         inventory ({services})" in result.stdout
+    report = json.loads(run_cli("check", "--json", home=tmp_path, env={**env, "PGSERVICE": "inventory"}).stdout)
+    assert report["service"] == f"inventory ({services})"
+    assert_no_secret(result)

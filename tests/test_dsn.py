@@ -378,7 +378,7 @@ def test_pgrequiressl(env):
     assert "PGREQUIRESSL=true" in error_of("", env, PGREQUIRESSL="true")
 
 
-@pytest.mark.parametrize("var", ["PGHOSTADDR", "PGSERVICE", "PGOPTIONS", "PGCHANNELBINDING", "PGSSLCOMPRESSION",
+@pytest.mark.parametrize("var", ["PGHOSTADDR", "PGOPTIONS", "PGCHANNELBINDING", "PGSSLCOMPRESSION",
                                  "PGKRBSRVNAME", "PGREQUIREAUTH", "PGLOADBALANCEHOSTS"])
 def test_unsupported_environment_variables(env, var):
     message = error_of("host=h", env, **{var: "x"})
@@ -615,3 +615,30 @@ def test_redact_dsn_never_raises(garbage):
 
 def test_sslmodes_constant():
     assert SSLMODES == ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+# --------------------------------------------------------------------------- service files
+
+
+def test_service_settings_fill_the_gaps_and_are_reported(env, tmp_path):
+    services = tmp_path / "services.conf"
+    services.write_text("[other]\nhost=nope\n\n  # comment\n[inv]\n  host=svc-host \nport=6000\nport=7000\n"
+                        "requiressl=1\n[after]\nuser=nope\n")
+    p = parse("service=inv dbname=d", env, PGSERVICEFILE=str(services), PGPORT="9")
+    assert hosts(p) == [("svc-host", 6000)]  # first value in a section wins, the service beats PGPORT
+    assert (p.user, p.database, p.sslmode) == ("alice", "d", "require")
+    assert (p.service, p.service_file) == ("inv", str(services))
+    assert parse("host=h", env).service is None
+
+
+def test_bad_service_values_name_the_file_and_line(env, tmp_path):
+    services = tmp_path / "services.conf"
+    services.write_text("[inv]\nsslmode=bogus\n")
+    message = error_of("service=inv", env, PGSERVICEFILE=str(services))
+    assert message.startswith(f'sslmode (service file "{services}" line 2)=bogus: invalid sslmode')
+
+
+def test_system_service_file_default_location(env, monkeypatch, tmp_path):
+    monkeypatch.setattr(dsn_module, "DEFAULT_SYSCONFDIR", str(tmp_path))
+    (tmp_path / "pg_service.conf").write_text("[sys]\nhost=from-system\n")
+    assert hosts(parse("service=sys", env)) == [("from-system", 5432)]

@@ -120,3 +120,94 @@ def test_any_libpq_keyword_means_postgresql(dsn):
 @pytest.mark.parametrize("path", ["inventory", "/var/lib/situation/db", "data=1.sqlite", "./x=y"])
 def test_paths_stay_sqlite(path):
     assert not is_postgres_dsn(path)
+
+
+# -- service files ---------------------------------------------------------------------
+
+
+def write_service(path, name, **settings):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"[{name}]", *(f"{key}={value}" for key, value in settings.items())]
+    with open(path, "a") as handle:
+        handle.write("# written by the test\n" + "\n".join(lines) + "\n\n")
+    return path
+
+
+@pytest.fixture
+def service_target(habits_role, tls_cluster, certs):
+    """A verify-full service entry for the TLS cluster."""
+    return {"host": "localhost", "port": tls_cluster.port, "dbname": "postgres", "user": ROLE,
+            "password": PASSWORD, "sslmode": "verify-full", "sslrootcert": certs.ca_crt}
+
+
+async def test_service_in_the_home_file(service_target, home):
+    write_service(home / ".pg_service.conf", "inventory", **service_target)
+    result = await assert_outcome("service=inventory", home, ok=True)
+    assert result.detail == "ssl=True"
+    await assert_outcome("", home, ok=True, env={"PGSERVICE": "inventory"})
+
+
+async def test_service_in_pgservicefile(service_target, home, tmp_path):
+    path = write_service(tmp_path / "elsewhere.conf", "inventory", **service_target)
+    await assert_outcome("service=inventory", home, ok=True, env={"PGSERVICEFILE": str(path)})
+
+
+async def test_service_in_the_system_file(service_target, home, tmp_path):
+    write_service(tmp_path / "etc" / "pg_service.conf", "inventory", **service_target)
+    await assert_outcome("service=inventory", home, ok=True, env={"PGSYSCONFDIR": str(tmp_path / "etc")})
+
+
+async def test_user_file_beats_the_system_file(service_target, home, tmp_path):
+    write_service(home / ".pg_service.conf", "inventory", **{**service_target, "password": "wrong-one"})
+    write_service(tmp_path / "etc" / "pg_service.conf", "inventory", **service_target)
+    env = {"PGSYSCONFDIR": str(tmp_path / "etc")}
+    result = await assert_outcome("service=inventory", home, ok=False, env=env)
+    assert "password authentication failed" in result.detail
+    # A service missing from the user file is looked up in the system file.
+    write_service(tmp_path / "etc" / "pg_service.conf", "other", **service_target)
+    await assert_outcome("service=other", home, ok=True, env=env)
+
+
+async def test_pgservicefile_replaces_the_home_file(service_target, home, tmp_path):
+    write_service(home / ".pg_service.conf", "inventory", **service_target)
+    path = write_service(tmp_path / "elsewhere.conf", "inventory", **{**service_target, "password": "wrong-one"})
+    await assert_outcome("service=inventory", home, ok=False, env={"PGSERVICEFILE": str(path)})
+
+
+async def test_dsn_beats_service_beats_environment(service_target, home, certs):
+    write_service(home / ".pg_service.conf", "inventory", **{**service_target, "sslrootcert": certs.other_ca_crt})
+    # The service's wrong CA beats PGSSLROOTCERT ...
+    env = {"PGSSLROOTCERT": str(certs.ca_crt)}
+    result = await assert_outcome("service=inventory", home, ok=False, env=env)
+    assert "not trusted" in result.detail
+    # ... and the DSN beats the service.
+    await assert_outcome(f"service=inventory sslrootcert={certs.ca_crt}", home, ok=True)
+    await assert_outcome(f"postgresql:///?service=inventory&sslrootcert={certs.ca_crt}", home, ok=True)
+
+
+async def test_missing_service_names_the_files_searched(home, tmp_path):
+    env = {"PGSYSCONFDIR": str(tmp_path / "etc")}
+    result = await assert_outcome("service=nowhere", home, ok=False, env=env)
+    assert 'service nowhere is not defined in "' in result.detail
+    assert str(home / ".pg_service.conf") in result.detail
+    assert str(tmp_path / "etc" / "pg_service.conf") in result.detail
+
+
+async def test_servicefile_option(service_target, home, tmp_path):
+    # libpq 18 keyword; psql 15 does not know it.
+    path = write_service(tmp_path / "own.conf", "inventory", **service_target)
+    await assert_outcome(f"service=inventory servicefile={path}", home, ok=True, compare=False)
+
+
+async def test_bad_service_file_lines(home, tmp_path):
+    path = tmp_path / "bad.conf"
+    for body, words in [
+        ("[s]\nhost\n", ('"=" is missing', "line 2")),
+        ("[s]\nhots=x\n", ('unknown connection option "hots"', 'did you mean "host"')),
+        ("[s]\nservice=t\n", ("cannot be nested",)),
+        ("[s]\nhost=x\nservicefile=t\n", ("cannot be nested", "line 3")),
+    ]:
+        path.write_text(body)
+        result = await assert_outcome("service=s", home, ok=False, env={"PGSERVICEFILE": str(path)})
+        for word in words:
+            assert word in result.detail, result.detail
