@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from situation.dialer import DialingLoop
 from situation.dsn import ConnectParams, Endpoint, password_for
 from situation.errors import ConnectError
 from situation.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context, ssl_context_for
@@ -149,9 +150,16 @@ async def _connect_endpoint(params, endpoint, tls, settings, statement_cache_siz
 
 async def _open(params, endpoint: Endpoint, context, settings, statement_cache_size, kwargs) -> asyncpg.Connection:
     timeout = params.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+    if endpoint.is_unix_socket:
+        host, loop = endpoint.host, None
+    else:
+        # asyncpg is given the name (TLS checks it, SNI carries it); the dialler connects
+        # to hostaddr when there is one, with libpq's keepalive options set first.
+        host = endpoint.host if endpoint.host and not endpoint.host.startswith(("/", "@")) else endpoint.hostaddr
+        loop = DialingLoop(asyncio.get_running_loop(), endpoint, params.keepalives)
     try:
         return await asyncpg.connect(
-            host=endpoint.host,
+            host=host,
             port=endpoint.port,
             user=params.user,
             database=params.database,
@@ -164,6 +172,7 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
             timeout=timeout,
             server_settings=settings,
             statement_cache_size=statement_cache_size,
+            loop=loop,
             **kwargs,
         )
     except ConnectionError as exc:
@@ -257,7 +266,7 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
     if isinstance(exc, HostNameMismatch):
         names = ", ".join(exc.names) or "none"
         return ConnectError(
-            f"server certificate at {where} does not match host name {endpoint.host!r} "
+            f"server certificate at {where} does not match host name {endpoint.name!r} "
             f"(it names: {names}); connect using a name the certificate lists, or reissue it with that name"
         )
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -333,7 +342,7 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
             transient=True,
         )
     if isinstance(exc, socket.gaierror):
-        return ConnectError(f"cannot resolve host {endpoint.host!r}; check the host name", transient=True)
+        return ConnectError(f"cannot resolve host {endpoint.name!r}; check the host name", transient=True)
     if isinstance(exc, OSError):
         return ConnectError(
             f"cannot reach server at {where} ({exc.strerror or text}); is it running and listening there?",
@@ -347,8 +356,11 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
 def _where(endpoint: Endpoint) -> str:
     if endpoint.is_unix_socket:
         return f"{endpoint.host}/.s.PGSQL.{endpoint.port}"
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    return f"{host}:{endpoint.port}"
+    name = endpoint.name
+    where = f"[{name}]:{endpoint.port}" if ":" in name else f"{name}:{endpoint.port}"
+    if endpoint.hostaddr and endpoint.host:
+        where += f" (hostaddr {endpoint.hostaddr})"
+    return where
 
 
 def _one_line(exc: BaseException) -> str:

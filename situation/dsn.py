@@ -18,6 +18,7 @@ accept only 0 and 1, and ``sslsni`` only 0 and 1.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import pwd
 import re
@@ -50,6 +51,7 @@ DEFAULT_SYSCONFDIR = "/etc/postgresql-common"
 # Supported options and the environment variable that fills each one when the DSN leaves it unset.
 _OPTION_ENV_VARS: dict[str, str | None] = {
     "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
     "port": "PGPORT",
     "dbname": "PGDATABASE",
     "user": "PGUSER",
@@ -76,18 +78,17 @@ _OPTION_ENV_VARS: dict[str, str | None] = {
     "gssencmode": "PGGSSENCMODE",
     "service": "PGSERVICE",
     "servicefile": "PGSERVICEFILE",
+    "keepalives": None,  # libpq has no environment variables for the keepalive options
+    "keepalives_idle": None,
+    "keepalives_interval": None,
+    "keepalives_count": None,
+    "tcp_user_timeout": None,
 }
 SUPPORTED_OPTIONS = tuple(_OPTION_ENV_VARS)
 
 # Options libpq accepts that we refuse rather than silently ignore.
 UNSUPPORTED_LIBPQ_OPTIONS = (
-    "hostaddr",
     "options",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
     "channel_binding",
     "krbsrvname",
     "gsslib",
@@ -113,7 +114,6 @@ LIBPQ_OPTIONS = frozenset(SUPPORTED_OPTIONS) | frozenset(UNSUPPORTED_LIBPQ_OPTIO
 
 # Environment variables libpq would act on but we cannot honour, with the option each one sets.
 _UNSUPPORTED_ENV_VARS = {
-    "PGHOSTADDR": "hostaddr",
     "PGOPTIONS": "options",
     "PGCHANNELBINDING": "channel_binding",
     "PGSSLCOMPRESSION": "sslcompression",
@@ -154,15 +154,36 @@ _ACCEPTED_FORMS = (
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One server to try: a host name, an IP literal (no brackets) or a Unix-socket directory."""
+    """One server to try: a host name, an IP literal (no brackets) or a Unix-socket directory.
+
+    ``hostaddr``, when set, is the IP address actually dialled; ``host`` is then
+    only the name that TLS host-name checks and ``.pgpass`` use (it may be empty).
+    """
 
     host: str
     port: int
+    hostaddr: str | None = None
 
     @property
     def is_unix_socket(self) -> bool:
         # libpq: an absolute path is a socket directory, "@name" a Linux abstract socket.
-        return self.host.startswith(("/", "@"))
+        return self.hostaddr is None and self.host.startswith(("/", "@"))
+
+    @property
+    def name(self) -> str:
+        """The host's name in messages and TLS checks: host, else hostaddr."""
+        return self.host or self.hostaddr or ""
+
+
+@dataclass(frozen=True)
+class Keepalives:
+    """TCP keepalive settings for the socket; None leaves the system's value."""
+
+    enabled: bool = True  # libpq's default
+    idle: int | None = None  # seconds of silence before the first probe (TCP_KEEPIDLE)
+    interval: int | None = None  # seconds between probes (TCP_KEEPINTVL)
+    count: int | None = None  # unanswered probes before the connection is dead (TCP_KEEPCNT)
+    user_timeout: int | None = None  # ms that sent data may stay unacknowledged (TCP_USER_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -192,6 +213,7 @@ class ConnectParams:
     home: str
     service: str | None = None
     service_file: str | None = None
+    keepalives: Keepalives = field(default_factory=Keepalives)
 
     def redacted(self) -> str:
         """A URI for logs; an explicit password shows as ``***``, sslpassword never appears."""
@@ -199,7 +221,10 @@ class ConnectParams:
         if self.password is not None:
             userinfo += ":***"
         hosts = ",".join(_uri_host(endpoint) for endpoint in self.endpoints)
-        query = "&".join(f"{key}={quote(value, safe='/')}" for key, value in self._query_items())
+        items = self._query_items()
+        if any(endpoint.hostaddr for endpoint in self.endpoints):
+            items.insert(0, ("hostaddr", ",".join(endpoint.hostaddr or "" for endpoint in self.endpoints)))
+        query = "&".join(f"{key}={quote(value, safe='/')}" for key, value in items)
         return f"postgresql://{userinfo}@{hosts}/{quote(self.database, safe='')}?{query}"
 
     def _query_items(self) -> list[tuple[str, str]]:
@@ -224,7 +249,16 @@ class ConnectParams:
             items.append(("application_name", self.application_name))
         if self.target_session_attrs is not None:
             items.append(("target_session_attrs", self.target_session_attrs))
+        items.extend(_keepalive_items(self.keepalives))
         return items
+
+
+def _keepalive_items(keepalives: Keepalives) -> list[tuple[str, str]]:
+    if not keepalives.enabled:
+        return [("keepalives", "0")]
+    named = (("keepalives_idle", keepalives.idle), ("keepalives_interval", keepalives.interval),
+             ("keepalives_count", keepalives.count), ("tcp_user_timeout", keepalives.user_timeout))
+    return [(key, str(value)) for key, value in named if value is not None]
 
 
 def _uri_host(endpoint: Endpoint) -> str:
@@ -637,8 +671,10 @@ def _default_host() -> str:
     return next((d for d in DEFAULT_SOCKET_DIRS if os.path.isdir(d)), "localhost")
 
 
-def _split_hosts(sources: _Sources) -> tuple[list[str], _Setting | None]:
+def _split_hosts(sources: _Sources, default: bool = True) -> tuple[list[str], _Setting | None]:
     setting = sources.get("host")
+    if not (setting and setting.value) and not default:
+        return [], None
     raw = setting.value.split(",") if setting and setting.value else [""]
     return [_normalise_host(host) for host in raw], setting
 
@@ -648,6 +684,28 @@ def _normalise_host(host: str) -> str:
     if host.startswith("[") and host.endswith("]") and ":" in host:
         host = host[1:-1]  # tolerate a bracketed IPv6 literal outside a URI
     return host or _default_host()
+
+
+def _split_hostaddrs(sources: _Sources) -> tuple[list[str | None], _Setting | None]:
+    setting = sources.get("hostaddr")
+    if setting is None or not setting.value:
+        return [], None
+    addresses: list[str | None] = []
+    for item in setting.value.split(","):
+        item = item.strip()
+        if item and not _is_ip_address(item):
+            raise _bad_value(setting, f"{_show(item)} is not a numeric IP address",
+                             "give addresses like 192.0.2.10 or 2001:db8::10, and names in host")
+        addresses.append(item or None)
+    return addresses, setting
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_ports(sources: _Sources, host_count: int, host_setting: _Setting | None) -> list[int]:
@@ -675,9 +733,60 @@ def _port_number(item: str, setting: _Setting) -> int:
 
 
 def _endpoints(sources: _Sources) -> tuple[Endpoint, ...]:
-    hosts, host_setting = _split_hosts(sources)
+    """host, hostaddr and port lists paired up by position, as libpq pairs them."""
+    addresses, address_setting = _split_hostaddrs(sources)
+    hosts, host_setting = _split_hosts(sources, default=not addresses)
+    if addresses and hosts and len(hosts) != len(addresses):
+        raise DsnError(f"{len(hosts)} host names (from {host_setting.origin}) for {len(addresses)} "
+                       f"hostaddr values (from {address_setting.origin}); give one address per host")
+    if addresses and not hosts:
+        hosts = [""] * len(addresses)
+        host_setting = address_setting
+    if not addresses:
+        addresses = [None] * len(hosts)
     ports = _split_ports(sources, len(hosts), host_setting)
-    return tuple(Endpoint(host, port) for host, port in zip(hosts, ports))
+    return tuple(Endpoint(host, port, address) for host, port, address in zip(hosts, ports, addresses))
+
+
+def _check_names_for_verify_full(endpoints: tuple[Endpoint, ...], sslmode: str) -> None:
+    if sslmode != "verify-full":
+        return
+    for endpoint in endpoints:
+        if endpoint.hostaddr and not endpoint.host:
+            raise DsnError(f"sslmode=verify-full checks the server's host name, but hostaddr={endpoint.hostaddr} "
+                           "has no host name paired with it; add host=NAME (the name in the server certificate)")
+
+
+def _keepalive_seconds(sources: _Sources, key: str, highest: int) -> int | None:
+    setting = sources.get(key)
+    if setting is None or not setting.value.strip():
+        return None
+    if _INTEGER_RE.fullmatch(setting.value):
+        value = int(setting.value)
+        if 1 <= value <= highest:
+            return value
+    raise _bad_value(setting, f"invalid {key}", f"use a whole number from 1 to {highest}")
+
+
+def _keepalives(sources: _Sources) -> Keepalives:
+    switch = sources.get("keepalives")
+    if switch is not None and switch.value.strip() and not _INTEGER_RE.fullmatch(switch.value):
+        raise _bad_value(switch, "invalid keepalives", "use 1 (on, the default) or 0 (off)")
+    enabled = switch is None or not switch.value.strip() or int(switch.value) != 0
+    timeout = sources.get("tcp_user_timeout")
+    user_timeout = None
+    if timeout is not None and timeout.value.strip():
+        if not _INTEGER_RE.fullmatch(timeout.value) or int(timeout.value) < 0:
+            raise _bad_value(timeout, "invalid tcp_user_timeout", "use a whole number of milliseconds (0 = system default)")
+        user_timeout = int(timeout.value) or None
+    # Linux's limits for TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
+    return Keepalives(
+        enabled=enabled,
+        idle=_keepalive_seconds(sources, "keepalives_idle", 32767),
+        interval=_keepalive_seconds(sources, "keepalives_interval", 32767),
+        count=_keepalive_seconds(sources, "keepalives_count", 127),
+        user_timeout=user_timeout,
+    )
 
 
 def _sslmode(sources: _Sources, sslrootcert: str | None) -> str:
@@ -799,8 +908,10 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
     sslrootcert = sources.text("sslrootcert")
     sslmode = _sslmode(sources, sslrootcert)
     min_tls, max_tls = _tls_versions(sources)
+    endpoints = _endpoints(sources)
+    _check_names_for_verify_full(endpoints, sslmode)
     return ConnectParams(
-        endpoints=_endpoints(sources),
+        endpoints=endpoints,
         user=user,
         database=sources.text("dbname") or user,
         password=password,
@@ -823,6 +934,7 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
         home=home,
         service=service.name if service else None,
         service_file=service.file if service else None,
+        keepalives=_keepalives(sources),
     )
 
 
@@ -842,7 +954,8 @@ def pgpass_password(params: ConnectParams, endpoint: Endpoint) -> str | None:
     if lines is None:
         return None
     # libpq matches a socket in the default directory as "localhost"; we also accept the literal path.
-    hosts = {"localhost", endpoint.host} if endpoint.is_unix_socket else {endpoint.host}
+    # A hostaddr never takes part: without a host, libpq (15) matches its default, "localhost".
+    hosts = {"localhost", endpoint.host} if endpoint.is_unix_socket else {endpoint.host or "localhost"}
     wanted = (hosts, {str(endpoint.port)}, {params.database}, {params.user})
     for line in lines:
         if line.startswith("#"):

@@ -240,7 +240,7 @@ def test_libpq_options_we_do_not_support(env, key):
 def test_unknown_option_names_key_not_value_and_suggests(env):
     message = error_of(f"host=h pasword={SECRET}", env)
     assert message.startswith('unknown connection option "pasword"; did you mean "password"?')
-    assert "libpq options: host, port" in message
+    assert "libpq options: host, hostaddr, port" in message
 
 
 def test_unknown_option_alias_hint(env):
@@ -378,7 +378,7 @@ def test_pgrequiressl(env):
     assert "PGREQUIRESSL=true" in error_of("", env, PGREQUIRESSL="true")
 
 
-@pytest.mark.parametrize("var", ["PGHOSTADDR", "PGOPTIONS", "PGCHANNELBINDING", "PGSSLCOMPRESSION",
+@pytest.mark.parametrize("var", ["PGOPTIONS", "PGCHANNELBINDING", "PGSSLCOMPRESSION",
                                  "PGKRBSRVNAME", "PGREQUIREAUTH", "PGLOADBALANCEHOSTS"])
 def test_unsupported_environment_variables(env, var):
     message = error_of("host=h", env, **{var: "x"})
@@ -642,3 +642,42 @@ def test_system_service_file_default_location(env, monkeypatch, tmp_path):
     monkeypatch.setattr(dsn_module, "DEFAULT_SYSCONFDIR", str(tmp_path))
     (tmp_path / "pg_service.conf").write_text("[sys]\nhost=from-system\n")
     assert hosts(parse("service=sys", env)) == [("from-system", 5432)]
+
+
+# --------------------------------------------------------------------------- hostaddr and keepalives
+
+
+def test_hostaddr_pairs_with_hosts_and_ports(env):
+    p = parse("host=a,b hostaddr=192.0.2.1,2001:db8::1 port=1,2", env)
+    assert [(e.host, e.port, e.hostaddr) for e in p.endpoints] == [("a", 1, "192.0.2.1"), ("b", 2, "2001:db8::1")]
+    assert not any(e.is_unix_socket for e in p.endpoints)
+    alone = parse("hostaddr=192.0.2.1", env)
+    assert [(e.host, e.hostaddr, e.name) for e in alone.endpoints] == [("", "192.0.2.1", "192.0.2.1")]
+    assert parse(p.redacted(), env).endpoints == p.endpoints
+
+
+def test_hostaddr_must_be_numeric(env):
+    message = error_of("host=a hostaddr=db.example.com", env)
+    assert message.startswith("hostaddr=db.example.com: db.example.com is not a numeric IP address")
+
+
+def test_keepalives_default_on_and_parsed(env):
+    default = parse("host=h", env).keepalives
+    assert default.enabled and default.idle is None and default.user_timeout is None
+    k = parse("host=h keepalives_idle=10 keepalives_interval=5 keepalives_count=3 tcp_user_timeout=25000",
+              env).keepalives
+    assert (k.enabled, k.idle, k.interval, k.count, k.user_timeout) == (True, 10, 5, 3, 25000)
+    assert parse("host=h keepalives=0", env).keepalives.enabled is False
+    assert parse("host=h keepalives=2", env).keepalives.enabled is True
+    assert "keepalives_idle=10" in parse("host=h keepalives_idle=10", env).redacted()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("keepalives=yes", ("keepalives=yes", "1 (on")),
+    ("keepalives_idle=0", ("keepalives_idle=0", "1 to 32767")),
+    ("keepalives_count=500", ("keepalives_count=500", "1 to 127")),
+    ("tcp_user_timeout=-1", ("tcp_user_timeout=-1", "milliseconds")),
+])
+def test_keepalive_errors(env, text, words):
+    message = error_of(f"host=h {text}", env)
+    assert all(word in message for word in words), message

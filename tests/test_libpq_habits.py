@@ -211,3 +211,120 @@ async def test_bad_service_file_lines(home, tmp_path):
         result = await assert_outcome("service=s", home, ok=False, env={"PGSERVICEFILE": str(path)})
         for word in words:
             assert word in result.detail, result.detail
+
+
+# -- hostaddr ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_target(habits_role, tls_cluster, certs):
+    def dsn(**params):
+        merged = {"port": tls_cluster.port, "dbname": "postgres", "user": ROLE, "password": PASSWORD,
+                  "sslrootcert": certs.ca_crt, **params}
+        return " ".join(f"{key}={value}" for key, value in merged.items())
+    return dsn
+
+
+async def test_hostaddr_with_the_certificate_name_passes_verify_full(tls_target, home):
+    await assert_outcome(tls_target(host="localhost", hostaddr="127.0.0.1", sslmode="verify-full"), home, ok=True)
+
+
+async def test_hostaddr_checks_the_host_name_not_the_address(tls_target, home):
+    # The name is never resolved: only hostaddr is dialled.
+    dsn = tls_target(host="db.invalid", hostaddr="127.0.0.1", sslmode="verify-full")
+    result = await assert_outcome(dsn, home, ok=False)
+    assert "does not match host name 'db.invalid'" in result.detail and "hostaddr 127.0.0.1" in result.detail
+    await assert_outcome(tls_target(host="db.invalid", hostaddr="127.0.0.1", sslmode="verify-ca"), home, ok=True)
+
+
+async def test_hostaddr_without_host_cannot_be_verified_by_name(tls_target, home):
+    result = await assert_outcome(tls_target(hostaddr="127.0.0.1", sslmode="verify-full"), home, ok=False)
+    assert "host=NAME" in result.detail
+    await assert_outcome(tls_target(hostaddr="127.0.0.1", sslmode="verify-ca"), home, ok=True)
+
+
+async def test_hostaddr_lists_pair_with_host_and_port_lists(tls_target, tls_cluster, home):
+    dsn = tls_target(host="db.invalid,localhost", hostaddr="127.0.0.1,127.0.0.1",
+                     port=f"1,{tls_cluster.port}", sslmode="verify-full")
+    await assert_outcome(dsn, home, ok=True)
+    result = await assert_outcome(tls_target(host="a,b", hostaddr="127.0.0.1", sslmode="verify-ca"), home, ok=False)
+    assert "2 host names" in result.detail and "1 hostaddr values" in result.detail
+    # An empty hostaddr in the list means: dial that host's name.
+    await assert_outcome(tls_target(host="db.invalid,localhost", hostaddr="127.0.0.1,",
+                                    port=f"1,{tls_cluster.port}", sslmode="verify-full"), home, ok=True)
+
+
+@pytest.mark.parametrize("line_host, dsn_host, ok", [
+    ("localhost", "host=localhost", True),  # .pgpass matches host ...
+    ("127.0.0.1", "host=localhost", False),  # ... never hostaddr when host is given
+    ("127.0.0.1", "", False),  # libpq 15 matches neither host nor hostaddr without a host ...
+    ("localhost", "", True),  # ... but its default, localhost
+])
+async def test_pgpass_uses_host_before_hostaddr(habits_role, tls_cluster, certs, home, line_host, dsn_host, ok):
+    pgpass = home / ".pgpass"
+    pgpass.write_text(f"{line_host}:{tls_cluster.port}:postgres:{ROLE}:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    dsn = (f"{dsn_host} hostaddr=127.0.0.1 port={tls_cluster.port} dbname=postgres user={ROLE} "
+           f"sslmode=verify-ca sslrootcert={certs.ca_crt}")
+    await assert_outcome(dsn, home, ok=ok)
+
+
+async def test_pghostaddr(tls_target, home):
+    await assert_outcome(tls_target(host="localhost", sslmode="verify-full"), home, ok=True,
+                         env={"PGHOSTADDR": "127.0.0.1"})
+    result = await assert_outcome(tls_target(host="localhost", sslmode="verify-full"), home, ok=False,
+                                  env={"PGHOSTADDR": "127.0.0.1,127.0.0.1"})
+    assert "PGHOSTADDR" in result.detail
+
+
+async def test_cancel_goes_through_the_same_dialler(tls_target, home):
+    import asyncio
+
+    from situation.connect import connect
+    from situation.dsn import parse_dsn
+
+    params = parse_dsn(tls_target(host="db.invalid", hostaddr="127.0.0.1", sslmode="verify-ca"),
+                       {"HOME": str(home)})
+    connection = await connect(params)
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await connection.fetchval("SELECT pg_sleep(30)", timeout=0.5)
+        assert await connection.fetchval("SELECT 1") == 1  # the cancel request reached the server
+    finally:
+        await connection.close()
+
+
+# -- keepalives ----------------------------------------------------------------------------
+
+
+def _socket_options(connection):
+    import socket
+
+    sock = connection._transport.get_extra_info("socket")
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "verify-full"])
+async def test_keepalive_options_reach_the_socket(habits_role, plain_cluster, tls_cluster, home, sslmode):
+    from situation.connect import connect
+    from situation.dsn import parse_dsn
+
+    cluster = plain_cluster if sslmode == "disable" else tls_cluster  # disable never reads sslrootcert
+    dsn = (f"host=localhost port={cluster.port} dbname=postgres user={ROLE} password={PASSWORD} "
+           f"sslmode={sslmode} sslrootcert={cluster.ca_file or '/nonexistent'} "
+           "keepalives_idle=7 keepalives_interval=3 keepalives_count=4 tcp_user_timeout=19000")
+    await assert_outcome(dsn, home, ok=True)  # psql takes the same options
+    connection = await connect(parse_dsn(dsn, {"HOME": str(home)}))
+    try:
+        assert _socket_options(connection) == (1, 7, 3, 4, 19000)
+    finally:
+        await connection.close()
+    connection = await connect(parse_dsn(dsn + " keepalives=0", {"HOME": str(home)}))
+    try:
+        assert _socket_options(connection)[0] == 0
+    finally:
+        await connection.close()
