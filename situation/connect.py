@@ -59,6 +59,9 @@ async def connect(
     settings = dict(server_settings or {})
     if params.application_name and "application_name" not in settings:
         settings["application_name"] = params.application_name
+    # The operator's `options` (-c name=value) beat the agent's own defaults (jit,
+    # application_name); search_path, which the agent's queries need, is refused by parse_dsn.
+    settings.update(params.server_options)
     tls_ready = tls is not None
     last_error: Exception | None = None
     last_endpoint = params.endpoints[-1]

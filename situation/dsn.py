@@ -78,6 +78,7 @@ _OPTION_ENV_VARS: dict[str, str | None] = {
     "gssencmode": "PGGSSENCMODE",
     "service": "PGSERVICE",
     "servicefile": "PGSERVICEFILE",
+    "options": "PGOPTIONS",
     "keepalives": None,  # libpq has no environment variables for the keepalive options
     "keepalives_idle": None,
     "keepalives_interval": None,
@@ -88,7 +89,6 @@ SUPPORTED_OPTIONS = tuple(_OPTION_ENV_VARS)
 
 # Options libpq accepts that we refuse rather than silently ignore.
 UNSUPPORTED_LIBPQ_OPTIONS = (
-    "options",
     "channel_binding",
     "krbsrvname",
     "gsslib",
@@ -114,7 +114,6 @@ LIBPQ_OPTIONS = frozenset(SUPPORTED_OPTIONS) | frozenset(UNSUPPORTED_LIBPQ_OPTIO
 
 # Environment variables libpq would act on but we cannot honour, with the option each one sets.
 _UNSUPPORTED_ENV_VARS = {
-    "PGOPTIONS": "options",
     "PGCHANNELBINDING": "channel_binding",
     "PGSSLCOMPRESSION": "sslcompression",
     "PGKRBSRVNAME": "krbsrvname",
@@ -214,6 +213,8 @@ class ConnectParams:
     service: str | None = None
     service_file: str | None = None
     keepalives: Keepalives = field(default_factory=Keepalives)
+    # Server settings from libpq's ``options`` (``-c name=value``), in the order given.
+    server_options: tuple[tuple[str, str], ...] = ()
 
     def redacted(self) -> str:
         """A URI for logs; an explicit password shows as ``***``, sslpassword never appears."""
@@ -250,7 +251,14 @@ class ConnectParams:
         if self.target_session_attrs is not None:
             items.append(("target_session_attrs", self.target_session_attrs))
         items.extend(_keepalive_items(self.keepalives))
+        if self.server_options:
+            items.append(("options", " ".join(f"-c {name}={_escape_option(value)}"
+                                              for name, value in self.server_options)))
         return items
+
+
+def _escape_option(value: str) -> str:
+    return re.sub(r"([\\\s])", r"\\\1", value)
 
 
 def _keepalive_items(keepalives: Keepalives) -> list[tuple[str, str]]:
@@ -748,6 +756,64 @@ def _endpoints(sources: _Sources) -> tuple[Endpoint, ...]:
     return tuple(Endpoint(host, port, address) for host, port, address in zip(hosts, ports, addresses))
 
 
+# Settings the agent fixes itself: its queries name tables without a schema.
+_RESERVED_SERVER_SETTINGS = {"search_path": "situation"}
+
+
+def _server_options(sources: _Sources) -> tuple[tuple[str, str], ...]:
+    """libpq's ``options``: ``-c name=value`` or ``--name=value`` words, split as the server splits them."""
+    setting = sources.get("options")
+    if setting is None:
+        return ()
+    words = _split_option_words(setting.value)
+    settings: list[tuple[str, str]] = []
+    while words:
+        word = words.pop(0)
+        if word == "-c" and words:
+            assignment = words.pop(0)
+        elif word.startswith("-c") and len(word) > 2:
+            assignment = word[2:]
+        elif word.startswith("--") and len(word) > 2:
+            assignment = word[2:]
+        else:
+            raise _bad_value(setting, f"{_show(word)} is not a setting",
+                             "situation passes only -c name=value (or --name=value) to the server")
+        name, equals, value = assignment.partition("=")
+        name = name.replace("-", "_").lower()  # as the server reads --work-mem
+        if not equals or not name:
+            raise _bad_value(setting, f"{_show(word if word != '-c' else assignment)} has no value",
+                             "write -c name=value")
+        if name in _RESERVED_SERVER_SETTINGS:
+            raise _bad_value(setting, f"situation sets {name} to {_RESERVED_SERVER_SETTINGS[name]} itself",
+                             f"remove -c {name}")
+        settings.append((name, value))
+    return tuple(settings)
+
+
+def _split_option_words(text: str) -> list[str]:
+    """Whitespace-separated words; a backslash keeps the next character (a space, a backslash) literal."""
+    words: list[str] = []
+    current: list[str] | None = None
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isspace():
+            if current is not None:
+                words.append("".join(current))
+                current = None
+            i += 1
+            continue
+        current = current if current is not None else []
+        if ch == "\\" and i + 1 < len(text):
+            i += 1
+            ch = text[i]
+        current.append(ch)
+        i += 1
+    if current is not None:
+        words.append("".join(current))
+    return words
+
+
 def _check_names_for_verify_full(endpoints: tuple[Endpoint, ...], sslmode: str) -> None:
     if sslmode != "verify-full":
         return
@@ -935,6 +1001,7 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
         service=service.name if service else None,
         service_file=service.file if service else None,
         keepalives=_keepalives(sources),
+        server_options=_server_options(sources),
     )
 
 

@@ -378,7 +378,7 @@ def test_pgrequiressl(env):
     assert "PGREQUIRESSL=true" in error_of("", env, PGREQUIRESSL="true")
 
 
-@pytest.mark.parametrize("var", ["PGOPTIONS", "PGCHANNELBINDING", "PGSSLCOMPRESSION",
+@pytest.mark.parametrize("var", ["PGCHANNELBINDING", "PGSSLCOMPRESSION",
                                  "PGKRBSRVNAME", "PGREQUIREAUTH", "PGLOADBALANCEHOSTS"])
 def test_unsupported_environment_variables(env, var):
     message = error_of("host=h", env, **{var: "x"})
@@ -680,4 +680,31 @@ def test_keepalives_default_on_and_parsed(env):
 ])
 def test_keepalive_errors(env, text, words):
     message = error_of(f"host=h {text}", env)
+    assert all(word in message for word in words), message
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_options_are_split_like_the_server_does(env):
+    # Two levels of backslashes: the key=value quoting, then the server's word splitting.
+    p = parse(r"options='-c statement_timeout=5s -cwork_mem=8MB --lock-timeout=2s -c application_name=a\\ b\\\\c'",
+              env)
+    assert p.server_options == (("statement_timeout", "5s"), ("work_mem", "8MB"), ("lock_timeout", "2s"),
+                                ("application_name", "a b\\c"))
+    assert parse(p.redacted(), env).server_options == p.server_options
+    assert parse("", env, PGOPTIONS="-c jit=on").server_options == (("jit", "on"),)
+    assert parse("options=-c\\ jit=on", env).server_options == (("jit", "on"),)
+
+
+@pytest.mark.parametrize("options, words", [
+    ("-B 100", ("-B is not a setting", "-c name=value")),
+    ("-c work_mem", ("has no value",)),
+    ("-c", ("-c is not a setting",)),
+    ("-c search_path=public", ("situation sets search_path to situation itself", "remove -c search_path")),
+    ("--search-path=public", ("search_path",)),
+])
+def test_bad_options(env, options, words):
+    message = error_of(f"host=h options='{options}'", env)
+    assert message.startswith("options="), message
     assert all(word in message for word in words), message

@@ -328,3 +328,63 @@ async def test_keepalive_options_reach_the_socket(habits_role, plain_cluster, tl
         assert _socket_options(connection)[0] == 0
     finally:
         await connection.close()
+
+
+# -- options -------------------------------------------------------------------------------
+
+
+async def shown_settings(dsn, environ, names):
+    """SHOW each setting through situation's connection code and through psql."""
+    import os
+    import subprocess
+
+    from situation.connect import connect
+    from situation.dsn import parse_dsn
+
+    connection = await connect(parse_dsn(dsn, environ))
+    try:
+        ours = [await connection.fetchval(f"SHOW {name}") for name in names]
+    finally:
+        await connection.close()
+    if not PSQL:
+        return ours, ours
+    query = " UNION ALL ".join(f"SELECT current_setting('{name}')" for name in names)
+    result = subprocess.run([PSQL, "-w", "-X", "-A", "-t", "-c", query, dsn],
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **environ},
+                            capture_output=True, text=True, timeout=30, check=True)
+    return ours, result.stdout.splitlines()
+
+
+async def test_options_reach_the_server_like_psql(tls_target, home):
+    dsn = tls_target(host="localhost", sslmode="verify-full",
+                     options=r"'-c statement_timeout=1234 --lock-timeout=2s -c DateStyle=SQL,\\ DMY'")
+    ours, theirs = await shown_settings(dsn, {"HOME": str(home)}, ["statement_timeout", "lock_timeout", "DateStyle"])
+    assert ours == theirs == ["1234ms", "2s", "SQL, DMY"]
+
+
+async def test_pgoptions(tls_target, home):
+    environ = {"HOME": str(home), "PGOPTIONS": "-c work_mem=9MB"}
+    ours, theirs = await shown_settings(tls_target(host="localhost", sslmode="verify-full"), environ, ["work_mem"])
+    assert ours == theirs == ["9MB"]
+
+
+async def test_unknown_setting_in_options_fails_like_psql(tls_target, home):
+    result = await assert_outcome(tls_target(host="localhost", sslmode="verify-full", options="-cno_such_setting=1"),
+                                  home, ok=False)
+    assert "no_such_setting" in result.detail
+
+
+async def test_options_beat_the_pools_defaults_but_not_search_path(tls_target, home):
+    from situation.connect import create_pool
+    from situation.dsn import parse_dsn
+
+    params = parse_dsn(tls_target(host="localhost", sslmode="verify-full", options="'-c jit=on -c work_mem=7MB'"),
+                       {"HOME": str(home)})
+    pool = await create_pool(params)
+    try:
+        async with pool.acquire() as connection:
+            row = await connection.fetchrow("SELECT current_setting('jit') AS jit, current_setting('work_mem') AS wm,"
+                                            " current_setting('search_path') AS sp")
+    finally:
+        await pool.close()
+    assert dict(row) == {"jit": "on", "wm": "7MB", "sp": "situation"}
