@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import socket
 import ssl
 from contextlib import asynccontextmanager
@@ -65,8 +66,11 @@ async def connect(
     tls_ready = tls is not None
     last_error: Exception | None = None
     last_endpoint = params.endpoints[-1]
+    endpoints = list(params.endpoints)
+    if params.load_balance_hosts == "random":
+        random.shuffle(endpoints)  # libpq 16: spread a fleet over replicas or bouncers
     for wanted in _session_passes(params.target_session_attrs):
-        for endpoint in params.endpoints:
+        for endpoint in endpoints:
             if not tls_ready and not endpoint.is_unix_socket:
                 tls = await asyncio.to_thread(build_ssl_context, params)  # reads key and certificate files
                 tls_ready = True
@@ -159,7 +163,8 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
         # asyncpg is given the name (TLS checks it, SNI carries it); the dialler connects
         # to hostaddr when there is one, with libpq's keepalive options set first.
         host = endpoint.host if endpoint.host and not endpoint.host.startswith(("/", "@")) else endpoint.hostaddr
-        loop = DialingLoop(asyncio.get_running_loop(), endpoint, params.keepalives)
+        loop = DialingLoop(asyncio.get_running_loop(), endpoint, params.keepalives,
+                           shuffle=params.load_balance_hosts == "random")
     try:
         return await asyncpg.connect(
             host=host,

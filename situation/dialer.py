@@ -12,6 +12,7 @@ real loop. Everything else is the real loop's.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from typing import Any
 
@@ -37,10 +38,12 @@ def apply_keepalives(sock: socket.socket, keepalives: Keepalives) -> None:
 class DialingLoop:
     """The running loop, except that TCP connections are dialled by :meth:`create_connection`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, keepalives: Keepalives):
+    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, keepalives: Keepalives,
+                 shuffle: bool = False):
         self._loop = loop
         self._endpoint = endpoint
         self._keepalives = keepalives
+        self._shuffle = shuffle  # load_balance_hosts=random also shuffles a name's addresses
         self.peer: tuple[str, int] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -73,6 +76,8 @@ class DialingLoop:
     async def _open_socket(self, target: str, port: int) -> socket.socket:
         """Try each address of ``target`` in turn, as libpq does; raise the last error."""
         infos = await self._loop.getaddrinfo(target, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        if self._shuffle:
+            random.shuffle(infos)
         last_error: OSError | None = None
         for family, kind, proto, _name, address in infos:
             sock = socket.socket(family, kind, proto)

@@ -36,6 +36,7 @@ log = structlog.get_logger("situation.dsn")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSLNEGOTIATIONS = ("postgres", "direct")
 SSLCERTMODES = ("disable", "allow")
+LOAD_BALANCE_HOSTS = ("disable", "random")
 TARGET_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 GSSENCMODES_ACCEPTED = ("disable", "prefer")
@@ -79,6 +80,7 @@ _OPTION_ENV_VARS: dict[str, str | None] = {
     "service": "PGSERVICE",
     "servicefile": "PGSERVICEFILE",
     "options": "PGOPTIONS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
     "keepalives": None,  # libpq has no environment variables for the keepalive options
     "keepalives_idle": None,
     "keepalives_interval": None,
@@ -96,7 +98,6 @@ UNSUPPORTED_LIBPQ_OPTIONS = (
     "replication",
     "requirepeer",
     "require_auth",
-    "load_balance_hosts",
     "sslcompression",
     "sslkeylogfile",
     "min_protocol_version",
@@ -121,7 +122,6 @@ _UNSUPPORTED_ENV_VARS = {
     "PGGSSDELEGATION": "gssdelegation",
     "PGREQUIREPEER": "requirepeer",
     "PGREQUIREAUTH": "require_auth",
-    "PGLOADBALANCEHOSTS": "load_balance_hosts",
     "PGMINPROTOCOLVERSION": "min_protocol_version",
     "PGMAXPROTOCOLVERSION": "max_protocol_version",
 }
@@ -215,6 +215,7 @@ class ConnectParams:
     keepalives: Keepalives = field(default_factory=Keepalives)
     # Server settings from libpq's ``options`` (``-c name=value``), in the order given.
     server_options: tuple[tuple[str, str], ...] = ()
+    load_balance_hosts: str = "disable"  # "random": try hosts (and their addresses) in random order
 
     def redacted(self) -> str:
         """A URI for logs; an explicit password shows as ``***``, sslpassword never appears."""
@@ -251,6 +252,8 @@ class ConnectParams:
         if self.target_session_attrs is not None:
             items.append(("target_session_attrs", self.target_session_attrs))
         items.extend(_keepalive_items(self.keepalives))
+        if self.load_balance_hosts != "disable":
+            items.append(("load_balance_hosts", self.load_balance_hosts))
         if self.server_options:
             items.append(("options", " ".join(f"-c {name}={_escape_option(value)}"
                                               for name, value in self.server_options)))
@@ -937,6 +940,11 @@ def _target_session_attrs(sources: _Sources) -> str | None:
     return None if setting is None else _choose(setting, TARGET_SESSION_ATTRS, "target_session_attrs")
 
 
+def _load_balance_hosts(sources: _Sources) -> str:
+    setting = sources.get("load_balance_hosts")
+    return "disable" if setting is None else _choose(setting, LOAD_BALANCE_HOSTS, "load_balance_hosts")
+
+
 def _application_name(sources: _Sources) -> str | None:
     return sources.text("application_name") or sources.text("fallback_application_name")
 
@@ -1002,6 +1010,7 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
         service_file=service.file if service else None,
         keepalives=_keepalives(sources),
         server_options=_server_options(sources),
+        load_balance_hosts=_load_balance_hosts(sources),
     )
 
 

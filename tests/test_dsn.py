@@ -379,7 +379,7 @@ def test_pgrequiressl(env):
 
 
 @pytest.mark.parametrize("var", ["PGCHANNELBINDING", "PGSSLCOMPRESSION",
-                                 "PGKRBSRVNAME", "PGREQUIREAUTH", "PGLOADBALANCEHOSTS"])
+                                 "PGKRBSRVNAME", "PGREQUIREAUTH"])
 def test_unsupported_environment_variables(env, var):
     message = error_of("host=h", env, **{var: "x"})
     assert message.startswith(f"{var} is set") and f"unset {var}" in message
@@ -708,3 +708,11 @@ def test_bad_options(env, options, words):
     message = error_of(f"host=h options='{options}'", env)
     assert message.startswith("options="), message
     assert all(word in message for word in words), message
+
+
+def test_load_balance_hosts(env):
+    assert parse("host=a,b", env).load_balance_hosts == "disable"
+    assert parse("host=a,b load_balance_hosts=random", env).load_balance_hosts == "random"
+    assert parse("host=a,b", env, PGLOADBALANCEHOSTS="random").load_balance_hosts == "random"
+    assert "load_balance_hosts=random" in parse("host=a,b load_balance_hosts=random", env).redacted()
+    assert "use one of disable, random" in error_of("load_balance_hosts=round-robin", env)

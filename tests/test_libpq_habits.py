@@ -388,3 +388,26 @@ async def test_options_beat_the_pools_defaults_but_not_search_path(tls_target, h
     finally:
         await pool.close()
     assert dict(row) == {"jit": "on", "wm": "7MB", "sp": "situation"}
+
+
+# -- load_balance_hosts (libpq 16; psql 15 does not know it) ---------------------------------
+
+
+async def test_load_balance_hosts_random_reaches_every_host(habits_role, plain_cluster, tls_cluster, home):
+    seen = set()
+    for _ in range(40):
+        result = await assert_outcome(
+            two_hosts(plain_cluster, tls_cluster, sslmode="prefer", load_balance_hosts="random"), home, ok=True,
+            compare=False)
+        seen.add(result.detail)
+        if len(seen) == 2:
+            break
+    assert seen == {"ssl=False", "ssl=True"}
+
+
+async def test_load_balance_hosts_disable_keeps_the_order(habits_role, plain_cluster, tls_cluster, home):
+    for _ in range(5):
+        result = await assert_outcome(
+            two_hosts(plain_cluster, tls_cluster, sslmode="prefer", load_balance_hosts="disable"), home, ok=True,
+            compare=False)
+        assert result.detail == "ssl=False"
