@@ -33,6 +33,15 @@ class _ServerHasNoTls(ConnectionError):
     pass
 
 
+class _AuthMethodRefused(Exception):
+    """require_auth forbids the method the server asked for; we hung up before answering."""
+
+    def __init__(self, method: str, require_auth):
+        self.method = method
+        self.require_auth = require_auth
+        super().__init__(f"server asked for {method}, require_auth={require_auth}")
+
+
 class _SessionMismatch(Exception):
     """The server answered, but its session is not what target_session_attrs asks for."""
 
@@ -164,7 +173,7 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
         # to hostaddr when there is one, with libpq's keepalive options set first.
         host = endpoint.host if endpoint.host and not endpoint.host.startswith(("/", "@")) else endpoint.hostaddr
         loop = DialingLoop(asyncio.get_running_loop(), endpoint, params.keepalives,
-                           shuffle=params.load_balance_hosts == "random")
+                           shuffle=params.load_balance_hosts == "random", require_auth=params.require_auth)
     try:
         return await asyncpg.connect(
             host=host,
@@ -183,8 +192,10 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
             loop=loop,
             **kwargs,
         )
-    except ConnectionError as exc:
-        if "rejected SSL upgrade" in str(exc):
+    except Exception as exc:
+        if loop is not None and loop.refused_method is not None:
+            raise _AuthMethodRefused(loop.refused_method, params.require_auth) from None
+        if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
             raise _ServerHasNoTls(str(exc)) from None
         raise
 
@@ -265,6 +276,12 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
         exc = exc.__cause__
         text = _one_line(exc)
         lowered = text.lower()
+    if isinstance(exc, _AuthMethodRefused):
+        asked = "no authentication" if exc.method == "none" else f"{exc.method} authentication"
+        return ConnectError(
+            f"server at {where} asked for {asked}, which require_auth={exc.require_auth} does not allow; "
+            "no credentials were sent; change the server's pg_hba.conf method or require_auth"
+        )
     if isinstance(exc, _SessionMismatch):
         return ConnectError(
             f"no server in the host list suits target_session_attrs={exc.wanted} "

@@ -81,6 +81,8 @@ _OPTION_ENV_VARS: dict[str, str | None] = {
     "servicefile": "PGSERVICEFILE",
     "options": "PGOPTIONS",
     "load_balance_hosts": "PGLOADBALANCEHOSTS",
+    "channel_binding": "PGCHANNELBINDING",
+    "require_auth": "PGREQUIREAUTH",
     "keepalives": None,  # libpq has no environment variables for the keepalive options
     "keepalives_idle": None,
     "keepalives_interval": None,
@@ -91,13 +93,11 @@ SUPPORTED_OPTIONS = tuple(_OPTION_ENV_VARS)
 
 # Options libpq accepts that we refuse rather than silently ignore.
 UNSUPPORTED_LIBPQ_OPTIONS = (
-    "channel_binding",
     "krbsrvname",
     "gsslib",
     "gssdelegation",
     "replication",
     "requirepeer",
-    "require_auth",
     "sslcompression",
     "sslkeylogfile",
     "min_protocol_version",
@@ -115,13 +115,11 @@ LIBPQ_OPTIONS = frozenset(SUPPORTED_OPTIONS) | frozenset(UNSUPPORTED_LIBPQ_OPTIO
 
 # Environment variables libpq would act on but we cannot honour, with the option each one sets.
 _UNSUPPORTED_ENV_VARS = {
-    "PGCHANNELBINDING": "channel_binding",
     "PGSSLCOMPRESSION": "sslcompression",
     "PGKRBSRVNAME": "krbsrvname",
     "PGGSSLIB": "gsslib",
     "PGGSSDELEGATION": "gssdelegation",
     "PGREQUIREPEER": "requirepeer",
-    "PGREQUIREAUTH": "require_auth",
     "PGMINPROTOCOLVERSION": "min_protocol_version",
     "PGMAXPROTOCOLVERSION": "max_protocol_version",
 }
@@ -175,6 +173,20 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class RequireAuth:
+    """libpq's require_auth: the methods the server may ask for (or, negated, may not)."""
+
+    methods: frozenset[str]
+    negated: bool = False
+
+    def allows(self, method: str) -> bool:
+        return (method in self.methods) != self.negated
+
+    def __str__(self) -> str:
+        return ",".join(("!" if self.negated else "") + method for method in sorted(self.methods))
+
+
+@dataclass(frozen=True)
 class Keepalives:
     """TCP keepalive settings for the socket; None leaves the system's value."""
 
@@ -216,6 +228,7 @@ class ConnectParams:
     # Server settings from libpq's ``options`` (``-c name=value``), in the order given.
     server_options: tuple[tuple[str, str], ...] = ()
     load_balance_hosts: str = "disable"  # "random": try hosts (and their addresses) in random order
+    require_auth: RequireAuth | None = None
 
     def redacted(self) -> str:
         """A URI for logs; an explicit password shows as ``***``, sslpassword never appears."""
@@ -254,6 +267,8 @@ class ConnectParams:
         items.extend(_keepalive_items(self.keepalives))
         if self.load_balance_hosts != "disable":
             items.append(("load_balance_hosts", self.load_balance_hosts))
+        if self.require_auth is not None:
+            items.append(("require_auth", str(self.require_auth)))
         if self.server_options:
             items.append(("options", " ".join(f"-c {name}={_escape_option(value)}"
                                               for name, value in self.server_options)))
@@ -945,6 +960,40 @@ def _load_balance_hosts(sources: _Sources) -> str:
     return "disable" if setting is None else _choose(setting, LOAD_BALANCE_HOSTS, "load_balance_hosts")
 
 
+REQUIRE_AUTH_METHODS = ("password", "md5", "gss", "sspi", "scram-sha-256", "none")
+
+
+def _require_auth(sources: _Sources) -> RequireAuth | None:
+    setting = sources.get("require_auth")
+    if setting is None or not setting.value:
+        return None
+    words = setting.value.split(",")
+    negated = {word.startswith("!") for word in words}
+    if len(negated) > 1:
+        raise _bad_value(setting, "negative (!) and positive methods cannot be mixed",
+                         "list the methods to allow, or only !methods to forbid")
+    methods = [word.removeprefix("!") for word in words]
+    for method in methods:
+        if method not in REQUIRE_AUTH_METHODS:
+            raise _bad_value(setting, f"invalid require_auth method {_show(method)}",
+                             f"use {', '.join(REQUIRE_AUTH_METHODS)}, each optionally with !")
+    if len(set(methods)) != len(methods):
+        raise _bad_value(setting, "a method is listed twice", "list each method once")
+    return RequireAuth(frozenset(methods), negated.pop())
+
+
+def _check_channel_binding(sources: _Sources) -> None:
+    setting = sources.get("channel_binding")
+    if setting is None:
+        return
+    if setting.value == "require":
+        raise _bad_value(setting, "channel binding needs SCRAM-SHA-256-PLUS, which situation's driver (asyncpg) "
+                         "does not implement", "use sslmode=verify-full, which pins the server's identity, and a "
+                         "client certificate (sslcert, sslkey) for mutual authentication")
+    # prefer: as in libpq when the client cannot bind, SCRAM-SHA-256 without binding.
+    _choose(setting, ("disable", "prefer"), "channel_binding")
+
+
 def _application_name(sources: _Sources) -> str | None:
     return sources.text("application_name") or sources.text("fallback_application_name")
 
@@ -976,6 +1025,7 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
         sources = _Sources(sources.options, environ, service.settings)
     _check_client_encoding(sources)
     _check_gssencmode(sources)
+    _check_channel_binding(sources)
 
     user = _user_name(sources)
     password = sources.text("password")
@@ -1011,6 +1061,7 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
         keepalives=_keepalives(sources),
         server_options=_server_options(sources),
         load_balance_hosts=_load_balance_hosts(sources),
+        require_auth=_require_auth(sources),
     )
 
 

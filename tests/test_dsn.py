@@ -378,8 +378,8 @@ def test_pgrequiressl(env):
     assert "PGREQUIRESSL=true" in error_of("", env, PGREQUIRESSL="true")
 
 
-@pytest.mark.parametrize("var", ["PGCHANNELBINDING", "PGSSLCOMPRESSION",
-                                 "PGKRBSRVNAME", "PGREQUIREAUTH"])
+@pytest.mark.parametrize("var", ["PGSSLCOMPRESSION",
+                                 "PGKRBSRVNAME"])
 def test_unsupported_environment_variables(env, var):
     message = error_of("host=h", env, **{var: "x"})
     assert message.startswith(f"{var} is set") and f"unset {var}" in message
@@ -716,3 +716,35 @@ def test_load_balance_hosts(env):
     assert parse("host=a,b", env, PGLOADBALANCEHOSTS="random").load_balance_hosts == "random"
     assert "load_balance_hosts=random" in parse("host=a,b load_balance_hosts=random", env).redacted()
     assert "use one of disable, random" in error_of("load_balance_hosts=round-robin", env)
+
+
+# --------------------------------------------------------------------------- channel_binding, require_auth
+
+
+def test_channel_binding(env):
+    parse("host=h channel_binding=disable", env)
+    parse("host=h channel_binding=prefer", env, PGCHANNELBINDING="require")  # the DSN wins
+    message = error_of("host=h channel_binding=require", env)
+    assert "SCRAM-SHA-256-PLUS" in message and "verify-full" in message and "client certificate" in message
+    assert error_of("host=h", env, PGCHANNELBINDING="require").startswith("PGCHANNELBINDING=require:")
+    assert "use one of disable, prefer" in error_of("host=h channel_binding=maybe", env)
+
+
+def test_require_auth(env):
+    assert parse("host=h", env).require_auth is None
+    allowed = parse("host=h require_auth=scram-sha-256,none", env).require_auth
+    assert allowed.allows("scram-sha-256") and allowed.allows("none") and not allowed.allows("md5")
+    forbidden = parse("host=h", env, PGREQUIREAUTH="!password,!md5").require_auth
+    assert forbidden.allows("scram-sha-256") and not forbidden.allows("password")
+    redacted = parse("host=h require_auth=!password,!md5", env).redacted()
+    assert parse(redacted, env).require_auth == forbidden
+
+
+@pytest.mark.parametrize("value, words", [
+    ("scram-sha-256,!md5", ("cannot be mixed",)),
+    ("kerberos", ("invalid require_auth method kerberos",)),
+    ("md5,md5", ("listed twice",)),
+])
+def test_require_auth_errors(env, value, words):
+    message = error_of(f"host=h require_auth={value}", env)
+    assert all(word in message for word in words), message

@@ -411,3 +411,72 @@ async def test_load_balance_hosts_disable_keeps_the_order(habits_role, plain_clu
             two_hosts(plain_cluster, tls_cluster, sslmode="prefer", load_balance_hosts="disable"), home, ok=True,
             compare=False)
         assert result.detail == "ssl=False"
+
+
+# -- channel_binding and require_auth (libpq 16; psql 15 knows only channel_binding) ---------
+
+
+@pytest.mark.parametrize("value", ["disable", "prefer"])
+async def test_channel_binding_disable_and_prefer_connect_like_psql(tls_target, home, value):
+    await assert_outcome(tls_target(host="localhost", sslmode="verify-full", channel_binding=value), home, ok=True)
+
+
+async def test_channel_binding_require_is_refused(tls_target, home):
+    # psql connects (the server offers SCRAM-SHA-256-PLUS over TLS); asyncpg cannot do it.
+    result = await assert_outcome(tls_target(host="localhost", sslmode="verify-full", channel_binding="require"),
+                                  home, ok=False, compare=False)
+    assert "SCRAM-SHA-256-PLUS" in result.detail
+
+
+@pytest.mark.parametrize("sslmode", ["verify-full", "disable"])
+@pytest.mark.parametrize("require_auth, ok", [
+    ("scram-sha-256", True), ("password,scram-sha-256", True), ("!md5,!password", True),
+    ("password", False), ("md5,none", False), ("!scram-sha-256", False),
+])
+async def test_require_auth_against_scram_servers(habits_role, tls_cluster, plain_cluster, certs, home,
+                                                  sslmode, require_auth, ok):
+    cluster = tls_cluster if sslmode == "verify-full" else plain_cluster
+    dsn = cluster.uri(ROLE, PASSWORD, sslmode=sslmode, sslrootcert=certs.ca_crt, require_auth=require_auth)
+    result = await assert_outcome(dsn, home, ok=ok, compare=False)
+    if not ok:
+        assert result.detail.startswith("server at localhost:") and "asked for scram-sha-256 authentication" in result.detail
+        assert f"require_auth={require_auth} does not allow" in result.detail
+
+
+class FakeServer:
+    """Answers every start-up packet with one authentication request, and records what it receives."""
+
+    def __init__(self, request: bytes):
+        self.request = request
+        self.received = b""
+
+    async def handle(self, reader, writer):
+        import struct
+
+        length = struct.unpack("!i", await reader.readexactly(4))[0]
+        await reader.readexactly(length - 4)
+        writer.write(self.request)
+        await writer.drain()
+        self.received += await reader.read(1000)
+        writer.close()
+
+
+@pytest.mark.parametrize("request_bytes, method", [
+    (b"R\x00\x00\x00\x08\x00\x00\x00\x03", "password"),
+    (b"R\x00\x00\x00\x0c\x00\x00\x00\x05salt", "md5"),
+    (b"R\x00\x00\x00\x08\x00\x00\x00\x00", "no"),
+])
+async def test_require_auth_hangs_up_before_sending_anything(home, request_bytes, method):
+    import asyncio
+
+    fake = FakeServer(request_bytes)
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        dsn = f"host=127.0.0.1 port={port} user=u dbname=d password={PASSWORD} sslmode=disable require_auth=scram-sha-256"
+        result = await assert_outcome(dsn, home, ok=False, compare=False)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert f"asked for {method} authentication" in result.detail and "no credentials were sent" in result.detail
+    assert PASSWORD.encode() not in fake.received and b"p" not in fake.received[:1]
