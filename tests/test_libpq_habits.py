@@ -480,3 +480,49 @@ async def test_require_auth_hangs_up_before_sending_anything(home, request_bytes
         await server.wait_closed()
     assert f"asked for {method} authentication" in result.detail and "no credentials were sent" in result.detail
     assert PASSWORD.encode() not in fake.received and b"p" not in fake.received[:1]
+
+
+# -- the documented deviations and examples ---------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def doc_blocks(path, lang):
+    import re
+
+    text = (REPO / path).read_text(encoding="utf-8")
+    return [m.group(1) for m in re.finditer(rf"^\s*```{lang}\n(.*?)^\s*```", text, re.MULTILINE | re.DOTALL)]
+
+
+async def test_tilde_in_file_options_is_the_home_directory(tls_target, certs, home):
+    import shutil
+
+    shutil.copy(certs.ca_crt, home / "ca.crt")
+    dsn = tls_target(host="localhost", sslmode="verify-full", sslrootcert="~/ca.crt")
+    await assert_outcome(dsn, home, ok=True, compare=False)  # libpq looks for a file named "~/ca.crt"
+
+
+async def test_the_documented_service_entry_works_like_psql(habits_role, tls_cluster, certs, home, tmp_path):
+    [entry] = [b for b in doc_blocks("docs/security.md", "ini") if "pg_service.conf" in b.splitlines()[0]]
+    site = {"host=db.example.net": "host=localhost", "port=5432": f"port={tls_cluster.port}",
+            "dbname=situation": "dbname=postgres", "sslrootcert=/etc/situation/ca.crt": f"sslrootcert={certs.ca_crt}"}
+    for documented, here in site.items():
+        assert documented in entry
+        entry = entry.replace(documented, here)
+    (tmp_path / "pg_service.conf").write_text(entry)
+    env = {"PGSYSCONFDIR": str(tmp_path), "PGPASSWORD": PASSWORD}
+    result = await assert_outcome(f"service=situation user={ROLE}", home, ok=True, env=env)
+    assert result.detail == "ssl=True"
+
+
+def test_every_documented_dsn_is_accepted(tmp_path):
+    import re
+
+    from situation.dsn import parse_dsn
+
+    examples = [b.strip() for b in doc_blocks("docs/security.md", "text") if b.lstrip().startswith("host=")]
+    examples += re.findall(r"postgresql://[^\s\"'<]+", (REPO / "README.md").read_text(encoding="utf-8"))
+    assert len(examples) >= 3
+    for example in examples:
+        params = parse_dsn(example.replace("$DB_HOST", "db").replace("$DB_PORT", "5432"), {"HOME": str(tmp_path)})
+        assert params.endpoints
