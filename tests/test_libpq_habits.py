@@ -526,3 +526,14 @@ def test_every_documented_dsn_is_accepted(tmp_path):
     for example in examples:
         params = parse_dsn(example.replace("$DB_HOST", "db").replace("$DB_PORT", "5432"), {"HOME": str(tmp_path)})
         assert params.endpoints
+
+
+@pytest.mark.parametrize("key", ["sslrootcert", "sslcert", "sslcrl"])
+async def test_missing_explicit_files_are_refused_where_libpq_goes_on(tls_target, certs, home, key):
+    # libpq connects without them (sslmode=require, no root file needed); situation stops.
+    params = {"sslrootcert": certs.ca_crt, key: home / "missing.pem"}
+    dsn = tls_target(host="localhost", sslmode="require", **params)
+    result = await assert_outcome(dsn, home, ok=False, compare=False)
+    assert key in result.detail and "does not exist" in result.detail
+    if PSQL:
+        assert psql_outcome(dsn, {"HOME": str(home)}).ok
