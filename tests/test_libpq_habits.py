@@ -6,9 +6,20 @@ environment: both must succeed or fail alike (support/compare.py).
 
 from __future__ import annotations
 
-import pytest
-from support.compare import PSQL, psql_outcome, situation_outcome
+import asyncio
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+from pathlib import Path
 
+import pytest
+from support.compare import PSQL, assert_outcome, psql_outcome
+
+from situation.connect import connect, create_pool
+from situation.dsn import parse_dsn
 from situation.store import is_postgres_dsn
 
 PASSWORD = "pw-habits"
@@ -20,18 +31,6 @@ def habits_role(tls_cluster, plain_cluster):
     for cluster in (tls_cluster, plain_cluster):
         cluster.create_role(ROLE, PASSWORD)
     return ROLE
-
-
-async def assert_outcome(dsn, home, *, ok, env=None, compare=True):
-    environ = {"HOME": str(home), **(env or {})}
-    ours = await situation_outcome(dsn, environ)
-    assert ours.ok is ok, ours.detail
-    if compare and PSQL:
-        theirs = psql_outcome(dsn, environ)
-        assert theirs.ok is ok, f"psql disagrees: {theirs.detail}"
-        if ok:
-            assert theirs.detail == ours.detail
-    return ours
 
 
 # -- target_session_attrs: a server of the wrong kind is skipped ----------------------
@@ -278,11 +277,6 @@ async def test_pghostaddr(tls_target, home):
 
 
 async def test_cancel_goes_through_the_same_dialler(tls_target, home):
-    import asyncio
-
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
-
     params = parse_dsn(tls_target(host="db.invalid", hostaddr="127.0.0.1", sslmode="verify-ca"),
                        {"HOME": str(home)})
     connection = await connect(params)
@@ -298,8 +292,6 @@ async def test_cancel_goes_through_the_same_dialler(tls_target, home):
 
 
 def _socket_options(connection):
-    import socket
-
     sock = connection._transport.get_extra_info("socket")
     return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
             sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
@@ -310,9 +302,6 @@ def _socket_options(connection):
 
 @pytest.mark.parametrize("sslmode", ["disable", "verify-full"])
 async def test_keepalive_options_reach_the_socket(habits_role, plain_cluster, tls_cluster, home, sslmode):
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
-
     cluster = plain_cluster if sslmode == "disable" else tls_cluster  # disable never reads sslrootcert
     dsn = (f"host=localhost port={cluster.port} dbname=postgres user={ROLE} password={PASSWORD} "
            f"sslmode={sslmode} sslrootcert={cluster.ca_file or '/nonexistent'} "
@@ -335,12 +324,6 @@ async def test_keepalive_options_reach_the_socket(habits_role, plain_cluster, tl
 
 async def shown_settings(dsn, environ, names):
     """SHOW each setting through situation's connection code and through psql."""
-    import os
-    import subprocess
-
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
-
     connection = await connect(parse_dsn(dsn, environ))
     try:
         ours = [await connection.fetchval(f"SHOW {name}") for name in names]
@@ -375,9 +358,6 @@ async def test_unknown_setting_in_options_fails_like_psql(tls_target, home):
 
 
 async def test_options_beat_the_pools_defaults_but_not_search_path(tls_target, home):
-    from situation.connect import create_pool
-    from situation.dsn import parse_dsn
-
     params = parse_dsn(tls_target(host="localhost", sslmode="verify-full", options="'-c jit=on -c work_mem=7MB'"),
                        {"HOME": str(home)})
     pool = await create_pool(params)
@@ -451,8 +431,6 @@ class FakeServer:
         self.received = b""
 
     async def handle(self, reader, writer):
-        import struct
-
         length = struct.unpack("!i", await reader.readexactly(4))[0]
         await reader.readexactly(length - 4)
         writer.write(self.request)
@@ -467,8 +445,6 @@ class FakeServer:
     (b"R\x00\x00\x00\x08\x00\x00\x00\x00", "no"),
 ])
 async def test_require_auth_hangs_up_before_sending_anything(home, request_bytes, method):
-    import asyncio
-
     fake = FakeServer(request_bytes)
     server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -484,19 +460,15 @@ async def test_require_auth_hangs_up_before_sending_anything(home, request_bytes
 
 # -- the documented deviations and examples ---------------------------------------------------
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def doc_blocks(path, lang):
-    import re
-
     text = (REPO / path).read_text(encoding="utf-8")
     return [m.group(1) for m in re.finditer(rf"^\s*```{lang}\n(.*?)^\s*```", text, re.MULTILINE | re.DOTALL)]
 
 
 async def test_tilde_in_file_options_is_the_home_directory(tls_target, certs, home):
-    import shutil
-
     shutil.copy(certs.ca_crt, home / "ca.crt")
     dsn = tls_target(host="localhost", sslmode="verify-full", sslrootcert="~/ca.crt")
     await assert_outcome(dsn, home, ok=True, compare=False)  # libpq looks for a file named "~/ca.crt"
@@ -516,10 +488,6 @@ async def test_the_documented_service_entry_works_like_psql(habits_role, tls_clu
 
 
 def test_every_documented_dsn_is_accepted(tmp_path):
-    import re
-
-    from situation.dsn import parse_dsn
-
     examples = [b.strip() for b in doc_blocks("docs/security.md", "text") if b.lstrip().startswith("host=")]
     examples += re.findall(r"postgresql://[^\s\"'<]+", (REPO / "README.md").read_text(encoding="utf-8"))
     assert len(examples) >= 3
