@@ -24,6 +24,16 @@ list for host-network). Left out, because they are not reading: the
 ``lsb_release`` command host-basic may run when /etc/lsb-release is missing,
 and chassis' question to hostnamed over D-Bus.
 
+netstat is measured apart, in a network namespace the script creates (its
+sockets are then only the bench's): a helper process holds ``--sockets``
+sockets (default 2,000: a quarter TCP listeners, a quarter bound UDP sockets,
+half the two ends of loopback TCP connections), and one round compares
+``ss -tunap`` (the floor: the same /proc/net and /proc/*/fd walk, in C) with
+netstat's collection (``sockets.read_sockets`` plus ``netstat.plan_rows``) and
+with its whole ``run`` into a fresh SQLite store (host rows written first,
+untimed), counting the store calls per table. Target: collection within 2x
+``ss -tunap``, and one statement per table. ``--no-netstat`` leaves it out.
+
 One warm-up round (reported as "first": cold caches, first imports inside the
 modules) is followed by ``--repeat`` rounds (default 20); min and median are
 over those. The baseline, measured in the same rounds: reading
@@ -136,13 +146,143 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
 
+# -- netstat, in a namespace of its own ------------------------------------------------------
+
+HOLDER = r"""
+import socket, sys
+count = int(sys.argv[1]) // 4
+held = []
+for i in range(count):
+    listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(4); held.append(listener)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("127.0.0.1", 0)); held.append(udp)
+    client = socket.create_connection(listener.getsockname()); held.append(client)
+    held.append(listener.accept()[0])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def run_netstat_bench(sockets: int, repeat: int) -> None:
+    """Create a namespace, run this script's netstat child inside it, remove the namespace."""
+    import subprocess
+    import uuid
+
+    namespace = f"sit-bench-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", namespace, sys.executable, __file__, "--netstat-child",
+                        "--sockets", str(sockets), "--repeat", str(repeat)], check=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+class CountingStore:
+    """The store, with its calls counted per table (upserts) or query (named queries)."""
+
+    def __init__(self, store):
+        self._store, self.calls = store, {}
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def _count(self, what: str) -> None:
+        self.calls[what] = self.calls.get(what, 0) + 1
+
+    async def upsert(self, table, rows, **kwargs):
+        self._count(table)
+        return await self._store.upsert(table, rows, **kwargs)
+
+    async def fetch(self, query, *args):
+        self._count(query)
+        return await self._store.fetch(query, *args)
+
+
+async def _netstat_round(directory: Path, record_host: bool) -> tuple[float, dict[str, int], int]:
+    import structlog
+
+    from situation.module import REGISTRY, Context, HostMachine, load_builtin_modules
+    from situation.store import open_store
+
+    load_builtin_modules()
+    store = await open_store(str(directory / "netstat.sqlite"), "be" * 16)
+    try:
+        host = HostMachine(id=await store.fetchval("machine_by_agent", "be" * 16))
+        names = ["fingerprint", "host-basic", "local-users", "host-network"] if record_host else []
+        for name in names:
+            ctx = Context(store=store, log=structlog.get_logger(), agent_id="be" * 16, options={}, root=HostRoot(),
+                          host=host)
+            await REGISTRY[name].run(ctx)
+        counting = CountingStore(store)
+        ctx = Context(store=counting, log=structlog.get_logger(), agent_id="be" * 16, options={}, root=HostRoot(),
+                      host=host)
+        started = time.perf_counter()
+        await REGISTRY["netstat"].run(ctx)
+        return time.perf_counter() - started, counting.calls, ctx.rows_written
+    finally:
+        await store.close()
+
+
+def netstat_child(sockets: int, repeat: int) -> None:
+    import asyncio
+    import logging
+    import subprocess
+    import tempfile
+
+    import structlog
+
+    from situation.modules import netstat
+    from situation.net import sockets as socket_reader
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, sockets + 512)), hard))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(sockets)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        ss_times, collect_times = [], []
+        for _ in range(repeat + 1):
+            started = time.perf_counter()
+            listed = subprocess.run(["ss", "-tunapH"], capture_output=True, text=True, check=True).stdout
+            ss_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            listing = socket_reader.read_sockets(os.getpid())
+            netstat.plan_rows(listing, [], {})
+            collect_times.append(time.perf_counter() - started)
+        with tempfile.TemporaryDirectory() as directory:
+            first = asyncio.run(_netstat_round(Path(directory), record_host=True))
+            again = asyncio.run(_netstat_round(Path(directory), record_host=False))
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    ss_median, collect_median = statistics.median(ss_times[1:]), statistics.median(collect_times[1:])
+    print(f"\nnetstat in a namespace of its own, {sockets} sockets held by one process "
+          f"(ss lists {len(listed.splitlines())}; netstat: {len(listing.listeners)} listeners, "
+          f"{len(listing.connections)} connections), {repeat} measured rounds")
+    print(f"  ss -tunap (process included)          median {ms(ss_median):>8} ms")
+    print(f"  netstat collection (read + plan)      median {ms(collect_median):>8} ms   "
+          f"{collect_median / ss_median:.2f}x ss")
+    for label, (elapsed, calls, written) in (("first run into SQLite", first), ("second run (unchanged)", again)):
+        per_table = ", ".join(f"{what} {count}" for what, count in sorted(calls.items()))
+        print(f"  netstat run, {label:<24}  {ms(elapsed):>8} ms   {written} rows written; store calls: {per_table}")
+    verdict = "PASS" if collect_median <= 2 * ss_median else "FAIL"
+    print(f"netstat collection within 2x ss -tunap: {verdict}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20, metavar="N", help="measured rounds after the warm-up (default 20)")
+    parser.add_argument("--sockets", type=int, default=2000, help="sockets held open for netstat (default 2000)")
+    parser.add_argument("--no-netstat", action="store_true", help="leave netstat out (it needs root: a namespace)")
+    parser.add_argument("--netstat-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--check", action="store_true", help=f"exit 1 when a round's median is {TARGET_SECONDS:g} s or more")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.netstat_child:
+        netstat_child(args.sockets, args.repeat)
+        return 0
 
     root = HostRoot()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -169,6 +309,8 @@ def main() -> int:
     print(f"total/floor (median): {total_median / floor_median:.1f}x")
     verdict = "PASS" if total_median < TARGET_SECONDS else "FAIL"
     print(f"total (median) {ms(total_median)} ms, target < {TARGET_SECONDS * 1e3:.0f} ms: {verdict}")
+    if not args.no_netstat:
+        run_netstat_bench(args.sockets, min(args.repeat, 10))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.1f} MiB (after imports, before collecting: {rss_before:.1f} MiB)")
     return 1 if args.check and verdict == "FAIL" else 0

@@ -1,3 +1,3 @@
-from situation.cli import main
+from situation.launch import main
 
 main()

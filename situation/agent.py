@@ -17,6 +17,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,16 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 
 from situation.discovery import Discovery
-from situation.errors import ConfigError, SituationError
+from situation.dsn import parse_dsn, redact_dsn
+from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
+from situation.logs import escape_controls
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
-from situation.scheduler import ModuleFailed, ModuleResult, plan, run_cycle
+from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
 from situation.store import Store, is_postgres_dsn, open_store
 from situation.store_postgres import StoreUnavailable
+from situation.store_sqlite import busy_message, is_busy
 
 log = structlog.get_logger("situation.agent")
 
@@ -41,6 +46,15 @@ DEFAULT_INTERVAL = 15 * 60.0
 SHUTDOWN_GRACE = 5.0
 BACKOFF_START, BACKOFF_CAP = 1.0, 60.0
 HEALTH_FILE = "health.json"
+# What a driver raises when the database refuses or fails a statement.
+DATABASE_ERRORS = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectError, StoreUnavailable)
+# Known driver messages -> how to fix them.
+_DATABASE_HINTS = (
+    ("readonly database", "; give this user write access to the database file and its directory"),
+    ("malformed", "; the file is damaged: restore it from a backup, or point --db at a new file"),
+    ("not a database", "; the file is damaged: restore it from a backup, or point --db at a new file"),
+    ("permission denied", "; have the owner run `situation grant` for this role"),
+)
 DEFAULT_SQLITE_NAME = "situation.sqlite"
 
 # Kinds shown in the --once summary, in this order.
@@ -94,6 +108,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.store: Store | None = None
         self._database_up: bool | None = None
+        self._database_problem = ""
         self._backoff = BACKOFF_START / 2
         self._health_warned = False
         self._signal = 0
@@ -109,8 +124,8 @@ class Agent:
         self.notifier.ready(status="opening the database")
         try:
             self.store = await self._open_store()
-            if self.store is None:  # stopped while waiting for the database
-                return 0
+            if self.store is None:  # stopped while connecting, or waiting for a lock
+                return self._stopped_status()
             self.notifier.status("first cycle")
             return await self._loop()
         finally:
@@ -123,17 +138,32 @@ class Agent:
         while True:
             results, healthy = await self._guarded_cycle()
             if self.config.once:
-                if self.stopping.is_set():
-                    return 128 + self._signal  # interrupted: the pass is incomplete
-                if self.report is not None:
-                    await self.report(self.store)
-                elif self.config.summary:
-                    await self._print_summary()
-                return 0 if healthy else 1
+                return await self._finish_pass(results, healthy)
             delay = self._next_delay(healthy)
             await asyncio.to_thread(self._write_health, results, healthy, delay)
             if await self._sleep(delay):
                 return 0
+
+    async def _finish_pass(self, results: list[ModuleResult], healthy: bool) -> int:
+        """The status of a one-shot pass: 0 only when it ran to its end and something was recorded."""
+        if self.stopping.is_set():
+            return self._stopped_status()
+        if not healthy:
+            raise ConnectError(f"the database became unusable during the pass ({self._database_problem})",
+                               transient=True)
+        failure = pass_failure(results, self.config.database)
+        if failure is not None:
+            raise failure
+        if self.report is not None:
+            await self.report(self.store)
+        elif self.config.summary:
+            await self._print_summary()
+        return 0
+
+    def _stopped_status(self) -> int:
+        """A daemon asked to stop has done its job (0); a one-shot pass that did not run
+        to its end, whether it had started or not, was interrupted (128 + the signal)."""
+        return 128 + self._signal if self.config.once else 0
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -220,7 +250,8 @@ class Agent:
         try:
             await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
         except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
-            self._database_state(False, " ".join(str(exc).split()) or type(exc).__name__)
+            self._database_problem = _one_line(exc)
+            self._database_state(False, self._database_problem)
             return False
         self._database_state(True)
         return True
@@ -297,15 +328,46 @@ class Agent:
             await asyncio.sleep(interval)
 
     async def _print_summary(self) -> None:
+        where = _describe_database(self.config.database)
         try:
             counts = await self.store.counts()
-        except SituationError:
-            return
-        where = _describe_database(self.config.database)
+        except DATABASE_ERRORS as exc:
+            raise PassFailed(f"the pass was recorded, but {where} cannot be read back for the summary "
+                             f"({_one_line(exc)}){_database_hint(exc)}") from None
         print(f"recorded in {where}:", file=sys.stdout)
         for table, label in SUMMARY_KINDS:
             if counts.get(table):
                 print(f"  {label:<13} {counts[table]}", file=sys.stdout)
+
+
+def pass_failure(results: list[ModuleResult], database: str) -> SituationError | None:
+    """Why a finished pass counts as failed: the database failed a module, or no module succeeded."""
+    broken = next((r for r in results if r.failed and isinstance(r.error, DATABASE_ERRORS)), None)
+    if broken is not None:
+        if is_busy(broken.error):
+            return DatabaseBusy(busy_message(database))
+        message = (f"the database failed during this pass (module {broken.name}: {_one_line(broken.error)})"
+                   f"{_database_hint(broken.error)}")
+        if isinstance(broken.error, SituationError) and _is_transient(broken.error):
+            return ConnectError(message, transient=True)
+        return PassFailed(message)
+    if results and not any(r.status in (OK, SKIPPED) for r in results):
+        failed = ", ".join(r.name for r in results if r.failed) or "none"
+        return PassFailed(f"no module succeeded in this pass (failed: {failed}; the others depend on them); "
+                          "the log above says why")
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SituationError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _database_hint(exc: BaseException) -> str:
+    text = str(exc).lower()
+    return next((hint for needle, hint in _DATABASE_HINTS if needle in text), "")
 
 
 def _status_line(results: list[ModuleResult], healthy: bool) -> str:
@@ -318,9 +380,7 @@ def _status_line(results: list[ModuleResult], healthy: bool) -> str:
 
 def _describe_database(database: str) -> str:
     if not is_postgres_dsn(database):
-        return f"SQLite {database}"
-    from situation.dsn import parse_dsn
-
+        return f"SQLite {escape_controls(redact_dsn(database))}"
     return "PostgreSQL " + parse_dsn(database).redacted()
 
 

@@ -11,7 +11,7 @@ import asyncpg
 from situation.connect import connect
 from situation.dsn import ConnectParams
 from situation.errors import MigrationError
-from situation.migrations import latest_version, schema_version
+from situation.migrations import SchemaAccessDenied, latest_version, schema_version
 from situation.tls import VERIFY_NONE, describe_certificate, ssl_context_for
 
 _PRIVILEGES = """
@@ -120,6 +120,8 @@ def _connected_endpoint(connection: asyncpg.Connection, params: ConnectParams) -
 async def _schema_version(connection: asyncpg.Connection) -> tuple[int | None, list[str]]:
     try:
         return await schema_version(connection), []
+    except SchemaAccessDenied as exc:
+        return None, [str(exc)]
     except MigrationError:
         return None, ["this role may not read situation.schema_migrations; grant it situation_agent"]
 

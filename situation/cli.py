@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -102,6 +103,8 @@ def read_dsn_file(path: Path) -> str:
         raise ConfigError(f'DSN file "{path}" is not UTF-8 text; it must hold one DSN line') from None
     if not text:
         raise ConfigError(f'DSN file "{path}" is empty; write the PostgreSQL DSN into it')
+    if "\0" in text:
+        raise ConfigError(f'DSN file "{path}" holds a NUL byte; it must hold one line of text: the DSN or an SQLite path')
     return text
 
 
@@ -359,16 +362,33 @@ def health(state_dir: Path | None) -> None:
 
     path = (state_dir or default_state_dir()) / HEALTH_FILE
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
         raise SituationError(f"no health record at {path} yet; the daemon has not finished a cycle") from None
-    if not isinstance(record, dict) or not isinstance(record.get("next_cycle_before"), (int, float)):
+    except OSError as exc:
+        raise SituationError(f"cannot read the health record at {path} ({exc.strerror}); check its permissions") from None
+    record = _health_record(raw)
+    if record is None:
         raise SituationError(f"the health record at {path} is damaged; the daemon rewrites it after its next cycle")
     if time.time() > record["next_cycle_before"]:
         raise SituationError("the daemon's last cycle is overdue; check its logs")
     if record.get("database") != "up":
         raise SituationError("the daemon cannot reach its database; check its logs")
     click.echo("healthy")
+
+
+def _health_record(raw: bytes) -> dict | None:
+    """The daemon's health record, or None unless it is a JSON object with a finite ``next_cycle_before``."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except ValueError:  # not UTF-8, or not JSON
+        return None
+    if not isinstance(record, dict):
+        return None
+    deadline = record.get("next_cycle_before")
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline):
+        return None
+    return record
 
 
 @cli.command()
@@ -404,5 +424,5 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(message: str, code: int) -> None:
     if logs.is_debug():
         traceback.print_exc(file=sys.stderr)
-    click.echo(f"situation: error: {message}", err=True)
+    click.echo(f"situation: error: {logs.escape_controls(message)}", err=True)
     sys.exit(code)

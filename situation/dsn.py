@@ -357,6 +357,9 @@ def _parse_uri(text: str, scheme_match: re.Match[str]) -> list[tuple[str, str]]:
     userinfo, at, netlocs = authority.rpartition("@")
     if at:
         pairs.extend(_uri_credentials(userinfo))
+    elif _looks_like_password_for_port(netlocs):
+        raise DsnError("the URI has a port that is not a number and no \"@\" (not shown: it may be a password); "
+                       "write postgresql://user:password@host:5432/dbname")
     pairs.extend(_uri_hosts_and_ports(netlocs))
     path, _, query = tail.partition("?")
     dbname = path[1:]
@@ -364,6 +367,18 @@ def _parse_uri(text: str, scheme_match: re.Match[str]) -> list[tuple[str, str]]:
         pairs.append(("dbname", _percent_decode(dbname, "database name")))
     pairs.extend(_uri_query(query))
     return pairs
+
+
+def _looks_like_password_for_port(netlocs: str) -> bool:
+    """``user:password`` written without ``@host`` reads as a host with a port that is not a number."""
+    for netloc in netlocs.split(","):
+        if netloc.startswith("[") and "]" not in netloc:
+            continue  # reported as a missing "]" while parsing
+        after_host = netloc[netloc.find("]") + 1 :] if netloc.startswith("[") else netloc
+        _, colon, port = after_host.partition(":")
+        if colon and port.strip() and not port.strip().isdigit():
+            return True
+    return False
 
 
 def _uri_credentials(userinfo: str) -> list[tuple[str, str]]:
@@ -1153,17 +1168,58 @@ _BARE_SECRET_RE = re.compile(r"(?<![^\s])((?:ssl)?password)(\s+)(?![^\s]*=)(\S+)
 
 
 def redact_dsn(dsn: str) -> str:
-    """Hide password-like values in a raw DSN, for logs. Best effort; never raises."""
+    """DSN text for logs and output, with every password-like value hidden; never raises.
+
+    Text that parses as a DSN keeps its shape, each secret shown as ``***``. Text
+    that does not (an unclosed quote, a mistyped scheme, bad percent-encoding, an
+    SQLite path) is cut at the first thing that looks like a secret: after a
+    secret-like key (``password=``, ``sslpassword:``, ``passwd hunter2``) or the
+    ``:`` of a ``user:password@``, everything is ``***`` (a ``user:password@``
+    keeps what follows its last ``@``). If only its percent-decoded form looks
+    secret, or anything goes wrong, the whole text is ``<unparsable, hidden>``.
+    """
     try:
         text = dsn if isinstance(dsn, str) else str(dsn)
+        try:
+            options = _parse_options(text)
+        except Exception:  # noqa: BLE001 - any text at all must come out redacted
+            return _redact_unparsable(text)
         scheme = _SCHEME_RE.match(text.lstrip())
-        if scheme:
-            redacted = _redact_uri(text.lstrip())
-        else:
-            redacted = _redact_keyword_value(text)
-        return _mask_parsed_secrets(text, redacted)
+        redacted = _redact_uri(text.lstrip()) if scheme else _redact_keyword_value(text)
+        return _mask_parsed_secrets(options, redacted)
     except Exception:  # noqa: BLE001 - redaction must never be the thing that fails
-        return "<DSN hidden: could not be redacted>"
+        return UNPARSABLE_HIDDEN
+
+
+UNPARSABLE_HIDDEN = "<unparsable, hidden>"
+# In text that does not parse: a secret-like key followed by "=", ":" or a bare value.
+_LOOSE_SECRET_KEY_RE = re.compile(
+    r"[\w.-]*(?:pa?s+w|pass(?!file)|pwd|secret)[\w.-]*(?:\s*[=:]\s*|\s+(?=\S))", re.IGNORECASE)
+
+
+def _redact_unparsable(text: str) -> str:
+    text = _hide_userinfo_password(text)
+    key = _LOOSE_SECRET_KEY_RE.search(text)
+    if key:
+        return text[: key.end()] + "***"
+    if "%" in text and _LOOSE_SECRET_KEY_RE.search(_lenient_unquote(text)):
+        return UNPARSABLE_HIDDEN  # a percent-encoded key: no safe place to cut the raw text
+    return text
+
+
+def _hide_userinfo_password(text: str) -> str:
+    """``user:password@host`` -> ``user:***@host``, the password running to the last ``@``.
+
+    Without an ``@``, a URI whose port is not a number is taken for ``user:password``.
+    """
+    at = text.rfind("@")
+    if at < 0:
+        return _hide_password_taken_for_port(text)
+    scheme = text.find("://", 0, at)
+    colon = text.find(":", scheme + 3 if scheme >= 0 else 0, at)
+    if colon < 0:
+        return text
+    return text[: colon + 1] + "***" + text[at:]
 
 
 def _redact_uri(text: str) -> str:
@@ -1213,12 +1269,19 @@ def _redact_keyword_value(text: str) -> str:
     return _BARE_SECRET_RE.sub(lambda m: f"{m[1]}{m[2]}***", text)
 
 
-def _mask_parsed_secrets(original: str, redacted: str) -> str:
-    """Safety net: if a real parse finds a secret that the textual pass missed, hide it too."""
-    try:
-        options = _parse_options(original)
-    except Exception:  # noqa: BLE001 - garbage DSNs keep the textual redaction
-        return redacted
+def _hide_password_taken_for_port(text: str) -> str:
+    """``postgresql://user:password`` (no ``@host``) -> ``postgresql://user:***``."""
+    scheme = _SCHEME_RE.search(text)
+    if not scheme:
+        return text
+    authority = re.split(r"[/?]", text[scheme.end() :], maxsplit=1)[0]
+    if not _looks_like_password_for_port(authority):
+        return text
+    return text[: scheme.end() + authority.find(":") + 1] + "***"
+
+
+def _mask_parsed_secrets(options: Mapping[str, str], redacted: str) -> str:
+    """Safety net: a secret the parser found but the textual pass missed is hidden too."""
     for key in _SECRET_OPTIONS:
         secret = options.get(key)
         if secret and len(secret) >= 4 and secret != "***":

@@ -2,6 +2,12 @@
 
 Secrets never reach a log line: fields named like a secret are masked, and
 DSNs are shown with their password replaced.
+
+Nothing from outside reaches a terminal raw: on the console every key and value
+(the event text too) goes through :func:`console_value` or
+:func:`escape_controls`, which write control characters (ESC, BEL, NUL, DEL,
+C1, line separators) the way ``repr`` does. JSON lines need nothing: the
+encoder writes every such character as a ``\\u`` escape.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 NUMERIC_LEVELS = {"0": "error", "1": "error", "2": "error", "3": "warning", "4": "info", "5": "debug"}
 FORMATS = ("auto", "json", "console")
 
-_SECRET_FIELDS = {"password", "sslpassword", "passphrase", "secret", "key_material"}
+_SECRET_FIELDS = {"password", "sslpassword", "passphrase", "secret", "key_material", "community", "auth_key",
+                  "priv_key"}
 _DSN_FIELDS = {"dsn", "db", "url"}
 
 _debug = False
@@ -44,6 +51,60 @@ def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
     return event
 
 
+def escape_controls(text: str, keep: str = "") -> str:
+    """``text`` with every character that is not printable written as ``repr`` writes it (ESC as ``\\x1b``).
+
+    Characters in ``keep`` (the newlines of a traceback) are left as they are.
+    """
+    if text.isprintable():
+        return text  # the common case, checked cheaply
+    return "".join(ch if ch.isprintable() or ch in keep else repr(ch)[1:-1] for ch in text)
+
+
+_NEEDS_QUOTES = frozenset(" =\"'")
+
+
+def console_value(value: Any) -> str:
+    """A log value as the console shows it: a plain word as is, any other text quoted and escaped by ``repr``."""
+    if isinstance(value, str) and value.isprintable() and not _NEEDS_QUOTES.intersection(value):
+        return value
+    return escape_controls(repr(value))  # a custom __repr__ could still hold raw control characters
+
+
+class _Shown:
+    """A value already rendered for the console (ConsoleRenderer shows what is not a str by its repr)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+_OWN_FIELDS = {"level", "timestamp"}  # set by our own processors, and styled by the renderer
+_PLAIN_FIELDS = {"event", "logger", "logger_name"}  # shown unquoted
+_TRACEBACK_FIELDS = {"exception", "stack"}  # many lines
+
+
+def escape_for_console(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The last step before the console renderer: every key and value made safe for a terminal."""
+    shown: dict[str, Any] = {}
+    for key, value in event.items():
+        if key in _OWN_FIELDS:
+            shown[key] = value
+        elif key in _TRACEBACK_FIELDS and isinstance(value, str):
+            shown[key] = escape_controls(value, keep="\n")
+        elif key in _PLAIN_FIELDS:
+            shown[key] = escape_controls(str(value))
+        else:
+            shown[escape_controls(str(key))] = _Shown(console_value(value))
+    return shown
+
+
 def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     """Set up structlog once per process; logs go to stderr, command output to stdout."""
     global _debug
@@ -51,10 +112,10 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     _debug = level == "debug"
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    renderer = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    renderers = (
+        [escape_for_console, structlog.dev.ConsoleRenderer(colors=stream.isatty())]
         if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        else [structlog.processors.JSONRenderer()]
     )
     structlog.configure(
         processors=[
@@ -63,7 +124,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
             structlog.processors.format_exc_info if _debug else _drop_exc_info,
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),

@@ -123,7 +123,12 @@ def plan(migrations: list[Migration], history: list[Applied]) -> list[Migration]
                 f"database schema is at version {max(r.version for r in history)}, newer than this build "
                 f"({newest_known}); upgrade situation before migrating"
             )
-        migration = known[row.version]
+        migration = known.get(row.version)
+        if migration is None:  # below 1: no file was ever numbered so
+            raise MigrationError(
+                f"database migration history holds version {row.version}, which no migration has (they start at 0001); "
+                "it was changed by hand: delete that row from schema_migrations before migrating"
+            )
         if migration.checksum != row.checksum:
             raise MigrationError(
                 f"migration {migration.filename} was changed after it was applied "
@@ -140,8 +145,31 @@ def plan(migrations: list[Migration], history: list[Applied]) -> list[Migration]
     return [m for m in migrations if m.version > len(applied_versions)]
 
 
+class SchemaAccessDenied(MigrationError):
+    """The connected role may not even look into schema situation: it was never granted."""
+
+    def __init__(self, role: str):
+        super().__init__(f"role {role} has no rights on schema {SCHEMA}; run `situation grant {role}` as the owner")
+        self.role = role
+
+
+async def schema_access(connection: asyncpg.Connection) -> asyncpg.Record | None:
+    """``role``, ``usable`` (USAGE) and ``owned`` (the owner's rights) on schema situation; None without one."""
+    return await connection.fetchrow(
+        "SELECT current_user AS role, has_schema_privilege(n.oid, 'USAGE') AS usable, "
+        "pg_has_role(n.nspowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS owned "
+        "FROM pg_namespace n WHERE n.nspname = $1",
+        SCHEMA,
+    )
+
+
 async def read_history(connection: asyncpg.Connection) -> list[Applied] | None:
     """Applied migrations, or None when the history table does not exist yet."""
+    access = await schema_access(connection)
+    if access is None:
+        return None
+    if not access["usable"]:  # to_regclass would fail with "permission denied for schema"
+        raise SchemaAccessDenied(access["role"])
     exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", HISTORY_TABLE)
     if not exists:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from situation.errors import ConfigError, MigrationError
-from situation.migrations import apply_roles, schema_version
+from situation.migrations import apply_roles, schema_access, schema_version
 
 AGENT_GROUP = "situation_agent"
 READER_GROUP = "situation_reader"
@@ -22,7 +22,13 @@ async def grant(connection: asyncpg.Connection, role: str, *, reader: bool = Fal
         raise ConfigError(
             f'role "{role}" does not exist; create it first: CREATE ROLE {quote_ident(role)} LOGIN PASSWORD \'…\''
         )
-    if await schema_version(connection) == 0:
+    access = await schema_access(connection)
+    if access is not None and not access["owned"]:
+        raise MigrationError(
+            f"role {access['role']} lacks the owner's rights on schema situation, so it may not grant; "
+            f"run `situation grant {role}` as the owner (the role that ran `situation migrate`)"
+        )
+    if access is None or await schema_version(connection) == 0:
         raise MigrationError("the database has no situation schema yet; run `situation migrate` first")
     await apply_roles(connection)
     group = READER_GROUP if reader else AGENT_GROUP

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -33,6 +33,7 @@ class ModuleResult:
     duration: float = 0.0
     rows: int = 0
     detail: str = ""
+    error: BaseException | None = field(default=None, repr=False, compare=False)  # what a failed module raised
 
     @property
     def failed(self) -> bool:
@@ -159,11 +160,11 @@ async def _execute(spec: ModuleSpec, context: Context) -> ModuleResult:
         return ModuleResult(spec.name, FAILED, time.monotonic() - started, context.rows_written,
                             f"CancelledError: {exc}")
     except SituationError as exc:
-        return ModuleResult(spec.name, FAILED, time.monotonic() - started, context.rows_written, str(exc))
+        return ModuleResult(spec.name, FAILED, time.monotonic() - started, context.rows_written, str(exc), exc)
     except Exception as exc:  # noqa: BLE001 - a module's bug must not end the cycle
         context.log.debug("module raised", exc_info=True)
         return ModuleResult(spec.name, FAILED, time.monotonic() - started, context.rows_written,
-                            f"{type(exc).__name__}: {exc}")
+                            f"{type(exc).__name__}: {exc}", exc)
     return ModuleResult(spec.name, OK, time.monotonic() - started, context.rows_written)
 
 

@@ -16,6 +16,17 @@ Modules never build SQL from data. They call:
   ``sql/queries/<topic>.sql`` (portable SQL with ``$1 … $n`` placeholders),
   overridden per dialect by ``sql/<dialect>/queries/<topic>.sql``. Rows come
   back as dicts with JSON decoded.
+- Every text value written (upserted columns, strings inside JSON values and
+  their keys, named-query arguments) is cleaned first, the same on both
+  backends: invalid UTF-8 is replaced, text is cut at ``MAX_TEXT`` characters,
+  tab, newline and carriage return each become a space, and every other control
+  character (C0 including NUL, DEL, C1) is removed. So no stored text holds a
+  control character, whichever module or host file it came from.
+- An integer outside the signed 64-bit range (which SQLite and PostgreSQL
+  refuse with errors of their own) never reaches a backend: the upsert or
+  named query raises :class:`IntegerOutOfRange`, naming the table and column
+  (or the query and argument), and writes nothing. Modules range-check what
+  they parse; this is the safety net that keeps the failure one clear line.
 - ``await store.run_in_transaction(work)`` runs ``await work()`` (which makes
   store calls) as one short transaction, rerun whole on connection loss,
   deadlock or serialization failure (modules call it as
@@ -39,6 +50,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
+from situation.errors import SituationError
 from situation.migrations import sql_root
 
 # Conflict targets by name, per table: the key columns, and the expression list
@@ -160,17 +172,56 @@ class Batch:
 
 
 # Untrusted text (banners, certificate fields, SNMP strings, hostnames) stays data:
-# every string is stored without NUL bytes, as valid UTF-8, and bounded.
+# every string is stored as valid UTF-8, bounded, and without control characters.
 MAX_TEXT = 4096
+
+# Tab, newline and carriage return become a space (they separated words where the text
+# came from); every other control character (C0, DEL, C1: Unicode category Cc) is removed.
+_CONTROLS = {code: None for code in (*range(0x20), *range(0x7F, 0xA0))} | {ord(c): " " for c in "\t\n\r"}
+_ASCII_CONTROLS = bytes((*range(0x20), 0x7F))
+
+
+def _printable_ascii(text: str) -> bool:
+    """The common case, checked cheaply: ASCII without control characters (a C loop, twice isprintable's speed)."""
+    return text.isascii() and len(text.encode("ascii").translate(None, _ASCII_CONTROLS)) == len(text)
 
 
 def clean_text(value: str) -> str:
-    if len(value) <= MAX_TEXT and value.isascii() and "\x00" not in value:
-        return value  # the common case, checked cheaply
-    if "\x00" in value:
-        value = value.replace("\x00", "")
+    if len(value) <= MAX_TEXT and _printable_ascii(value):
+        return value
     value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from undecodable bytes
+    if not value.isprintable():  # also true of some harmless characters (NBSP): translate keeps those
+        value = value.translate(_CONTROLS)
     return value if len(value) <= MAX_TEXT else value[:MAX_TEXT]
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class IntegerOutOfRange(SituationError):
+    """An integer no backend can store; the batch or query is refused as a whole."""
+
+    def __init__(self, where: str, value: int):
+        super().__init__(f"{where}: {_describe_integer(value)} is outside the signed 64-bit range a database "
+                         "column holds; nothing was written (the value's reader should range-check it)")
+
+
+def _describe_integer(value: int) -> str:
+    # Python refuses to print an integer of more than 4300 digits, and a long one says nothing more.
+    return f"{value}" if value.bit_length() <= 128 else f"a {value.bit_length()}-bit integer"
+
+
+def check_int64(values: list[Any], where: str, kinds: set[type] | None = None) -> None:
+    """Raise IntegerOutOfRange for the first integer of ``values`` outside the signed 64-bit range."""
+    kinds = set(map(type, values)) if kinds is None else kinds
+    if kinds == {int}:
+        integers = values  # min and max then run in C over the list as it is
+    elif kinds == _INT_OR_NONE:
+        integers = [v for v in values if v is not None]
+    else:
+        integers = [v for v in values if isinstance(v, int)]
+    if integers and (min(integers) < INT64_MIN or max(integers) > INT64_MAX):
+        raise IntegerOutOfRange(where, next(v for v in integers if not INT64_MIN <= v <= INT64_MAX))
 
 
 def clean_value(value: Any) -> Any:
@@ -186,8 +237,11 @@ def clean_value(value: Any) -> Any:
     return value
 
 
-def clean_arguments(args: Sequence[Any]) -> list[Any]:
-    """Named-query arguments get the same cleaning as upserted values."""
+def clean_arguments(args: Sequence[Any], query: str) -> list[Any]:
+    """Named-query arguments get the same cleaning and range check as upserted values."""
+    for number, arg in enumerate(args, start=1):
+        if isinstance(arg, int):
+            check_int64([arg], f"argument ${number} of query {query}")
     return [clean_value(a) for a in args]
 
 
@@ -212,7 +266,7 @@ def plan_batch(
         raise ValueError(f"batch lacks key columns {missing}")
     if any(row.keys() != expected for row in rows):
         raise ValueError("every row of a batch must have the same columns")
-    values = {c: clean_column([row[c] for row in rows]) for c in columns}
+    values = {c: clean_column([row[c] for row in rows], f"{table}.{c}") for c in columns}
     key_values = [values[c] for c in target.columns]
     row_keys = list(zip(*key_values))
     last_row_of = dict(zip(row_keys, range(len(rows))))  # a later duplicate overrides
@@ -240,27 +294,31 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 def json_text(value: Any) -> JsonText:
     text = _dumps(value)
-    # The encoder writes non-ASCII, NUL and lone surrogates as \u escapes, and no
-    # string inside a text this short is over-long: only then is there anything to clean.
-    if len(text) > MAX_TEXT or "\\u" in text:
+    # The encoder writes every character that is not printable ASCII as a backslash
+    # escape, and no string inside a text this short is over-long: only then is there
+    # anything to clean.
+    if len(text) > MAX_TEXT or "\\" in text:
         text = _dumps(clean_value(value))
     return JsonText(text)
 
 
-def clean_column(values: list[Any]) -> list[Any]:
-    """``values`` cleaned (see ``clean_value``); lists and dicts become ``JsonText``."""
+def clean_column(values: list[Any], where: str = "a column") -> list[Any]:
+    """``values`` cleaned (see ``clean_value``) and range-checked; lists and dicts become ``JsonText``."""
     kinds = set(map(type, values))
+    if int in kinds or not kinds <= _SCALARS:
+        check_int64(values, where, kinds)
     if kinds <= _SCALARS:
         if str not in kinds:
             return values
         texts = [v for v in values if type(v) is str]
         joined = "".join(texts)
-        if joined.isascii() and "\x00" not in joined and max(map(len, texts)) <= MAX_TEXT:
+        if _printable_ascii(joined) and max(map(len, texts)) <= MAX_TEXT:
             return values
     return [json_text(v) if isinstance(v, _CONTAINERS) else clean_value(v) for v in values]
 
 
 _SCALARS = {str, int, float, bool, type(None)}
+_INT_OR_NONE = {int, type(None)}
 _CONTAINERS = (list, tuple, dict)
 
 

@@ -158,7 +158,7 @@ class PostgresStore:
             self._connection.reset(token)
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        sql, args = query_text(self.dialect, query), clean_arguments(args)
+        sql, args = query_text(self.dialect, query), clean_arguments(args, query)
         rows = await self._with_connection(lambda c: c.fetch(sql, *args))
         return [dict(r) for r in rows]
 
@@ -167,11 +167,11 @@ class PostgresStore:
         return rows[0] if rows else None
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        sql, args = query_text(self.dialect, query), clean_arguments(args)
+        sql, args = query_text(self.dialect, query), clean_arguments(args, query)
         return await self._with_connection(lambda c: c.fetchval(sql, *args))
 
     async def execute(self, query: str, *args: Any) -> int:
-        sql, args = query_text(self.dialect, query), clean_arguments(args)
+        sql, args = query_text(self.dialect, query), clean_arguments(args, query)
         status = await self._with_connection(lambda c: c.execute(sql, *args))
         return _affected(status)
 

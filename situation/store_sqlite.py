@@ -23,13 +23,16 @@ from typing import Any
 
 import structlog
 
-from situation.errors import ConfigError, MigrationError
+from situation.dsn import redact_dsn
+from situation.errors import ConfigError, DatabaseBusy, MigrationError
 from situation.migrations import Applied, Migration, load_migrations, plan
 from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
 
 MIN_SQLITE = (3, 35, 0)  # UPSERT, RETURNING, UPDATE … FROM, JSON1
+BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another process's lock
+OPEN_LOCK_POLL_MS = 100  # the wait per try while the store opens (see _while_locked)
 JSON_COLUMNS = frozenset(
     {"ip", "flags", "partitions", "config", "tls", "fingerprints", "application_protocols", "args", "files"}
 )
@@ -54,6 +57,37 @@ def check_sqlite_version() -> None:
         )
 
 
+async def _while_locked(path: str, attempt):
+    """``await attempt()``, tried again while another process holds the database, for up to
+    the busy timeout. Each try waits at most OPEN_LOCK_POLL_MS on the worker thread, so a
+    stop signal cancels the open between tries instead of after the whole timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return await attempt()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(busy_message(path)) from None
+        await asyncio.sleep(OPEN_LOCK_POLL_MS / 1000 / 2)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Another connection holds a lock this statement needed (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def busy_message(path: str) -> str:
+    return (
+        f'another process holds the SQLite database "{redact_dsn(path)}" (waited {BUSY_TIMEOUT_MS / 1000:g}s, the busy '
+        "timeout); try again once it has finished"
+    )
+
+
 class SqliteStore:
     dialect = "sqlite"
 
@@ -72,24 +106,29 @@ class SqliteStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="situation-sqlite")
         loop = asyncio.get_running_loop()
         try:
-            connection = await loop.run_in_executor(executor, _connect, path)
+            connection = await _while_locked(path, lambda: loop.run_in_executor(executor, _connect, path))
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
             reason = getattr(exc, "strerror", None) or exc
             hint = " (a file holding a DSN goes to --db-file)" if "not a database" in str(exc) else ""
             raise ConfigError(
-                f'cannot open SQLite database "{path}" ({reason}); check the path and its permissions{hint}'
+                f'cannot open SQLite database "{redact_dsn(path)}" ({reason}); check the path and its permissions{hint}'
             ) from None
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
         store = cls(connection, executor, agent_id, path)
         try:
             if migrate:
-                store.applied = await store.migrate()
+                store.applied = await _while_locked(path, store.migrate)
             else:
-                await store.verify_schema()
+                await _while_locked(path, store.verify_schema)
+            await store._call(_set_busy_timeout, connection, BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             await store.close()
             raise ConfigError(
-                f'SQLite database "{path}" cannot be used ({exc}); point --db at another file or remove this one'
+                f'SQLite database "{redact_dsn(path)}" cannot be used ({exc}); point --db at another file, '
+                "or restore this one from a backup"
             ) from None
         except BaseException:
             await store.close()
@@ -114,8 +153,8 @@ class SqliteStore:
         found = await self._call(_schema_version, self._db)
         if found < expected:
             raise MigrationError(
-                f"SQLite database {self.path} is at schema version {found} but this build needs {expected}; "
-                "run without --no-migration once"
+                f"SQLite database {redact_dsn(self.path)} is at schema version {found} "
+                f"but this build needs {expected}; run without --no-migration once"
             )
         return found
 
@@ -172,7 +211,7 @@ class SqliteStore:
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
         sql = to_sqlite_placeholders(query_text(self.dialect, query))
         # A deferred BEGIN: reads do not take the write lock other processes may want.
-        return await self._run(_fetch, sql, [_encode(a) for a in clean_arguments(args)], write=False)
+        return await self._run(_fetch, sql, [_encode(a) for a in clean_arguments(args, query)], write=False)
 
     async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
         rows = await self.fetch(query, *args)
@@ -184,7 +223,7 @@ class SqliteStore:
 
     async def execute(self, query: str, *args: Any) -> int:
         sql = to_sqlite_placeholders(query_text(self.dialect, query))
-        return await self._run(_execute, sql, [_encode(a) for a in clean_arguments(args)])
+        return await self._run(_execute, sql, [_encode(a) for a in clean_arguments(args, query)])
 
     async def upsert(
         self,
@@ -216,13 +255,21 @@ def _connect(path: str) -> sqlite3.Connection:
     if path != ":memory:":
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.execute("PRAGMA busy_timeout = 10000")
-    if path != ":memory:":
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")
+    try:
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA foreign_keys = ON")
+        _set_busy_timeout(connection, OPEN_LOCK_POLL_MS)  # the full timeout once the store is open
+        if path != ":memory:":
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        connection.close()
+        raise
     return connection
+
+
+def _set_busy_timeout(db: sqlite3.Connection, milliseconds: int) -> None:
+    db.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
 
 
 def _begin(db: sqlite3.Connection) -> None:
@@ -274,7 +321,7 @@ def _migrate(db: sqlite3.Connection, migrations: list[Migration]) -> list[Migrat
         db.execute("COMMIT")
         return pending
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)  # BEGIN itself may have failed: the database is locked
         raise
 
 

@@ -300,3 +300,230 @@ def test_bad_run_settings_are_one_line(test_host, tmp_path, args, extra_env, exp
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("situation: error: ") and expected in lines[0], result.stderr
     assert "Hunter2" not in result.stderr + result.stdout
+
+
+# -- a one-shot pass that records nothing never exits 0 (issue 14, item 4) ------------------------
+
+
+def _recorded_database(test_host, tmp_path: Path) -> Path:
+    """A real database file, written by one pass."""
+    database = tmp_path / "recorded.sqlite"
+    result = situation(test_host, "run", "--once", "--db", str(database), env=agent_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    return database
+
+
+def _garbled_copy(database: Path, table: str) -> Path:
+    """A copy of ``database`` whose ``table`` has its root data page overwritten with garbage."""
+    with sqlite3.connect(database) as db:
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    copy = database.with_name(f"garbled-{table}.sqlite")
+    copy.write_bytes(database.read_bytes())
+    with copy.open("r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+    return copy
+
+
+def _read_only_copy(database: Path) -> Path:
+    copy = database.with_name("read-only.sqlite")
+    copy.write_bytes(database.read_bytes())
+    copy.chmod(0o444)
+    return copy
+
+
+# Root without CAP_DAC_OVERRIDE may not write a file whose mode forbids it.
+WITHOUT_DAC_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("read-only file", "attempt to write a readonly database); give this user write access"),
+    ("garbled machines page", "database disk image is malformed); the file is damaged"),
+])
+def test_once_that_records_nothing_exits_non_zero(test_host, tmp_path, case, expected):
+    database = _recorded_database(test_host, tmp_path)
+    if case == "read-only file":
+        argv = (*WITHOUT_DAC_OVERRIDE, sys.executable, "-m", "situation", "run", "--once", "--summary",
+                "--db", str(_read_only_copy(database)))
+    else:
+        argv = (sys.executable, "-m", "situation", "run", "--once", "--summary",
+                "--db", str(_garbled_copy(database, "machines")))
+    result = test_host.run(*argv, env=agent_env(tmp_path, SITUATION_LOG_LEVEL="error"), timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""  # no summary of a failed pass
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("situation: error: the database failed during this pass (module ") and expected in last
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_once_summary_that_cannot_be_read_is_one_line(test_host, tmp_path):
+    # The pass writes no package, so it succeeds; reading the counts back then fails.
+    garbled = _garbled_copy(_recorded_database(test_host, tmp_path), "packages")
+    result = situation(test_host, "run", "--once", "--summary", "--db", str(garbled),
+                       env=agent_env(tmp_path, SITUATION_LOG_LEVEL="error"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"situation: error: the pass was recorded, but SQLite {garbled} cannot be read back for the summary "
+        "(DatabaseError: database disk image is malformed); the file is damaged: restore it from a backup, "
+        "or point --db at a new file"
+    ]
+
+
+# -- a locked SQLite file (issue 14, items 8 and 9) ------------------------------------------------
+
+HOLD_EXCLUSIVE = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+class LockHolder:
+    """Another process holding a lock from when it prints ``ready`` until the block ends."""
+
+    def __init__(self, argv: list[str], ready: str, *, stdin: str | None = None, env: dict[str, str] | None = None):
+        self.ready = ready
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if stdin is not None:
+            self.process.stdin.write(stdin)
+            self.process.stdin.flush()
+
+    def __enter__(self):
+        assert self.process.stdout.readline().strip() == self.ready
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
+def exclusive_holder(database: Path) -> LockHolder:
+    """``BEGIN EXCLUSIVE`` held on an SQLite file."""
+    return LockHolder([sys.executable, "-c", HOLD_EXCLUSIVE, str(database)], "held")
+
+
+def test_locked_sqlite_file_is_a_temporary_failure(test_host, tmp_path):
+    database = _recorded_database(test_host, tmp_path)
+    with exclusive_holder(database):
+        result = situation(test_host, "run", "--once", "--db", str(database), env=agent_env(tmp_path), timeout=60)
+    assert result.returncode == 75, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f'situation: error: another process holds the SQLite database "{database}" '
+        "(waited 10s, the busy timeout); try again once it has finished"
+    )
+    assert "remove" not in result.stderr
+
+
+class SilentServer:
+    """A PostgreSQL Unix socket that accepts connections and never answers: connecting hangs."""
+
+    def __init__(self, directory: Path, port: int = 5999):
+        self.port = port
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(directory / f".s.PGSQL.{port}"))
+        self.listener.listen()
+        self.listener.settimeout(60)
+        self.dsn = f"postgresql://agent@/situation?host={directory}&port={port}&sslmode=disable"
+        self.accepted: list[socket.socket] = []
+
+    def wait_for_a_client(self) -> None:
+        self.accepted.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        for connection in (*self.accepted, self.listener):
+            connection.close()
+
+
+def migration_lock_holder(cluster: Cluster, database: str) -> LockHolder:
+    """A psql session holding the migration advisory lock of ``database``."""
+    from support.cluster import SUPERUSER, make_conninfo
+
+    target = make_conninfo(host=cluster.socket_dir, port=cluster.port, user=SUPERUSER, dbname=database)
+    return LockHolder([str(cluster.psql_path), "-XAtq", "-d", target], "|held", env=clean_environ(),
+                      stdin=f"SELECT pg_advisory_lock({migrations.LOCK_KEY}), 'held';\n")
+
+
+def _interrupt_once(test_host, tmp_path: Path, database: str, number: int, waiting, **env: str) -> int:
+    """Start `run --once` on ``database``; once ``waiting(log)`` returns, send signal ``number``; its status."""
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        process = test_host.popen(sys.executable, "-m", "situation", "run", "--once", "--db", database,
+                                  env=agent_env(tmp_path, **env), stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            waiting(log)
+            process.send_signal(number)
+            return process.wait(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=lambda n: signal.Signals(n).name)
+def test_once_interrupted_before_its_pass_exits_128_plus_the_signal(number, test_host, tls_cluster, fresh_database,
+                                                                   tmp_path):
+    # While connecting: the server accepted the connection and says nothing.
+    server = SilentServer(Path(tempfile.mkdtemp(dir="/tmp")))
+    try:
+        status = _interrupt_once(test_host, tmp_path, server.dsn, number, lambda log: server.wait_for_a_client(),
+                                 SITUATION_AGENT_ID=AGENT_ID)
+    finally:
+        server.close()
+    assert status == 128 + number, "while connecting"
+    # While waiting for the migration lock another session holds.
+    name = fresh_database("locked")
+    with migration_lock_holder(tls_cluster, name):
+        status = _interrupt_once(test_host, tmp_path, tls_cluster.superuser_dsn(name), number,
+                                 lambda log: _wait_for_log(log, "waiting for another migration to finish", 30))
+    assert status == 128 + number, "while waiting for the migration lock"
+    assert tls_cluster.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'situation'", dbname=name) == "0"
+    # While waiting for an SQLite file another process holds (its busy timeout is 10 s).
+    database = _recorded_database(test_host, tmp_path)
+    with exclusive_holder(database):
+        started = time.monotonic()
+        status = _interrupt_once(test_host, tmp_path, str(database), number,
+                                 lambda log: (_wait_for_log(log, "using the embedded SQLite database", 30),
+                                              time.sleep(1)))
+        assert time.monotonic() - started < 8  # it did not wait out the busy timeout
+    assert status == 128 + number, "while waiting for a locked SQLite file"
+
+
+# -- small ones (issue 14, item 11) ----------------------------------------------------------------
+
+
+# Imports that the command line makes at start-up, in this order: a Ctrl-C right after
+# each must still end the process quietly.
+STARTUP_IMPORTS = ("asyncpg", "click", "structlog", "uvloop", "situation.config", "situation.modules.host_network",
+                   "situation.cli")
+
+
+@pytest.mark.parametrize("after", STARTUP_IMPORTS)
+def test_ctrl_c_while_starting_prints_no_traceback(after, test_host, tmp_path):
+    # -X importtime reports each import as it finishes: the signal lands right after ``after``.
+    # The database is held by another process, so however late the signal lands, the agent
+    # is still waiting for it, not finished and exiting.
+    database = tmp_path / "db.sqlite"
+    with exclusive_holder(database):
+        process = test_host.popen(sys.executable, "-X", "importtime", "-m", "situation", "run", "--once",
+                                  "--db", str(database), env=agent_env(tmp_path),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            for line in process.stderr:
+                if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == after:
+                    process.send_signal(signal.SIGINT)
+                    break
+            else:
+                raise AssertionError(f"{after} was never imported")
+            rest = process.stderr.read()
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    # Exit 130; or, under `python -m` only, death by SIGINT (also 130 to a shell): CPython
+    # turns a KeyboardInterrupt that ended a string exec (a dataclass being built, say) into
+    # that at exit even when it was caught. The installed `situation` script never does.
+    assert process.returncode in (128 + signal.SIGINT, -signal.SIGINT), rest

@@ -139,8 +139,10 @@ def run_arp(host, db, tmp_path) -> dict:
 
 
 def record_host(host, db, tmp_path) -> None:
+    """The host's own rows only: no sweep (ping and what depends on it are disabled)."""
     env = clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"), SITUATION_AGENT_ID=AGENT_ID)
-    result = host.run(sys.executable, "-m", "situation", "run", "--once", "--db", db.dsn, env=env)
+    result = host.run(sys.executable, "-m", "situation", "run", "--once", "--no-module-ping", "--db", db.dsn,
+                      env=env)
     assert result.returncode == 0, result.stderr
 
 

@@ -81,6 +81,20 @@ def test_health(tmp_path):
     assert "damaged" in cli("health", env=env).stderr
 
 
+def test_health_record_that_is_not_a_finite_time_or_not_text_is_unhealthy(tmp_path):
+    env = state_env(tmp_path)
+    record = tmp_path / "state" / "health.json"
+    record.parent.mkdir()
+    for content in (b'{"next_cycle_before": NaN, "database": "up"}', b'{"next_cycle_before": Infinity, "database": "up"}',
+                    b'{"next_cycle_before": true, "database": "up"}', b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary"):
+        record.write_bytes(content)
+        result = cli("health", env=env)
+        assert result.returncode == 1 and result.stdout == "", content
+        assert result.stderr.splitlines() == [
+            f"situation: error: the health record at {record} is damaged; the daemon rewrites it after its next cycle"
+        ], content
+
+
 def test_version(tmp_path):
     assert cli("version", env=state_env(tmp_path)).stdout.strip() == f"situation {__version__}"
     assert __version__ in cli("--version", env=state_env(tmp_path)).stdout

@@ -350,3 +350,54 @@ def test_check_shows_the_service_and_its_file(checker, tls_cluster, certs, tmp_p
     report = json.loads(run_cli("check", "--json", home=tmp_path, env={**env, "PGSERVICE": "inventory"}).stdout)
     assert report["service"] == f"inventory ({services})"
     assert_no_secret(result)
+
+
+# -- a role that was never granted (issue 14, item 7) ----------------------------------------------
+
+UNGRANTED, UNGRANTED_PASSWORD = "never_granted", "Ungr4nted-pw"
+
+
+@pytest.fixture(scope="module")
+def ungranted(tls_cluster):
+    tls_cluster.create_role(UNGRANTED, UNGRANTED_PASSWORD)
+    return UNGRANTED
+
+
+def test_a_role_never_granted_is_told_to_get_a_grant(ungranted, test_host, tls_cluster, certs, fresh_database, tmp_path):
+    name = fresh_database("ungranted")
+    owner = tls_cluster.superuser_dsn(name)
+    assert run_cli("migrate", "--db", owner, home=tmp_path).returncode == 0
+    over_tls = tls_cluster.uri(UNGRANTED, UNGRANTED_PASSWORD, dbname=name, sslmode="verify-full", sslrootcert=certs.ca_crt)
+    explained = f"role {UNGRANTED} has no rights on schema situation; run `situation grant {UNGRANTED}` as the owner"
+
+    check = run_cli("check", "--db", over_tls, home=tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert f"note            {explained}" in check.stdout.splitlines()
+    status = run_cli("migrate", "--status", "--db", over_tls, home=tmp_path)
+    assert assert_one_line_error(status) == f"situation: error: {explained}"
+    # Whole-cycle runs go inside the isolated host; PostgreSQL is reached over its Unix socket.
+    over_socket = owner.replace("postgres@", f"{UNGRANTED}@")
+    run = test_host.run(sys.executable, "-m", "situation", "run", "--once", "--no-migration", "--db", over_socket,
+                        env=clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state")), timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == f"situation: error: {explained}"  # after any info log line
+    # grant needs the owner: the line says the role running it lacks the owner's rights.
+    grant = run_cli("grant", UNGRANTED, "--db", over_tls, home=tmp_path)
+    assert assert_one_line_error(grant) == (
+        f"situation: error: role {UNGRANTED} lacks the owner's rights on schema situation, so it may not grant; "
+        f"run `situation grant {UNGRANTED}` as the owner (the role that ran `situation migrate`)"
+    )
+    assert run_cli("grant", UNGRANTED, "--db", owner, home=tmp_path).returncode == 0
+    assert run_cli("check", "--db", over_tls, home=tmp_path).stdout.count("has no rights") == 0
+
+
+def test_nul_in_an_sqlite_path_from_a_db_file_is_one_clear_line(test_host, tmp_path):
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_bytes(b"/var/lib/situation/agent\0.sqlite\n")
+    expected = (f'situation: error: DSN file "{dsn_file}" holds a NUL byte; it must hold one line of text: '
+                "the DSN or an SQLite path")
+    assert assert_one_line_error(run_cli("migrate", "--db-file", str(dsn_file), home=tmp_path)) == expected
+    # Whole-cycle runs go inside the isolated host, even one that fails before its pass.
+    run = test_host.run(sys.executable, "-m", "situation", "run", "--once", "--db-file", str(dsn_file),
+                        env=clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state")), timeout=60)
+    assert assert_one_line_error(run) == expected

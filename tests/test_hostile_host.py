@@ -26,6 +26,7 @@ from situation.module import REGISTRY, HostMachine, load_builtin_modules
 from situation.scheduler import OK, SKIPPED, ModuleResult, run_cycle
 from support.cluster import clean_environ
 from support.modules import AGENT, ModuleStore, open_module_store
+from support.stored_text import CONTROL
 
 from situation.store import open_store
 
@@ -306,14 +307,12 @@ def fuzzed_host(rng, base: Path) -> HostRoot:
 
 
 def assert_stored_text_is_clean(snapshot: dict[str, list[dict]]) -> None:
-    """No NUL and no invalid UTF-8 in any text the store wrote (reading it back decoded it)."""
-    # To tighten once the store strips control characters (issue 14, item 3): no C0
-    # character (bar those the store keeps, if any), no DEL, no C1, not only NUL.
+    """No control character (C0, DEL, C1) and no invalid UTF-8 in any text the store wrote."""
     for table, table_rows in snapshot.items():
         for row in table_rows:
             for column, value in row.items():
                 for text in _texts(value):
-                    assert "\x00" not in text, (table, column, text)
+                    assert not CONTROL.search(text), (table, column, text)
                     text.encode("utf-8")  # raises on a lone surrogate
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -261,3 +262,27 @@ def test_status_on_a_newer_database_lists_and_explains(tls_cluster, fresh_databa
     assert result.stderr.strip().splitlines() == [
         "situation: error: database schema is at version 99, newer than this build (1); upgrade situation before migrating"
     ]
+
+
+def test_history_row_with_version_zero_is_one_clear_line(tls_cluster, fresh_database, tmp_path):
+    env = clean_environ(HOME=str(tmp_path))
+
+    def migrate(database: str, *flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "situation", "migrate", "--db", database, *flags],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    name = fresh_database("zero")
+    postgres = tls_cluster.superuser_dsn(name)
+    sqlite_file = tmp_path / "zero.sqlite"
+    assert migrate(postgres).returncode == 0 and migrate(str(sqlite_file)).returncode == 0
+    row = "INSERT INTO {}schema_migrations (version, name, checksum) VALUES (0, 'zero', 'x')"
+    tls_cluster.psql(row.format("situation."), dbname=name)
+    with sqlite3.connect(sqlite_file) as db:
+        db.execute(row.format(""))
+    for database, flags in ((postgres, ()), (postgres, ("--status",)), (str(sqlite_file), ())):
+        result = migrate(database, *flags)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [
+            "situation: error: database migration history holds version 0, which no migration has (they start at "
+            "0001); it was changed by hand: delete that row from schema_migrations before migrating"
+        ]

@@ -8,6 +8,7 @@ real SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import os
 import pytest
 import structlog
 
@@ -178,3 +179,24 @@ async def test_same_mac_on_two_subnets_merges_addresses_and_deletes_nothing(stor
     await attach_by_name(again, await machineless(store), {second: "twin.example", seen_again: "agent.example"})
     assert again.rows_written == 0 and await counts(store) == before
 
+
+
+def test_resolver_is_built_when_the_host_name_is_no_dns_name(tmp_path):
+    """dnspython derives a search domain from the host name; a 64-character label must not stop lookups."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a UTS namespace needs root and unshare")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\n")
+    script = (
+        "import socket, sys; from pathlib import Path; from situation.net.reverse_dns import make_resolver; "
+        "import dns.resolver; socket.sethostname('x' * 64); "
+        f"r = make_resolver(Path({str(resolv)!r})); "
+        "print(r.nameservers, dns.resolver.socket is socket)"
+    )
+    result = subprocess.run(["unshare", "--uts", sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['192.0.2.53'] True"

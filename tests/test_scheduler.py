@@ -128,3 +128,19 @@ async def test_errors_a_module_raises_itself_are_failures():
     assert results["a"].status == "failed" and "CancelledError" in results["a"].detail
     assert results["b"].status == "failed" and "socket timed out" in results["b"].detail
     assert results["c"].status == "blocked"
+
+
+async def test_a_pass_where_no_module_succeeded_fails_with_one_line():
+    from situation.agent import pass_failure
+    from situation.errors import PassFailed
+
+    chain = registry(spec("fingerprint", fail="error"), spec("host-basic", ["fingerprint"]),
+                     spec("host-cpu", ["host-basic"]))
+    failure = pass_failure(await run_cycle(plan(chain, set()), context), "db.sqlite")
+    assert isinstance(failure, PassFailed) and failure.exit_code == 1
+    assert str(failure) == ("no module succeeded in this pass (failed: fingerprint; the others depend on them); "
+                            "the log above says why")
+    # One module failing for a reason of its own, or modules that do not apply here, fail nothing.
+    for modules in (registry(spec("fingerprint"), spec("host-gpu", fail="error")),
+                    registry(spec("chassis", fail="skip"))):
+        assert pass_failure(await run_cycle(plan(modules, set()), context), "db.sqlite") is None

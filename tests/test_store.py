@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 
 import pytest
+from support.stored_text import postgres_control_characters, sqlite_control_characters
 
 from situation.store import is_postgres_dsn, open_store, plan_batch, CONFLICT_KEYS
 from situation.errors import ConfigError
@@ -179,6 +182,26 @@ def test_clean_value():
     assert clean_value({"k\x00": ["v\x00", 1, None]}) == {"k": ["v", 1, None]}
 
 
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("plain ASCII, kept as is", "plain ASCII, kept as is"),
+        ("tab\tnewline\ncr\r", "tab newline cr "),  # word separators become spaces
+        ("\x1b]0;pwned\x07", "]0;pwned"),  # ESC, BEL
+        ("a\x00b\x01c\x1fd\x7fe", "abcde"),  # NUL, other C0, DEL
+        ("a\x80b\x85c\x9bd\x9f", "abcd"),  # C1
+        ("café\u00a0naïve\u2028ok", "café\u00a0naïve\u2028ok"),  # printable or not, not a control character
+        ("\udcff\x1b[2J", "?[2J"),  # an undecodable byte, then an escape sequence
+    ],
+)
+def test_control_characters_are_removed_from_text(text, stored):
+    from situation.store import clean_column, clean_text, json_text
+
+    assert clean_text(text) == stored
+    assert clean_column([text, "other"]) == [stored, "other"]
+    assert json.loads(json_text({text: [text]})) == {stored: [stored]}
+
+
 def test_json_text_is_cleaned_only_when_it_needs_to_be():
     from situation.store import MAX_TEXT, json_text
 
@@ -316,3 +339,71 @@ async def test_a_module_counts_a_rerun_unit_once(store):
 
     await ctx.run_in_transaction(unit)
     assert ctx.rows_written == 6
+
+
+HOSTILE = "\x1b]0;pw\x07"
+
+
+async def stored_control_characters(store) -> list[str]:
+    if store.dialect == "sqlite":
+        return sqlite_control_characters(store.path)
+    async with store.pool.acquire() as connection:
+        return await postgres_control_characters(connection)
+
+
+async def stored_machine(store) -> dict:
+    if store.dialect == "sqlite":
+        with sqlite3.connect(store.path) as db:
+            db.row_factory = sqlite3.Row
+            return dict(db.execute("SELECT * FROM machines").fetchone())
+    async with store.pool.acquire() as connection:
+        return dict(await connection.fetchrow("SELECT * FROM situation.machines"))
+
+
+async def test_no_control_character_is_ever_stored(store):
+    """Upserted columns, JSON strings and keys, arrays and named-query arguments: one rule on both backends."""
+    machine = (await store.upsert("machines", [{
+        "agent": AGENT, "hostname": f"web{HOSTILE}01", "host_id": "id\x9b\x85\x00", "platform": "linux",
+        "distribution": "Deb\x7fian\tGNU/Linux\r\n",
+    }], key="agent")).ids[0]
+    await store.upsert("users", [{"uid": "1000", "gid": "0", "name": "Bob\nghost", "username": f"bob{HOSTILE}",
+                                  "domain": "", "machine_id": machine}], key="machine_user")
+    await store.upsert("network_interfaces", [{
+        "name": HOSTILE, "mac": "52:54:00:ab:cd:ef", "ip": [f"10.0.0.1{HOSTILE}"], "tag": "",
+        "flags": {f"up{HOSTILE}": [HOSTILE]}, "machine_id": machine,
+    }], key="machine_mac_tag")
+    await store.execute("set_machine_chassis", f"vm{HOSTILE}", machine, AGENT)
+
+    assert await stored_control_characters(store) == []
+    row = await stored_machine(store)
+    assert (row["hostname"], row["host_id"], row["distribution"], row["chassis"]) == (
+        "web]0;pw01", "id", "Debian GNU/Linux  ", "vm]0;pw")
+    # Arguments are cleaned as values are, so hostile text finds the row it was stored as.
+    assert (await store.fetchrow("machine_by_host_id", "id\x9b\x85\x00"))["id"] == machine
+    assert [r["machine_id"] for r in await store.fetch("machines_by_hostname", f"web{HOSTILE}01")] == [machine]
+
+
+async def stored_disk_sizes(store) -> dict[str, int]:
+    if store.dialect == "sqlite":
+        with sqlite3.connect(store.path) as db:
+            return dict(db.execute("SELECT name, size FROM disks"))
+    async with store.pool.acquire() as connection:
+        return dict(await connection.fetch("SELECT name, size FROM situation.disks"))
+
+
+async def test_an_integer_outside_64_bits_never_reaches_the_backend(store):
+    """The batch is refused whole, with one error naming table and column; the range's ends are stored."""
+    from situation.store import IntegerOutOfRange
+
+    machine = await host(store)
+    for huge in (2**63, -(2**63) - 1, 99999999999999999999999, 10**5000):
+        rows = [{"name": "sda", "size": 1, "machine_id": machine}, {"name": "sdb", "size": huge, "machine_id": machine}]
+        with pytest.raises(IntegerOutOfRange, match=r"^disks\.size: .* outside the signed 64-bit range"):
+            await store.upsert("disks", rows, key="machine_disk_name")
+        with pytest.raises(IntegerOutOfRange, match=r"^argument \$2 of query set_machine_chassis: "):
+            await store.execute("set_machine_chassis", "vm", huge, AGENT)
+    assert await stored_disk_sizes(store) == {}
+    edges = [{"name": "max", "size": 2**63 - 1, "machine_id": machine},
+             {"name": "min", "size": -(2**63), "machine_id": machine}]
+    assert (await store.upsert("disks", edges, key="machine_disk_name")).written == 2
+    assert await stored_disk_sizes(store) == {"max": 2**63 - 1, "min": -(2**63)}

@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 from dataclasses import dataclass
 
-from pyroute2 import AsyncIPRoute
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -84,6 +83,10 @@ def freshest(entries: list[Neighbour]) -> list[Neighbour]:
 
 
 async def _dump() -> list[Neighbour]:
+    # Imported here, in the worker thread: pyroute2 takes most of a second and ~25 MB to
+    # import, which commands that never read the table (version, check, defaults) need not pay.
+    from pyroute2 import AsyncIPRoute
+
     entries = []
     async with AsyncIPRoute() as ipr:
         async for message in await ipr.neigh("dump"):

@@ -23,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,12 +100,50 @@ def read_hosts(path: Path) -> dict[str, str | None]:
 def make_resolver(resolv_conf: Path) -> dns.asyncresolver.Resolver | None:
     """A resolver configured from ``resolv_conf`` (blocking: reads the file); None without name servers."""
     import dns.asyncresolver
+    import dns.exception
     import dns.resolver
 
     try:
-        return dns.asyncresolver.Resolver(filename=str(resolv_conf))
+        try:
+            return dns.asyncresolver.Resolver(filename=str(resolv_conf))
+        except dns.exception.DNSException as exc:
+            if isinstance(exc, dns.resolver.NoResolverConfiguration):
+                raise
+            # dnspython derives a default search domain from the host name and fails
+            # when that is no valid DNS name (too long a label, odd bytes). PTR names
+            # are absolute, so the domain does not matter: build it with a plain one.
+            with _host_name_for_dnspython("localhost"):
+                return dns.asyncresolver.Resolver(filename=str(resolv_conf))
     except dns.resolver.NoResolverConfiguration:
         return None
+
+
+class _SocketWithHostName:
+    """The socket module, but for the host name it reports."""
+
+    def __init__(self, host_name: str):
+        self._host_name = host_name
+
+    def gethostname(self) -> str:
+        return self._host_name
+
+    def __getattr__(self, name: str):
+        return getattr(socket, name)
+
+
+_dnspython_socket_lock = threading.Lock()
+
+
+@contextmanager
+def _host_name_for_dnspython(host_name: str):
+    import dns.resolver
+
+    with _dnspython_socket_lock:
+        dns.resolver.socket = _SocketWithHostName(host_name)
+        try:
+            yield
+        finally:
+            dns.resolver.socket = socket
 
 
 @dataclass

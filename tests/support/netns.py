@@ -45,8 +45,30 @@ def _ip(*args: str, namespace: str | None = None) -> None:
         raise RuntimeError(f"{' '.join(command)}: {result.stderr.strip()}")
 
 
+class GuardedNamespace:
+    """Running commands inside the namespace ``self.name``, always behind the guard."""
+
+    name: str
+
+    def command(self, *argv: str) -> list[str]:
+        """``argv`` run inside the agent's namespace, behind a guard that refuses the initial one."""
+        return ["ip", "netns", "exec", self.name, sys.executable, str(GUARD), *argv]
+
+    def run(self, *argv: str, env: dict[str, str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.command(*argv), env=_guarded(env), capture_output=True, text=True, timeout=timeout, **kwargs
+        )
+
+    def run_module(self, *argv: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+        """tests/support/run_module.py inside the agent's namespace (modules run once, in order)."""
+        return self.run(sys.executable, str(RUN_MODULE), *argv, env=env, timeout=timeout)
+
+    def popen(self, *argv: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*argv), env=_guarded(env), text=True, **kwargs)
+
+
 @dataclass
-class IsolatedHost:
+class IsolatedHost(GuardedNamespace):
     """A namespace with ``eth0`` (``mac``, ``address``) whose neighbour is ``peer_address``."""
 
     name: str = field(default_factory=lambda: f"sit-{uuid.uuid4().hex[:8]}")
@@ -83,21 +105,6 @@ class IsolatedHost:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         shutil.rmtree(Path("/etc/netns") / self.name, ignore_errors=True)
 
-    def command(self, *argv: str) -> list[str]:
-        """``argv`` run inside the agent's namespace, behind a guard that refuses the initial one."""
-        return ["ip", "netns", "exec", self.name, sys.executable, str(GUARD), *argv]
-
-    def run(self, *argv: str, env: dict[str, str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            self.command(*argv), env=_guarded(env), capture_output=True, text=True, timeout=timeout, **kwargs
-        )
-
-    def run_module(self, *argv: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-        """tests/support/run_module.py inside the agent's namespace (modules run once, in order)."""
-        return self.run(sys.executable, str(RUN_MODULE), *argv, env=env, timeout=timeout)
-
-    def popen(self, *argv: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(self.command(*argv), env=_guarded(env), text=True, **kwargs)
 
 
 def _guarded(env: dict[str, str]) -> dict[str, str]:

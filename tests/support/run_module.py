@@ -5,7 +5,7 @@ test-made network namespace, behind the guard (``IsolatedHost.run_module``,
 which goes through ``isolated_exec.py``); it checks again itself.
 
     run_module.py --db PATH_OR_DSN --agent HEX [--option module.name=value]...
-                  [--exclude CIDR,...] [--rate PPS] [--only CIDR,...] MODULE...
+                  [--exclude CIDR,...] [--rate PPS] [--only CIDR,...] [--scope attached|database] MODULE...
 
 Prints one JSON object: ``{"rows": {module: rows_written}}``. A module that
 raises Skip is reported as ``{"skipped": {module: reason}}``.
@@ -46,6 +46,7 @@ async def _main(arguments: argparse.Namespace) -> dict:
 
     load_builtin_modules()
     discovery = Discovery(
+        scope=arguments.scope,
         exclude=parse_networks(arguments.exclude, what="--exclude"),
         rate=RateLimiter(arguments.rate),
         only=parse_networks(arguments.only, what="--only") if arguments.only else None,
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[])
     parser.add_argument("--exclude", default="")
     parser.add_argument("--only", default="")
+    parser.add_argument("--scope", default="attached", choices=("attached", "database"))
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--host-lookup", action="store_true", help="resolve the host machine by agent id first")
     parser.add_argument("modules", nargs="+")

@@ -1,0 +1,39 @@
+-- Named queries of the active discovery modules (situation/modules/ping.py).
+-- Portable SQL for PostgreSQL and SQLite; unqualified table names.
+
+-- name: ping_host_ipv4_subnets
+-- Scope 'attached': the IPv4 subnetworks linked to the NICs of machine $1 (this host).
+SELECT DISTINCT s.id, s.network_cidr
+FROM subnetworks s
+JOIN network_interface_subnets l ON l.subnetwork_id = s.id
+JOIN network_interfaces n ON n.id = l.network_interface_id
+WHERE n.machine_id = $1 AND s.ip_version = 4
+ORDER BY s.id;
+
+-- name: ping_all_ipv4_subnets
+-- Scope 'database': every IPv4 subnetwork stored by any agent.
+SELECT id, network_cidr
+FROM subnetworks
+WHERE ip_version = 4
+ORDER BY id;
+
+-- name: ping_subnet_nics
+-- The NICs linked to subnetwork $1, with their address there: what a found address is matched on.
+SELECT n.id, n.mac, n.ip, n.machine_id, l.ip AS link_ip
+FROM network_interfaces n
+JOIN network_interface_subnets l ON l.network_interface_id = n.id
+WHERE l.subnetwork_id = $1
+ORDER BY n.id;
+
+-- name: ping_insert_neighbour_nic
+-- A NIC found on the network: no machine, no name, untagged. $1 ip list, $2 MAC (NULL when only
+-- ICMP answered), $3 flags, $4 agent id. Nothing unique to conflict on (NULL name and machine).
+INSERT INTO network_interfaces (name, mac, ip, gateway, flags, tag, machine_id, updated_by)
+VALUES (NULL, $2, $1, NULL, $3, '', NULL, $4)
+RETURNING id;
+
+-- name: ping_set_neighbour_mac
+-- The MAC an ARP reply gave, on a machine-less NIC ($1) that had none; $2 MAC, $3 agent id.
+UPDATE network_interfaces
+SET mac = $2, updated_at = CURRENT_TIMESTAMP, updated_by = $3
+WHERE id = $1 AND mac IS NULL AND machine_id IS NULL;
