@@ -132,7 +132,10 @@ async def _session_mismatch(connection: asyncpg.Connection, wanted: str) -> str 
         if in_standby == (wanted == "standby"):
             return None
         return "a standby" if in_standby else "a primary"
-    read_only = in_standby or getattr(reported, "default_transaction_read_only", "off") == "on"
+    default_read_only = getattr(reported, "default_transaction_read_only", None)
+    if default_read_only is None:  # servers before 14 do not report it
+        default_read_only = await connection.fetchval("SHOW transaction_read_only")
+    read_only = in_standby or default_read_only == "on"
     if read_only == (wanted == "read-only"):
         return None
     return "read-only" if read_only else "read-write"
