@@ -328,7 +328,7 @@ class Agent:
             await asyncio.sleep(interval)
 
     async def _print_summary(self) -> None:
-        where = _describe_database(self.config.database)
+        where = await asyncio.to_thread(_describe_database, self.config.database)  # may read a service file
         try:
             counts = await self.store.counts()
         except DATABASE_ERRORS as exc:

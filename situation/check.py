@@ -12,7 +12,7 @@ from situation.connect import connect
 from situation.dsn import ConnectParams
 from situation.errors import MigrationError
 from situation.migrations import SchemaAccessDenied, latest_version, schema_version
-from situation.tls import VERIFY_NONE, build_ssl_context, describe_certificate
+from situation.tls import VERIFY_NONE, describe_certificate, ssl_context_for
 
 _PRIVILEGES = """
 SELECT r.rolsuper AS superuser,
@@ -49,6 +49,7 @@ class CheckReport:
     schema_version: int | None
     expected_version: int
     notes: list[str] = field(default_factory=list)
+    service: str | None = None  # "NAME (FILE)" when the settings came from a service file
 
     @property
     def can_change_schema(self) -> bool:
@@ -62,7 +63,7 @@ class CheckReport:
 
 async def inspect(params: ConnectParams) -> CheckReport:
     """Connect with the agent's exact settings and gather the facts."""
-    tls = await asyncio.to_thread(build_ssl_context, params)
+    tls = await asyncio.to_thread(ssl_context_for, params)
     connection = await connect(params, tls=tls, server_settings={"application_name": "situation check"})
     try:
         return await _gather(connection, params, tls)
@@ -102,6 +103,7 @@ async def _gather(connection: asyncpg.Connection, params: ConnectParams, tls) ->
         schema_version=version,
         expected_version=await asyncio.to_thread(latest_version),
         notes=notes,
+        service=f"{params.service} ({params.service_file})" if params.service else None,
     )
     report.notes.extend(_advice(report, privileges))
     return report
@@ -160,8 +162,10 @@ def _advice(report: CheckReport, privileges) -> list[str]:
 
 
 def format_report(report: CheckReport) -> str:
-    rows = [
-        ("server", f"{report.server}, PostgreSQL {report.server_version}"),
+    rows = [("server", f"{report.server}, PostgreSQL {report.server_version}")]
+    if report.service:
+        rows.append(("service", report.service))
+    rows += [
         ("tls", f"on, {report.tls_version}, {report.cipher}" if report.tls else "off"),
         ("verification", _verification_text(report)),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import socket
 import ssl
 from contextlib import asynccontextmanager
@@ -18,9 +19,10 @@ from typing import Any
 import asyncpg
 import structlog
 
+from situation.dialer import DialingLoop
 from situation.dsn import ConnectParams, Endpoint, password_for
 from situation.errors import ConnectError
-from situation.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context
+from situation.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context, ssl_context_for
 
 log = structlog.get_logger("situation.connect")
 
@@ -29,6 +31,24 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 
 class _ServerHasNoTls(ConnectionError):
     pass
+
+
+class _AuthMethodRefused(Exception):
+    """require_auth forbids the method the server asked for; we hung up before answering."""
+
+    def __init__(self, method: str, require_auth):
+        self.method = method
+        self.require_auth = require_auth
+        super().__init__(f"server asked for {method}, require_auth={require_auth}")
+
+
+class _SessionMismatch(Exception):
+    """The server answered, but its session is not what target_session_attrs asks for."""
+
+    def __init__(self, wanted: str, found: str):
+        self.wanted = wanted
+        self.found = found
+        super().__init__(f"session is {found}, target_session_attrs={wanted}")
 
 
 async def connect(
@@ -42,29 +62,83 @@ async def connect(
     """One connection, trying each host in turn as libpq does.
 
     ``tls`` lets a caller reuse (and later inspect) a context; by default one is
-    built from ``params``. Extra keyword arguments go to :func:`asyncpg.connect`
-    (the pool passes ``connection_class`` and ``record_class`` this way).
+    built from ``params`` when the first TCP host is tried (Unix sockets never
+    use TLS). Extra keyword arguments go to :func:`asyncpg.connect` (the pool
+    passes ``connection_class`` and ``record_class`` this way).
     """
-    if tls is None:
-        tls = await asyncio.to_thread(build_ssl_context, params)  # reads key and certificate files
     settings = dict(server_settings or {})
     if params.application_name and "application_name" not in settings:
         settings["application_name"] = params.application_name
+    # The operator's `options` (-c name=value) beat the agent's own defaults (jit,
+    # application_name); search_path, which the agent's queries need, is refused by parse_dsn.
+    settings.update(params.server_options)
+    tls_ready = tls is not None
     last_error: Exception | None = None
-    for endpoint in params.endpoints:
-        try:
-            return await _connect_endpoint(params, endpoint, tls, settings, statement_cache_size, kwargs)
-        except (OSError, asyncio.TimeoutError) as exc:
-            # Unreachable: libpq moves on to the next host. A server that
-            # answered and refused us ends the search.
-            if isinstance(exc, ssl.SSLError) or isinstance(exc, _ServerHasNoTls):
+    last_endpoint = params.endpoints[-1]
+    endpoints = list(params.endpoints)
+    if params.load_balance_hosts == "random":
+        random.shuffle(endpoints)  # libpq 16: spread a fleet over replicas or bouncers
+    for wanted in _session_passes(params.target_session_attrs):
+        for endpoint in endpoints:
+            if not tls_ready and not endpoint.is_unix_socket:
+                tls = await asyncio.to_thread(build_ssl_context, params)  # reads key and certificate files
+                tls_ready = True
+            try:
+                connection = await _connect_endpoint(params, endpoint, tls, settings, statement_cache_size, kwargs)
+            except (OSError, asyncio.TimeoutError) as exc:
+                # Unreachable: libpq moves on to the next host. A server that
+                # answered and refused us ends the search.
+                if isinstance(exc, ssl.SSLError) or isinstance(exc, _ServerHasNoTls):
+                    raise explain(exc, params, endpoint) from exc
+                last_error, last_endpoint = exc, endpoint
+                continue
+            except Exception as exc:
                 raise explain(exc, params, endpoint) from exc
-            last_error = exc
-            continue
-        except Exception as exc:
-            raise explain(exc, params, endpoint) from exc
+            mismatch = await _session_mismatch(connection, wanted)
+            if mismatch is None:
+                return connection
+            # Like libpq, a server of the wrong kind is skipped, not fatal.
+            connection.terminate()
+            log.info("server does not match target_session_attrs, trying the next host",
+                     host=endpoint.host, port=endpoint.port, wanted=wanted, found=mismatch)
+            last_error, last_endpoint = _SessionMismatch(wanted, mismatch), endpoint
     assert last_error is not None
-    raise explain(last_error, params, params.endpoints[-1]) from last_error
+    raise explain(last_error, params, last_endpoint) from last_error
+
+
+def _session_passes(target_session_attrs: str | None) -> tuple[str, ...]:
+    # libpq's prefer-standby: look for a standby among all hosts, then take any of them.
+    if target_session_attrs == "prefer-standby":
+        return ("standby", "any")
+    return (target_session_attrs or "any",)
+
+
+async def _session_mismatch(connection: asyncpg.Connection, wanted: str) -> str | None:
+    """None when the session suits ``wanted``, else what it is ("read-only", "a standby", ...).
+
+    As libpq does with servers from 14 on, this trusts the parameters the server
+    reports at start-up (default_transaction_read_only, in_hot_standby) and asks
+    only an older server.
+    """
+    if wanted == "any":
+        return None
+    reported = connection.get_settings()
+    standby_flag = getattr(reported, "in_hot_standby", None)
+    if standby_flag is not None:
+        in_standby = standby_flag == "on"
+    else:
+        in_standby = bool(await connection.fetchval("SELECT pg_catalog.pg_is_in_recovery()"))
+    if wanted in ("primary", "standby"):
+        if in_standby == (wanted == "standby"):
+            return None
+        return "a standby" if in_standby else "a primary"
+    default_read_only = getattr(reported, "default_transaction_read_only", None)
+    if default_read_only is None:  # servers before 14 do not report it
+        default_read_only = await connection.fetchval("SHOW transaction_read_only")
+    read_only = in_standby or default_read_only == "on"
+    if read_only == (wanted == "read-only"):
+        return None
+    return "read-only" if read_only else "read-write"
 
 
 async def _connect_endpoint(params, endpoint, tls, settings, statement_cache_size, kwargs) -> asyncpg.Connection:
@@ -95,9 +169,17 @@ async def _connect_endpoint(params, endpoint, tls, settings, statement_cache_siz
 
 async def _open(params, endpoint: Endpoint, context, settings, statement_cache_size, kwargs) -> asyncpg.Connection:
     timeout = params.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+    if endpoint.is_unix_socket:
+        host, loop = endpoint.host, None
+    else:
+        # asyncpg is given the name (TLS checks it, SNI carries it); the dialler connects
+        # to hostaddr when there is one, with libpq's keepalive options set first.
+        host = endpoint.host if endpoint.host and not endpoint.host.startswith(("/", "@")) else endpoint.hostaddr
+        loop = DialingLoop(asyncio.get_running_loop(), endpoint, params.keepalives,
+                           shuffle=params.load_balance_hosts == "random", require_auth=params.require_auth)
     try:
         return await asyncpg.connect(
-            host=endpoint.host,
+            host=host,
             port=endpoint.port,
             user=params.user,
             database=params.database,
@@ -106,14 +188,17 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
             password=functools.partial(_password, params, endpoint),
             ssl=context if context is not None else False,
             direct_tls=params.sslnegotiation == "direct" and context is not None,
-            target_session_attrs=params.target_session_attrs,
+            target_session_attrs="any",  # checked by connect(), which then moves on to the next host
             timeout=timeout,
             server_settings=settings,
             statement_cache_size=statement_cache_size,
+            loop=loop,
             **kwargs,
         )
-    except ConnectionError as exc:
-        if "rejected SSL upgrade" in str(exc):
+    except Exception as exc:
+        if loop is not None and loop.refused_method is not None:
+            raise _AuthMethodRefused(loop.refused_method, params.require_auth) from None
+        if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
             raise _ServerHasNoTls(str(exc)) from None
         raise
 
@@ -153,7 +238,7 @@ async def create_pool(
     large enough to pass ``jit_above_cost`` would spend longer compiling than running.
     Turn ``statement_cache`` off behind a PgBouncer in transaction mode.
     """
-    tls = await asyncio.to_thread(build_ssl_context, params)
+    tls = await asyncio.to_thread(ssl_context_for, params)
     settings = {"application_name": params.application_name or application_name, "search_path": "situation", "jit": "off"}
     settings.update(server_settings or {})
 
@@ -194,10 +279,22 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
         exc = exc.__cause__
         text = _one_line(exc)
         lowered = text.lower()
+    if isinstance(exc, _AuthMethodRefused):
+        asked = "no authentication" if exc.method == "none" else f"{exc.method} authentication"
+        return ConnectError(
+            f"server at {where} asked for {asked}, which require_auth={exc.require_auth} does not allow; "
+            "no credentials were sent; change the server's pg_hba.conf method or require_auth"
+        )
+    if isinstance(exc, _SessionMismatch):
+        return ConnectError(
+            f"no server in the host list suits target_session_attrs={exc.wanted} "
+            f"(the last one tried, {where}, is {exc.found}); add a matching host or change target_session_attrs",
+            transient=True,
+        )
     if isinstance(exc, HostNameMismatch):
         names = ", ".join(exc.names) or "none"
         return ConnectError(
-            f"server certificate at {where} does not match host name {endpoint.host!r} "
+            f"server certificate at {where} does not match host name {endpoint.name!r} "
             f"(it names: {names}); connect using a name the certificate lists, or reissue it with that name"
         )
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -273,7 +370,7 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
             transient=True,
         )
     if isinstance(exc, socket.gaierror):
-        return ConnectError(f"cannot resolve host {endpoint.host!r}; check the host name", transient=True)
+        return ConnectError(f"cannot resolve host {endpoint.name!r}; check the host name", transient=True)
     if isinstance(exc, OSError):
         return ConnectError(
             f"cannot reach server at {where} ({exc.strerror or text}); is it running and listening there?",
@@ -287,8 +384,11 @@ def explain(exc: BaseException, params: ConnectParams, endpoint: Endpoint) -> Co
 def _where(endpoint: Endpoint) -> str:
     if endpoint.is_unix_socket:
         return f"{endpoint.host}/.s.PGSQL.{endpoint.port}"
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    return f"{host}:{endpoint.port}"
+    name = endpoint.name
+    where = f"[{name}]:{endpoint.port}" if ":" in name else f"{name}:{endpoint.port}"
+    if endpoint.hostaddr and endpoint.host:
+        where += f" (hostaddr {endpoint.hostaddr})"
+    return where
 
 
 def _one_line(exc: BaseException) -> str:

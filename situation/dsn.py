@@ -18,6 +18,7 @@ accept only 0 and 1, and ``sslsni`` only 0 and 1.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import pwd
 import re
@@ -35,6 +36,7 @@ log = structlog.get_logger("situation.dsn")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSLNEGOTIATIONS = ("postgres", "direct")
 SSLCERTMODES = ("disable", "allow")
+LOAD_BALANCE_HOSTS = ("disable", "random")
 TARGET_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 GSSENCMODES_ACCEPTED = ("disable", "prefer")
@@ -43,10 +45,14 @@ DEFAULT_PORT = 5432
 DEFAULT_MIN_TLS_VERSION = "TLSv1.2"
 # Where libpq builds on Debian/Red Hat/upstream put the server socket; the first that exists wins.
 DEFAULT_SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql", "/tmp")
+# Where the system-wide pg_service.conf lives unless PGSYSCONFDIR says otherwise
+# (`pg_config --sysconfdir` of Debian's libpq).
+DEFAULT_SYSCONFDIR = "/etc/postgresql-common"
 
 # Supported options and the environment variable that fills each one when the DSN leaves it unset.
 _OPTION_ENV_VARS: dict[str, str | None] = {
     "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
     "port": "PGPORT",
     "dbname": "PGDATABASE",
     "user": "PGUSER",
@@ -71,28 +77,27 @@ _OPTION_ENV_VARS: dict[str, str | None] = {
     "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
     "client_encoding": "PGCLIENTENCODING",
     "gssencmode": "PGGSSENCMODE",
+    "service": "PGSERVICE",
+    "servicefile": "PGSERVICEFILE",
+    "options": "PGOPTIONS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+    "channel_binding": "PGCHANNELBINDING",
+    "require_auth": "PGREQUIREAUTH",
+    "keepalives": None,  # libpq has no environment variables for the keepalive options
+    "keepalives_idle": None,
+    "keepalives_interval": None,
+    "keepalives_count": None,
+    "tcp_user_timeout": None,
 }
 SUPPORTED_OPTIONS = tuple(_OPTION_ENV_VARS)
 
 # Options libpq accepts that we refuse rather than silently ignore.
 UNSUPPORTED_LIBPQ_OPTIONS = (
-    "hostaddr",
-    "service",
-    "servicefile",
-    "options",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-    "channel_binding",
     "krbsrvname",
     "gsslib",
     "gssdelegation",
     "replication",
     "requirepeer",
-    "require_auth",
-    "load_balance_hosts",
     "sslcompression",
     "sslkeylogfile",
     "min_protocol_version",
@@ -105,19 +110,16 @@ UNSUPPORTED_LIBPQ_OPTIONS = (
     "oauth_scope",
 )
 
+# Every keyword libpq knows: what tells a key=value PostgreSQL DSN from an SQLite path.
+LIBPQ_OPTIONS = frozenset(SUPPORTED_OPTIONS) | frozenset(UNSUPPORTED_LIBPQ_OPTIONS)
+
 # Environment variables libpq would act on but we cannot honour, with the option each one sets.
 _UNSUPPORTED_ENV_VARS = {
-    "PGHOSTADDR": "hostaddr",
-    "PGSERVICE": "service",
-    "PGOPTIONS": "options",
-    "PGCHANNELBINDING": "channel_binding",
     "PGSSLCOMPRESSION": "sslcompression",
     "PGKRBSRVNAME": "krbsrvname",
     "PGGSSLIB": "gsslib",
     "PGGSSDELEGATION": "gssdelegation",
     "PGREQUIREPEER": "requirepeer",
-    "PGREQUIREAUTH": "require_auth",
-    "PGLOADBALANCEHOSTS": "load_balance_hosts",
     "PGMINPROTOCOLVERSION": "min_protocol_version",
     "PGMAXPROTOCOLVERSION": "max_protocol_version",
 }
@@ -149,15 +151,50 @@ _ACCEPTED_FORMS = (
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One server to try: a host name, an IP literal (no brackets) or a Unix-socket directory."""
+    """One server to try: a host name, an IP literal (no brackets) or a Unix-socket directory.
+
+    ``hostaddr``, when set, is the IP address actually dialled; ``host`` is then
+    only the name that TLS host-name checks and ``.pgpass`` use (it may be empty).
+    """
 
     host: str
     port: int
+    hostaddr: str | None = None
 
     @property
     def is_unix_socket(self) -> bool:
         # libpq: an absolute path is a socket directory, "@name" a Linux abstract socket.
-        return self.host.startswith(("/", "@"))
+        return self.hostaddr is None and self.host.startswith(("/", "@"))
+
+    @property
+    def name(self) -> str:
+        """The host's name in messages and TLS checks: host, else hostaddr."""
+        return self.host or self.hostaddr or ""
+
+
+@dataclass(frozen=True)
+class RequireAuth:
+    """libpq's require_auth: the methods the server may ask for (or, negated, may not)."""
+
+    methods: frozenset[str]
+    negated: bool = False
+
+    def allows(self, method: str) -> bool:
+        return (method in self.methods) != self.negated
+
+    def __str__(self) -> str:
+        return ",".join(("!" if self.negated else "") + method for method in sorted(self.methods))
+
+
+@dataclass(frozen=True)
+class Keepalives:
+    """TCP keepalive settings for the socket; None leaves the system's value."""
+
+    enabled: bool = True  # libpq's default
+    idle: int | None = None  # seconds of silence before the first probe (TCP_KEEPIDLE)
+    interval: int | None = None  # seconds between probes (TCP_KEEPINTVL)
+    count: int | None = None  # unanswered probes before the connection is dead (TCP_KEEPCNT)
+    user_timeout: int | None = None  # ms that sent data may stay unacknowledged (TCP_USER_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -185,6 +222,13 @@ class ConnectParams:
     application_name: str | None
     target_session_attrs: str | None
     home: str
+    service: str | None = None
+    service_file: str | None = None
+    keepalives: Keepalives = field(default_factory=Keepalives)
+    # Server settings from libpq's ``options`` (``-c name=value``), in the order given.
+    server_options: tuple[tuple[str, str], ...] = ()
+    load_balance_hosts: str = "disable"  # "random": try hosts (and their addresses) in random order
+    require_auth: RequireAuth | None = None
 
     def redacted(self) -> str:
         """A URI for logs; an explicit password shows as ``***``, sslpassword never appears."""
@@ -192,7 +236,10 @@ class ConnectParams:
         if self.password is not None:
             userinfo += ":***"
         hosts = ",".join(_uri_host(endpoint) for endpoint in self.endpoints)
-        query = "&".join(f"{key}={quote(value, safe='/')}" for key, value in self._query_items())
+        items = self._query_items()
+        if any(endpoint.hostaddr for endpoint in self.endpoints):
+            items.insert(0, ("hostaddr", ",".join(endpoint.hostaddr or "" for endpoint in self.endpoints)))
+        query = "&".join(f"{key}={quote(value, safe='/')}" for key, value in items)
         return f"postgresql://{userinfo}@{hosts}/{quote(self.database, safe='')}?{query}"
 
     def _query_items(self) -> list[tuple[str, str]]:
@@ -217,7 +264,27 @@ class ConnectParams:
             items.append(("application_name", self.application_name))
         if self.target_session_attrs is not None:
             items.append(("target_session_attrs", self.target_session_attrs))
+        items.extend(_keepalive_items(self.keepalives))
+        if self.load_balance_hosts != "disable":
+            items.append(("load_balance_hosts", self.load_balance_hosts))
+        if self.require_auth is not None:
+            items.append(("require_auth", str(self.require_auth)))
+        if self.server_options:
+            items.append(("options", " ".join(f"-c {name}={_escape_option(value)}"
+                                              for name, value in self.server_options)))
         return items
+
+
+def _escape_option(value: str) -> str:
+    return re.sub(r"([\\\s])", r"\\\1", value)
+
+
+def _keepalive_items(keepalives: Keepalives) -> list[tuple[str, str]]:
+    if not keepalives.enabled:
+        return [("keepalives", "0")]
+    named = (("keepalives_idle", keepalives.idle), ("keepalives_interval", keepalives.interval),
+             ("keepalives_count", keepalives.count), ("tcp_user_timeout", keepalives.user_timeout))
+    return [(key, str(value)) for key, value in named if value is not None]
 
 
 def _uri_host(endpoint: Endpoint) -> str:
@@ -503,15 +570,20 @@ def _parse_options(dsn: str | None) -> dict[str, str]:
 
 
 class _Sources:
-    """Looks an option up in the DSN first, then in its environment variable (empty = unset)."""
+    """Looks an option up in the DSN, then the service file's section, then its
+    environment variable (an empty variable counts as unset): libpq's order."""
 
-    def __init__(self, options: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    def __init__(self, options: Mapping[str, str], environ: Mapping[str, str],
+                 service: Mapping[str, _Setting] | None = None) -> None:
         self.options = options
         self.environ = environ
+        self.service = service or {}
 
     def get(self, key: str) -> _Setting | None:
         if key in self.options:
             return _Setting(self.options[key], key)
+        if key in self.service:
+            return self.service[key]
         var = _OPTION_ENV_VARS.get(key)
         return self.env(var) if var else None
 
@@ -523,6 +595,79 @@ class _Sources:
         """A free-form option; an empty value means "use the default"."""
         setting = self.get(key)
         return setting.value if setting and setting.value else None
+
+
+# --------------------------------------------------------------------------- service files
+
+
+@dataclass(frozen=True)
+class _Service:
+    name: str
+    file: str
+    settings: dict[str, _Setting]
+
+
+def _service_files(sources: _Sources, home: str) -> list[str]:
+    """libpq's search order: servicefile (or PGSERVICEFILE, else ~/.pg_service.conf), then the system file."""
+    first = sources.text("servicefile") or (os.path.join(home, ".pg_service.conf") if home else None)
+    sysconfdir = sources.environ.get("PGSYSCONFDIR") or DEFAULT_SYSCONFDIR
+    return [path for path in (first, os.path.join(sysconfdir, "pg_service.conf")) if path]
+
+
+def _load_service(sources: _Sources, home: str) -> _Service | None:
+    name = sources.text("service")
+    if name is None:
+        return None
+    files = _service_files(sources, home)
+    for path in files:
+        settings = _read_service_section(path, name)
+        if settings is not None:
+            return _Service(name, path, settings)
+    searched = " and ".join(f'"{path}"' for path in files)
+    raise DsnError(f"service {_show(name)} is not defined in {searched}; add a [{_escape(name, 40)}] section "
+                   "to one of them, or point servicefile (PGSERVICEFILE) at the right file")
+
+
+def _read_service_section(path: str, name: str) -> dict[str, _Setting] | None:
+    """The settings of section ``[name]`` of ``path``; None when the file or section is missing."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise DsnError(f'service file "{path}" cannot be read ({reason}); fix its permissions or content') from None
+    settings: dict[str, _Setting] | None = None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if settings is not None:
+                break  # the section ends where the next one begins
+            if line.endswith("]") and line[1:-1] == name:
+                settings = {}
+            continue
+        if settings is not None:
+            _add_service_line(settings, line, f'"{path}" line {number}')
+    return settings
+
+
+def _add_service_line(settings: dict[str, _Setting], line: str, where: str) -> None:
+    key, equals, value = line.partition("=")
+    if not equals:
+        raise DsnError(f'syntax error in service file {where}: "=" is missing; write key=value')
+    if key in ("service", "servicefile"):
+        raise DsnError(f"service file {where} sets {key}, but services cannot be nested; remove the line")
+    if key == "requiressl":
+        key, value = "sslmode", _sslmode_from_requiressl(_Setting(value, f"service file {where}: requiressl"))
+    try:
+        _check_option_name(key)
+    except DsnError as exc:
+        raise DsnError(f"service file {where}: {exc}") from None
+    # libpq keeps the first value of a key within a section.
+    settings.setdefault(key, _Setting(value, f"{key} (service file {where})"))
 
 
 def _reject_unsupported_environment(environ: Mapping[str, str]) -> None:
@@ -567,8 +712,10 @@ def _default_host() -> str:
     return next((d for d in DEFAULT_SOCKET_DIRS if os.path.isdir(d)), "localhost")
 
 
-def _split_hosts(sources: _Sources) -> tuple[list[str], _Setting | None]:
+def _split_hosts(sources: _Sources, default: bool = True) -> tuple[list[str], _Setting | None]:
     setting = sources.get("host")
+    if not (setting and setting.value) and not default:
+        return [], None
     raw = setting.value.split(",") if setting and setting.value else [""]
     return [_normalise_host(host) for host in raw], setting
 
@@ -578,6 +725,28 @@ def _normalise_host(host: str) -> str:
     if host.startswith("[") and host.endswith("]") and ":" in host:
         host = host[1:-1]  # tolerate a bracketed IPv6 literal outside a URI
     return host or _default_host()
+
+
+def _split_hostaddrs(sources: _Sources) -> tuple[list[str | None], _Setting | None]:
+    setting = sources.get("hostaddr")
+    if setting is None or not setting.value:
+        return [], None
+    addresses: list[str | None] = []
+    for item in setting.value.split(","):
+        item = item.strip()
+        if item and not _is_ip_address(item):
+            raise _bad_value(setting, f"{_show(item)} is not a numeric IP address",
+                             "give addresses like 192.0.2.10 or 2001:db8::10, and names in host")
+        addresses.append(item or None)
+    return addresses, setting
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_ports(sources: _Sources, host_count: int, host_setting: _Setting | None) -> list[int]:
@@ -605,9 +774,118 @@ def _port_number(item: str, setting: _Setting) -> int:
 
 
 def _endpoints(sources: _Sources) -> tuple[Endpoint, ...]:
-    hosts, host_setting = _split_hosts(sources)
+    """host, hostaddr and port lists paired up by position, as libpq pairs them."""
+    addresses, address_setting = _split_hostaddrs(sources)
+    hosts, host_setting = _split_hosts(sources, default=not addresses)
+    if addresses and hosts and len(hosts) != len(addresses):
+        raise DsnError(f"{len(hosts)} host names (from {host_setting.origin}) for {len(addresses)} "
+                       f"hostaddr values (from {address_setting.origin}); give one address per host")
+    if addresses and not hosts:
+        hosts = [""] * len(addresses)
+        host_setting = address_setting
+    if not addresses:
+        addresses = [None] * len(hosts)
     ports = _split_ports(sources, len(hosts), host_setting)
-    return tuple(Endpoint(host, port) for host, port in zip(hosts, ports))
+    return tuple(Endpoint(host, port, address) for host, port, address in zip(hosts, ports, addresses))
+
+
+# Settings the agent fixes itself: its queries name tables without a schema.
+_RESERVED_SERVER_SETTINGS = {"search_path": "situation"}
+
+
+def _server_options(sources: _Sources) -> tuple[tuple[str, str], ...]:
+    """libpq's ``options``: ``-c name=value`` or ``--name=value`` words, split as the server splits them."""
+    setting = sources.get("options")
+    if setting is None:
+        return ()
+    words = _split_option_words(setting.value)
+    settings: list[tuple[str, str]] = []
+    while words:
+        word = words.pop(0)
+        if word == "-c" and words:
+            assignment = words.pop(0)
+        elif word.startswith("-c") and len(word) > 2:
+            assignment = word[2:]
+        elif word.startswith("--") and len(word) > 2:
+            assignment = word[2:]
+        else:
+            raise _bad_value(setting, f"{_show(word)} is not a setting",
+                             "situation passes only -c name=value (or --name=value) to the server")
+        name, equals, value = assignment.partition("=")
+        name = name.replace("-", "_").lower()  # as the server reads --work-mem
+        if not equals or not name:
+            raise _bad_value(setting, f"{_show(word if word != '-c' else assignment)} has no value",
+                             "write -c name=value")
+        if name in _RESERVED_SERVER_SETTINGS:
+            raise _bad_value(setting, f"situation sets {name} to {_RESERVED_SERVER_SETTINGS[name]} itself",
+                             f"remove -c {name}")
+        settings.append((name, value))
+    return tuple(settings)
+
+
+def _split_option_words(text: str) -> list[str]:
+    """Whitespace-separated words; a backslash keeps the next character (a space, a backslash) literal."""
+    words: list[str] = []
+    current: list[str] | None = None
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isspace():
+            if current is not None:
+                words.append("".join(current))
+                current = None
+            i += 1
+            continue
+        current = current if current is not None else []
+        if ch == "\\" and i + 1 < len(text):
+            i += 1
+            ch = text[i]
+        current.append(ch)
+        i += 1
+    if current is not None:
+        words.append("".join(current))
+    return words
+
+
+def _check_names_for_verify_full(endpoints: tuple[Endpoint, ...], sslmode: str) -> None:
+    if sslmode != "verify-full":
+        return
+    for endpoint in endpoints:
+        if endpoint.hostaddr and not endpoint.host:
+            raise DsnError(f"sslmode=verify-full checks the server's host name, but hostaddr={endpoint.hostaddr} "
+                           "has no host name paired with it; add host=NAME (the name in the server certificate)")
+
+
+def _keepalive_seconds(sources: _Sources, key: str, highest: int) -> int | None:
+    setting = sources.get(key)
+    if setting is None or not setting.value.strip():
+        return None
+    if _INTEGER_RE.fullmatch(setting.value):
+        value = int(setting.value)
+        if 1 <= value <= highest:
+            return value
+    raise _bad_value(setting, f"invalid {key}", f"use a whole number from 1 to {highest}")
+
+
+def _keepalives(sources: _Sources) -> Keepalives:
+    switch = sources.get("keepalives")
+    if switch is not None and switch.value.strip() and not _INTEGER_RE.fullmatch(switch.value):
+        raise _bad_value(switch, "invalid keepalives", "use 1 (on, the default) or 0 (off)")
+    enabled = switch is None or not switch.value.strip() or int(switch.value) != 0
+    timeout = sources.get("tcp_user_timeout")
+    user_timeout = None
+    if timeout is not None and timeout.value.strip():
+        if not _INTEGER_RE.fullmatch(timeout.value) or int(timeout.value) < 0:
+            raise _bad_value(timeout, "invalid tcp_user_timeout", "use a whole number of milliseconds (0 = system default)")
+        user_timeout = int(timeout.value) or None
+    # Linux's limits for TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
+    return Keepalives(
+        enabled=enabled,
+        idle=_keepalive_seconds(sources, "keepalives_idle", 32767),
+        interval=_keepalive_seconds(sources, "keepalives_interval", 32767),
+        count=_keepalive_seconds(sources, "keepalives_count", 127),
+        user_timeout=user_timeout,
+    )
 
 
 def _sslmode(sources: _Sources, sslrootcert: str | None) -> str:
@@ -692,6 +970,45 @@ def _target_session_attrs(sources: _Sources) -> str | None:
     return None if setting is None else _choose(setting, TARGET_SESSION_ATTRS, "target_session_attrs")
 
 
+def _load_balance_hosts(sources: _Sources) -> str:
+    setting = sources.get("load_balance_hosts")
+    return "disable" if setting is None else _choose(setting, LOAD_BALANCE_HOSTS, "load_balance_hosts")
+
+
+REQUIRE_AUTH_METHODS = ("password", "md5", "gss", "sspi", "scram-sha-256", "none")
+
+
+def _require_auth(sources: _Sources) -> RequireAuth | None:
+    setting = sources.get("require_auth")
+    if setting is None or not setting.value:
+        return None
+    words = setting.value.split(",")
+    negated = {word.startswith("!") for word in words}
+    if len(negated) > 1:
+        raise _bad_value(setting, "negative (!) and positive methods cannot be mixed",
+                         "list the methods to allow, or only !methods to forbid")
+    methods = [word.removeprefix("!") for word in words]
+    for method in methods:
+        if method not in REQUIRE_AUTH_METHODS:
+            raise _bad_value(setting, f"invalid require_auth method {_show(method)}",
+                             f"use {', '.join(REQUIRE_AUTH_METHODS)}, each optionally with !")
+    if len(set(methods)) != len(methods):
+        raise _bad_value(setting, "a method is listed twice", "list each method once")
+    return RequireAuth(frozenset(methods), negated.pop())
+
+
+def _check_channel_binding(sources: _Sources) -> None:
+    setting = sources.get("channel_binding")
+    if setting is None:
+        return
+    if setting.value == "require":
+        raise _bad_value(setting, "channel binding needs SCRAM-SHA-256-PLUS, which situation's driver (asyncpg) "
+                         "does not implement", "use sslmode=verify-full, which pins the server's identity, and a "
+                         "client certificate (sslcert, sslkey) for mutual authentication")
+    # prefer: as in libpq when the client cannot bind, SCRAM-SHA-256 without binding.
+    _choose(setting, ("disable", "prefer"), "channel_binding")
+
+
 def _application_name(sources: _Sources) -> str | None:
     return sources.text("application_name") or sources.text("fallback_application_name")
 
@@ -717,17 +1034,23 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
     environ = os.environ if environ is None else environ
     sources = _Sources(_parse_options(dsn), environ)
     _reject_unsupported_environment(environ)
+    home = _home_directory(environ)
+    service = _load_service(sources, home)
+    if service is not None:
+        sources = _Sources(sources.options, environ, service.settings)
     _check_client_encoding(sources)
     _check_gssencmode(sources)
+    _check_channel_binding(sources)
 
-    home = _home_directory(environ)
     user = _user_name(sources)
     password = sources.text("password")
     sslrootcert = sources.text("sslrootcert")
     sslmode = _sslmode(sources, sslrootcert)
     min_tls, max_tls = _tls_versions(sources)
+    endpoints = _endpoints(sources)
+    _check_names_for_verify_full(endpoints, sslmode)
     return ConnectParams(
-        endpoints=_endpoints(sources),
+        endpoints=endpoints,
         user=user,
         database=sources.text("dbname") or user,
         password=password,
@@ -748,6 +1071,12 @@ def parse_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> Conn
         application_name=_application_name(sources),
         target_session_attrs=_target_session_attrs(sources),
         home=home,
+        service=service.name if service else None,
+        service_file=service.file if service else None,
+        keepalives=_keepalives(sources),
+        server_options=_server_options(sources),
+        load_balance_hosts=_load_balance_hosts(sources),
+        require_auth=_require_auth(sources),
     )
 
 
@@ -767,7 +1096,8 @@ def pgpass_password(params: ConnectParams, endpoint: Endpoint) -> str | None:
     if lines is None:
         return None
     # libpq matches a socket in the default directory as "localhost"; we also accept the literal path.
-    hosts = {"localhost", endpoint.host} if endpoint.is_unix_socket else {endpoint.host}
+    # A hostaddr never takes part: without a host, libpq (15) matches its default, "localhost".
+    hosts = {"localhost", endpoint.host} if endpoint.is_unix_socket else {endpoint.host or "localhost"}
     wanted = (hosts, {str(endpoint.port)}, {params.database}, {params.user})
     for line in lines:
         if line.startswith("#"):

@@ -366,6 +366,7 @@ def query_text(dialect: str, name: str) -> str:
 # -- choosing and opening a backend ----------------------------------------------------
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_KEYWORD_RE = re.compile(r"(^|\s)([A-Za-z_]+)\s*=")
 
 
 def is_postgres_dsn(dsn: str) -> bool:
@@ -375,6 +376,7 @@ def is_postgres_dsn(dsn: str) -> bool:
     is refused rather than taken for an SQLite file name, which would create a
     file named after it and print it, password included.
     """
+    from situation.dsn import LIBPQ_OPTIONS
     from situation.errors import ConfigError
 
     text = dsn.strip()
@@ -382,7 +384,7 @@ def is_postgres_dsn(dsn: str) -> bool:
         return True
     if text.startswith("file:") or text.endswith(_SQLITE_SUFFIXES) or text == ":memory:":
         return False
-    if re.search(r"(^|\s)(host|dbname|user|port|sslmode|password)\s*=", text):
+    if any(match[2] in LIBPQ_OPTIONS for match in _KEYWORD_RE.finditer(text)):
         return True
     if "://" in text:
         scheme = text.split("://", 1)[0]
@@ -418,7 +420,7 @@ async def open_store(
     from situation.dsn import parse_dsn
     from situation.store_postgres import PostgresStore
 
-    params = parse_dsn(dsn)
+    params = await asyncio.to_thread(parse_dsn, dsn)  # may read a service file
     if migrate:
         async with direct_connection(params) as connection:
             await migrations.migrate(connection)

@@ -91,6 +91,17 @@ class LibpqSSLContext(ssl.SSLContext):
         return sslobj
 
 
+def ssl_context_for(params: ConnectParams) -> LibpqSSLContext | None:
+    """The context for ``params``; None when sslmode=disable or every host is a Unix socket.
+
+    libpq never uses TLS on a Unix-domain socket, so sslmode=verify-full without a
+    root certificate still connects there: nothing is loaded, nothing is refused.
+    """
+    if all(endpoint.is_unix_socket for endpoint in params.endpoints):
+        return None
+    return build_ssl_context(params)
+
+
 def build_ssl_context(params: ConnectParams) -> LibpqSSLContext | None:
     """The context for ``params``, or None when sslmode=disable."""
     if params.sslmode == "disable":

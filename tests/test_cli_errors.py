@@ -338,6 +338,20 @@ def test_check_json(checker, tls_cluster, certs, tmp_path):
     assert_no_secret(result)
 
 
+def test_check_shows_the_service_and_its_file(checker, tls_cluster, certs, tmp_path):
+    services = tmp_path / "services.conf"
+    host, port = tls_cluster.host_port
+    services.write_text(f"[inventory]\nhost={host}\nport={port}\ndbname=postgres\nuser={ROLE}\n"
+                        f"sslmode=verify-full\nsslrootcert={certs.ca_crt}\n")
+    env = {"PGSERVICEFILE": str(services), "PGPASSWORD": PASSWORD}
+    result = run_cli("check", "--db", "service=inventory", home=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"service         inventory ({services})" in result.stdout
+    report = json.loads(run_cli("check", "--json", home=tmp_path, env={**env, "PGSERVICE": "inventory"}).stdout)
+    assert report["service"] == f"inventory ({services})"
+    assert_no_secret(result)
+
+
 # -- a role that was never granted (issue 14, item 7) ----------------------------------------------
 
 UNGRANTED, UNGRANTED_PASSWORD = "never_granted", "Ungr4nted-pw"

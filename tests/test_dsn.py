@@ -240,7 +240,7 @@ def test_libpq_options_we_do_not_support(env, key):
 def test_unknown_option_names_key_not_value_and_suggests(env):
     message = error_of(f"host=h pasword={SECRET}", env)
     assert message.startswith('unknown connection option "pasword"; did you mean "password"?')
-    assert "libpq options: host, port" in message
+    assert "libpq options: host, hostaddr, port" in message
 
 
 def test_unknown_option_alias_hint(env):
@@ -378,8 +378,8 @@ def test_pgrequiressl(env):
     assert "PGREQUIRESSL=true" in error_of("", env, PGREQUIRESSL="true")
 
 
-@pytest.mark.parametrize("var", ["PGHOSTADDR", "PGSERVICE", "PGOPTIONS", "PGCHANNELBINDING", "PGSSLCOMPRESSION",
-                                 "PGKRBSRVNAME", "PGREQUIREAUTH", "PGLOADBALANCEHOSTS"])
+@pytest.mark.parametrize("var", ["PGSSLCOMPRESSION",
+                                 "PGKRBSRVNAME"])
 def test_unsupported_environment_variables(env, var):
     message = error_of("host=h", env, **{var: "x"})
     assert message.startswith(f"{var} is set") and f"unset {var}" in message
@@ -615,3 +615,136 @@ def test_redact_dsn_never_raises(garbage):
 
 def test_sslmodes_constant():
     assert SSLMODES == ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+# --------------------------------------------------------------------------- service files
+
+
+def test_service_settings_fill_the_gaps_and_are_reported(env, tmp_path):
+    services = tmp_path / "services.conf"
+    services.write_text("[other]\nhost=nope\n\n  # comment\n[inv]\n  host=svc-host \nport=6000\nport=7000\n"
+                        "requiressl=1\n[after]\nuser=nope\n")
+    p = parse("service=inv dbname=d", env, PGSERVICEFILE=str(services), PGPORT="9")
+    assert hosts(p) == [("svc-host", 6000)]  # first value in a section wins, the service beats PGPORT
+    assert (p.user, p.database, p.sslmode) == ("alice", "d", "require")
+    assert (p.service, p.service_file) == ("inv", str(services))
+    assert parse("host=h", env).service is None
+
+
+def test_bad_service_values_name_the_file_and_line(env, tmp_path):
+    services = tmp_path / "services.conf"
+    services.write_text("[inv]\nsslmode=bogus\n")
+    message = error_of("service=inv", env, PGSERVICEFILE=str(services))
+    assert message.startswith(f'sslmode (service file "{services}" line 2)=bogus: invalid sslmode')
+
+
+def test_system_service_file_default_location(env, monkeypatch, tmp_path):
+    monkeypatch.setattr(dsn_module, "DEFAULT_SYSCONFDIR", str(tmp_path))
+    (tmp_path / "pg_service.conf").write_text("[sys]\nhost=from-system\n")
+    assert hosts(parse("service=sys", env)) == [("from-system", 5432)]
+
+
+# --------------------------------------------------------------------------- hostaddr and keepalives
+
+
+def test_hostaddr_pairs_with_hosts_and_ports(env):
+    p = parse("host=a,b hostaddr=192.0.2.1,2001:db8::1 port=1,2", env)
+    assert [(e.host, e.port, e.hostaddr) for e in p.endpoints] == [("a", 1, "192.0.2.1"), ("b", 2, "2001:db8::1")]
+    assert not any(e.is_unix_socket for e in p.endpoints)
+    alone = parse("hostaddr=192.0.2.1", env)
+    assert [(e.host, e.hostaddr, e.name) for e in alone.endpoints] == [("", "192.0.2.1", "192.0.2.1")]
+    assert parse(p.redacted(), env).endpoints == p.endpoints
+
+
+def test_hostaddr_must_be_numeric(env):
+    message = error_of("host=a hostaddr=db.example.com", env)
+    assert message.startswith("hostaddr=db.example.com: db.example.com is not a numeric IP address")
+
+
+def test_keepalives_default_on_and_parsed(env):
+    default = parse("host=h", env).keepalives
+    assert default.enabled and default.idle is None and default.user_timeout is None
+    k = parse("host=h keepalives_idle=10 keepalives_interval=5 keepalives_count=3 tcp_user_timeout=25000",
+              env).keepalives
+    assert (k.enabled, k.idle, k.interval, k.count, k.user_timeout) == (True, 10, 5, 3, 25000)
+    assert parse("host=h keepalives=0", env).keepalives.enabled is False
+    assert parse("host=h keepalives=2", env).keepalives.enabled is True
+    assert "keepalives_idle=10" in parse("host=h keepalives_idle=10", env).redacted()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("keepalives=yes", ("keepalives=yes", "1 (on")),
+    ("keepalives_idle=0", ("keepalives_idle=0", "1 to 32767")),
+    ("keepalives_count=500", ("keepalives_count=500", "1 to 127")),
+    ("tcp_user_timeout=-1", ("tcp_user_timeout=-1", "milliseconds")),
+])
+def test_keepalive_errors(env, text, words):
+    message = error_of(f"host=h {text}", env)
+    assert all(word in message for word in words), message
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_options_are_split_like_the_server_does(env):
+    # Two levels of backslashes: the key=value quoting, then the server's word splitting.
+    p = parse(r"options='-c statement_timeout=5s -cwork_mem=8MB --lock-timeout=2s -c application_name=a\\ b\\\\c'",
+              env)
+    assert p.server_options == (("statement_timeout", "5s"), ("work_mem", "8MB"), ("lock_timeout", "2s"),
+                                ("application_name", "a b\\c"))
+    assert parse(p.redacted(), env).server_options == p.server_options
+    assert parse("", env, PGOPTIONS="-c jit=on").server_options == (("jit", "on"),)
+    assert parse("options=-c\\ jit=on", env).server_options == (("jit", "on"),)
+
+
+@pytest.mark.parametrize("options, words", [
+    ("-B 100", ("-B is not a setting", "-c name=value")),
+    ("-c work_mem", ("has no value",)),
+    ("-c", ("-c is not a setting",)),
+    ("-c search_path=public", ("situation sets search_path to situation itself", "remove -c search_path")),
+    ("--search-path=public", ("search_path",)),
+])
+def test_bad_options(env, options, words):
+    message = error_of(f"host=h options='{options}'", env)
+    assert message.startswith("options="), message
+    assert all(word in message for word in words), message
+
+
+def test_load_balance_hosts(env):
+    assert parse("host=a,b", env).load_balance_hosts == "disable"
+    assert parse("host=a,b load_balance_hosts=random", env).load_balance_hosts == "random"
+    assert parse("host=a,b", env, PGLOADBALANCEHOSTS="random").load_balance_hosts == "random"
+    assert "load_balance_hosts=random" in parse("host=a,b load_balance_hosts=random", env).redacted()
+    assert "use one of disable, random" in error_of("load_balance_hosts=round-robin", env)
+
+
+# --------------------------------------------------------------------------- channel_binding, require_auth
+
+
+def test_channel_binding(env):
+    parse("host=h channel_binding=disable", env)
+    parse("host=h channel_binding=prefer", env, PGCHANNELBINDING="require")  # the DSN wins
+    message = error_of("host=h channel_binding=require", env)
+    assert "SCRAM-SHA-256-PLUS" in message and "verify-full" in message and "client certificate" in message
+    assert error_of("host=h", env, PGCHANNELBINDING="require").startswith("PGCHANNELBINDING=require:")
+    assert "use one of disable, prefer" in error_of("host=h channel_binding=maybe", env)
+
+
+def test_require_auth(env):
+    assert parse("host=h", env).require_auth is None
+    allowed = parse("host=h require_auth=scram-sha-256,none", env).require_auth
+    assert allowed.allows("scram-sha-256") and allowed.allows("none") and not allowed.allows("md5")
+    forbidden = parse("host=h", env, PGREQUIREAUTH="!password,!md5").require_auth
+    assert forbidden.allows("scram-sha-256") and not forbidden.allows("password")
+    redacted = parse("host=h require_auth=!password,!md5", env).redacted()
+    assert parse(redacted, env).require_auth == forbidden
+
+
+@pytest.mark.parametrize("value, words", [
+    ("scram-sha-256,!md5", ("cannot be mixed",)),
+    ("kerberos", ("invalid require_auth method kerberos",)),
+    ("md5,md5", ("listed twice",)),
+])
+def test_require_auth_errors(env, value, words):
+    message = error_of(f"host=h require_auth={value}", env)
+    assert all(word in message for word in words), message

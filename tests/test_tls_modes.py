@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.compare import PSQL, psql_outcome, situation_outcome
+from support.compare import assert_outcome
 
 PASSWORD = "pw-alice-Ω"
 ROLE = "sit_alice"
@@ -50,20 +50,6 @@ def tls_case(alice, tls_cluster, certs, home):
 @pytest.fixture
 def plain_case(alice, plain_cluster, certs, home):
     return Case(plain_cluster, certs, home)
-
-
-async def assert_outcome(dsn, home, *, ok, ssl=None, env=None, compare=True):
-    environ = {"HOME": str(home), **(env or {})}
-    ours = await situation_outcome(dsn, environ)
-    assert ours.ok is ok, ours.detail
-    if ok and ssl is not None:
-        assert ours.detail == f"ssl={ssl}"
-    if compare and PSQL:
-        theirs = psql_outcome(dsn, environ)
-        assert theirs.ok is ok, f"psql disagrees: {theirs.detail}"
-        if ok:
-            assert theirs.detail == ours.detail
-    return ours
 
 
 # -- a server that only accepts TLS (hostssl + hostnossl reject) ---------------------

@@ -34,6 +34,22 @@ async def situation_outcome(dsn: str, environ: dict[str, str]) -> Outcome:
     return Outcome(True, f"ssl={on_tls}")
 
 
+async def assert_outcome(dsn: str, home, *, ok: bool, ssl: bool | None = None, env: dict[str, str] | None = None,
+                         compare: bool = True) -> Outcome:
+    """situation's outcome for ``dsn`` must be ``ok`` (and ``ssl``); psql's the same, unless ``compare`` is off."""
+    environ = {"HOME": str(home), **(env or {})}
+    ours = await situation_outcome(dsn, environ)
+    assert ours.ok is ok, ours.detail
+    if ok and ssl is not None:
+        assert ours.detail == f"ssl={ssl}"
+    if compare and PSQL:
+        theirs = psql_outcome(dsn, environ)
+        assert theirs.ok is ok, f"psql disagrees: {theirs.detail}"
+        if ok:
+            assert theirs.detail == ours.detail
+    return ours
+
+
 def psql_outcome(dsn: str, environ: dict[str, str]) -> Outcome:
     """The same DSN through psql (libpq), never prompting."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **environ}
