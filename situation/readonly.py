@@ -161,6 +161,8 @@ def _sqlite_query(connection: sqlite3.Connection, sql: str, timeout: float, max_
     except sqlite3.Error as exc:
         if time.monotonic() > deadline and "interrupted" in str(exc):
             raise QueryRefused(f"the statement ran longer than the {timeout:g}s timeout and was stopped") from None
+        if str(exc) in ("not authorized", "authorization denied"):
+            raise QueryRefused(f"{exc}: this server only reads (one SELECT, informational pragmas)") from None
         raise QueryRefused(str(exc)) from None
     finally:
         connection.set_progress_handler(None, 0)
@@ -217,7 +219,8 @@ class SqliteReader:
 _WRITE_CHECK = """
 SELECT r.rolsuper AS superuser,
        coalesce((SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_roles g
-                  WHERE g.rolname IN ('situation_agent', 'situation_owner', 'situation_migrator')
+                  WHERE g.rolname IN ('situation_agent', 'situation_owner', 'situation_migrator', 'pg_write_all_data',
+                                      'pg_write_server_files', 'pg_execute_server_program', 'pg_signal_backend')
                     AND pg_has_role(current_user, g.oid, 'MEMBER')), '{}') AS writer_groups,
        coalesce((SELECT array_agg(c.relname ORDER BY c.relname) FROM pg_class c
                   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -305,29 +308,30 @@ class PostgresReader:
                 # covers a server that does not answer, and asyncpg then cancels the query.
                 async with asyncio.timeout(self.timeout + 5):
                     return await self._run(connection, sql)
-            except TransactionEnded:
-                await self._reset(connection)
+            except TransactionControl:
                 raise QueryRefused(
-                    "the statement ended the transaction, which is not allowed: each query runs "
-                    "in a read-only transaction of its own"
+                    "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT …) is not allowed: "
+                    "each query runs in a read-only transaction of its own"
                 ) from None
             except TimeoutError:
                 await self._drop(connection)
                 raise QueryRefused(f"the statement ran longer than the {self.timeout:g}s timeout and was stopped") from None
             except asyncpg.QueryCanceledError as exc:
-                await self._reset(connection)
                 if "statement timeout" in str(exc):
                     raise QueryRefused(f"the statement ran longer than the {self.timeout:g}s timeout and was stopped") from None
                 raise QueryRefused(_pg_message(exc)) from None
             except asyncpg.PostgresError as exc:
-                await self._reset(connection)
                 raise QueryRefused(_pg_message(exc)) from None
             except (asyncpg.InterfaceError, OSError) as exc:
                 await self._drop(connection)
                 raise QueryRefused(f"{exc}".strip() or type(exc).__name__) from None
 
     async def _run(self, connection, sql: str) -> QueryResult:
-        async with connection.transaction(readonly=True, isolation="repeatable_read"):
+        # Never committed: whatever a statement might do that the read-only check
+        # misses (lo_create, for one) is rolled back with the transaction.
+        transaction = connection.transaction(readonly=True, isolation="repeatable_read")
+        await transaction.start()
+        try:
             # A query first: it takes the transaction's snapshot, after which the
             # transaction can no longer be made read-write.
             await connection.execute(
@@ -339,20 +343,24 @@ class PostgresReader:
             else:  # a statement without a result (SET, DO, ...): run it, no rows
                 await statement.fetch()
                 records = []
-            if not connection.is_in_transaction():
-                raise TransactionEnded()
-        await self._reset(connection)
+            if not connection.is_in_transaction() or _is_transaction_control(statement.get_statusmsg()):
+                raise TransactionControl()
+        except asyncio.CancelledError:
+            raise  # timed out: the caller drops the connection
+        except BaseException:
+            await self._end(connection, transaction)
+            raise
+        await self._end(connection, transaction)
         names = [attribute.name for attribute in statement.get_attributes()]
         rows = [{name: plain(value) for name, value in zip(names, record)} for record in records[: self.max_rows]]
         return QueryResult(rows, truncated=len(records) > self.max_rows)
 
-    async def _reset(self, connection) -> None:
-        """Forget whatever the statement left in the session (settings, advisory locks, LISTEN)."""
+    async def _end(self, connection, transaction) -> None:
+        """Roll the transaction back, then forget whatever the statement left in the
+        session (settings, advisory locks, LISTEN)."""
         try:
-            if not connection.is_closed():
-                if connection.is_in_transaction():
-                    await connection.execute("ROLLBACK")
-                await connection.execute("DISCARD ALL")
+            await transaction.rollback()
+            await connection.execute("DISCARD ALL")
         except Exception:  # noqa: BLE001 - the next query reconnects
             await self._drop(connection)
 
@@ -365,8 +373,15 @@ class PostgresReader:
             await self._connection.close()
 
 
-class TransactionEnded(Exception):
-    pass
+class TransactionControl(Exception):
+    """The statement began, ended or split the transaction it was given."""
+
+
+_TRANSACTION_TAGS = ("BEGIN", "START TRANSACTION", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PREPARE TRANSACTION")
+
+
+def _is_transaction_control(status: str | None) -> bool:
+    return (status or "").upper().startswith(_TRANSACTION_TAGS)
 
 
 def _pg_message(exc) -> str:
