@@ -26,12 +26,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import decimal
-import ipaddress
 import json
 import math
 import sqlite3
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +83,7 @@ def plain(value: Any) -> Any:
         return [plain(item) for item in value]
     if isinstance(value, dict):
         return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, (uuid.UUID, ipaddress._BaseAddress, ipaddress._BaseNetwork)):
-        return str(value)
-    return str(value)
+    return str(value)  # UUID, inet/cidr, bit strings, geometric types: their text form
 
 
 def rows_json(rows: list[dict[str, Any]]) -> str:
