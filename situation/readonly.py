@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from situation.dsn import redact_dsn
-from situation.errors import ConfigError, MigrationError
+from situation.errors import ConfigError, MigrationError, SituationError
 
 log = structlog.get_logger("situation.readonly")
 
@@ -297,7 +297,10 @@ class PostgresReader:
 
         async with self._lock:
             if self._connection is None or self._connection.is_closed():
-                self._connection = await self._connect()
+                try:
+                    self._connection = await self._connect()
+                except SituationError as exc:  # the server went away; the next query tries again
+                    raise QueryRefused(f"the database cannot be reached: {exc}") from None
             connection = self._connection
             try:
                 # The server stops the statement; the client-side limit (a little later)

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -342,3 +341,14 @@ def test_bad_start_is_one_line(tmp_path):
     transport = run_mcp("--db", str(empty), "-t", "sse", env=env)
     assert transport.returncode == 2 and "stdio" in transport.stderr
     assert not list(tmp_path.glob("none.sqlite*"))  # never creates the file it was pointed at
+
+
+async def test_a_lost_connection_is_opened_again(pg_db, tls_cluster, certs, tmp_path):
+    name, owner = pg_db
+    async with mcp_session(role_dsn(tls_cluster, certs, name), tmp_path) as (session, _):
+        failed, texts = await query(session, "SELECT pg_backend_pid() AS pid")
+        assert not failed
+        assert await owner.fetchval("SELECT pg_terminate_backend($1)", json.loads(texts[0])[0]["pid"])
+        outcomes = [await query(session, "SELECT count(*) AS n FROM machines") for _ in range(2)]
+    assert outcomes[-1] == (False, [json.dumps([{"n": 3}], indent=2)])
+    assert all(texts[0].startswith("Error: ") for failed, texts in outcomes if failed)
