@@ -213,7 +213,7 @@ class SqliteReader:
 # -- PostgreSQL -------------------------------------------------------------------
 
 _WRITE_CHECK = """
-SELECT r.rolsuper AS superuser,
+SELECT current_user AS role, r.rolsuper AS superuser,
        coalesce((SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_roles g
                   WHERE g.rolname IN ('situation_agent', 'situation_owner', 'situation_migrator', 'pg_write_all_data',
                                       'pg_write_server_files', 'pg_execute_server_program', 'pg_signal_backend')
@@ -284,10 +284,11 @@ class PostgresReader:
                 "the database has no situation schema (or this role may not see it); "
                 "run `situation migrate` as the owner, and `situation grant ROLE --reader`"
             )
-        reasons = write_powers(await connection.fetchrow(_WRITE_CHECK))
+        powers = await connection.fetchrow(_WRITE_CHECK)
+        reasons = write_powers(powers)
         if reasons:
             log.warning(
-                f"role {self._params.user} could change the data ({'; '.join(reasons)}): every query still runs "
+                f"role {powers['role']} could change the data ({'; '.join(reasons)}): every query still runs "
                 "in a read-only transaction, but give the MCP server a role of its own made with "
                 "`situation grant ROLE --reader`",
             )
