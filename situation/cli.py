@@ -397,6 +397,52 @@ def _health_record(raw: bytes) -> dict | None:
     return record
 
 
+def _timeout_option(_ctx, _param, value: str) -> float:
+    from situation.module import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not 0 < seconds <= 24 * 3600:
+        raise click.BadParameter(f"{value!r} is out of range; give a duration between 1ms and 24h, e.g. 30s")
+    return seconds
+
+
+@cli.command()
+@database_options
+@click.option("--transport", "-t", type=click.Choice(["stdio"]), default="stdio", show_default=True,
+              help="How the client talks to the server (stdio only).")
+@click.option("--timeout", default="30s", show_default=True, envvar="SITUATION_MCP_TIMEOUT", callback=_timeout_option,
+              metavar="DURATION", help="Stop a query after this long (Go syntax: 500ms, 30s, 2m).")
+@click.option("--max-rows", default=1000, show_default=True, envvar="SITUATION_MCP_MAX_ROWS",
+              type=click.IntRange(1, 1_000_000), help="Most rows a query returns; the result says when it cut.")
+@state_dir_option
+def mcp(dsn: str | None, transport: str, timeout: float, max_rows: int, state_dir: Path | None) -> None:
+    """Serve the inventory read-only to AI assistants over MCP (stdio): a schema resource and a query tool."""
+    from situation.mcp_server import serve
+
+    run_async(serve(dsn or str(default_sqlite_path(state_dir)), timeout=timeout, max_rows=max_rows))
+
+
+def default_sqlite_path(state_dir: Path | None) -> Path:
+    """The SQLite file `run` writes when no --db is given."""
+    from situation.agent import DEFAULT_SQLITE_NAME
+    from situation.identity import default_state_dir
+
+    return (state_dir or default_state_dir()) / DEFAULT_SQLITE_NAME
+
+
+@cli.command()
+@click.option("--dialect", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True,
+              help="The database flavour whose schema to print.")
+def schema(dialect: str) -> None:
+    """Print the SQL API schema (the tables `situation mcp` serves), for writing queries."""
+    from situation.schema import schema_text
+
+    click.echo(schema_text(dialect), nl=False)
+
+
 @cli.command()
 def version() -> None:
     """Print the version."""
