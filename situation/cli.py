@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncpg
 import click
-import structlog
-import uvloop
 
 from situation import __version__, logs
-from situation.config import click_options, convert, core_settings, defaults_document, module_settings
-from situation.dsn import ConnectParams, parse_dsn
 from situation.errors import ConfigError, MigrationError, SituationError
-from situation.module import load_builtin_modules
 
-log = structlog.get_logger("situation")
+if TYPE_CHECKING:
+    from situation.dsn import ConnectParams
+
+# Interactive commands start fast: the collection modules, asyncpg, uvloop, structlog,
+# textual and mcp are imported by the commands that use them, not here
+# (bench/startup.py measures it).
+
+# Commands that never log: they skip setting up structlog, a noticeable share of start-up.
+QUIET_COMMANDS = frozenset({"version", "id", "refresh-id", "health"})
 
 
 def run_async(coroutine):
+    import uvloop
+
     return uvloop.run(coroutine)
 
 
@@ -49,7 +52,10 @@ def _level_option(_ctx, _param, value: str) -> str:
 @click.pass_context
 def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """Collect IT data about this host and its network into a database."""
-    logs.configure(log_level, log_format)
+    if ctx.invoked_subcommand in QUIET_COMMANDS:
+        logs.set_debug(log_level == "debug")
+    else:
+        logs.configure(log_level, log_format)
     if ctx.invoked_subcommand is None:
         # `situation` alone is `situation run`, environment variables included
         # (ctx.invoke would skip them).
@@ -109,8 +115,12 @@ def read_dsn_file(path: Path) -> str:
 
 
 def postgres_params(dsn: str | None) -> ConnectParams:
+    import structlog
+
+    from situation.dsn import parse_dsn
+
     params = parse_dsn(dsn)
-    log.debug("database", db=params.redacted())
+    structlog.get_logger("situation").debug("database", db=params.redacted())
     return params
 
 
@@ -209,6 +219,8 @@ def check(dsn: str | None, as_json: bool) -> None:
 
     postgres_only(dsn, "check")
     report = run_async(inspect(postgres_params(dsn)))
+    import json
+
     click.echo(json.dumps(report.as_dict(), indent=2, default=str) if as_json else format_report(report))
 
 
@@ -226,13 +238,53 @@ def grant(dsn: str | None, role: str, reader: bool) -> None:
     click.echo(f"{role} is now a member of {group}")
 
 
-MODULES = load_builtin_modules()
-RUN_SETTINGS = core_settings() + module_settings(MODULES)
+@functools.cache
+def builtin_modules() -> dict:
+    from situation.module import load_builtin_modules
+
+    return load_builtin_modules()
 
 
-@cli.command()
+@functools.cache
+def run_settings() -> list:
+    from situation.config import core_settings, module_settings
+
+    return core_settings() + module_settings(builtin_modules())
+
+
+class LazyOptionsCommand(click.Command):
+    """A command whose setting options are made when first needed (parsing or help).
+
+    `run` has one option per module setting, and making them means importing every
+    module: `situation --help`, `version` or `id` never pay for that.
+    """
+
+    def __init__(self, *args, settings, **kwargs):
+        self._settings = settings
+        self._all_params: list[click.Parameter] | None = None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        # One list object, kept: Click appends its help option to it and pops it again.
+        if self._all_params is None:
+            from situation.config import click_options
+
+            def holder():
+                pass
+
+            click_options(self._settings())(holder)
+            self._all_params = self._own_params + list(reversed(getattr(holder, "__click_params__", [])))
+        return self._all_params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._own_params = list(value)
+        self._all_params = None
+
+
+@cli.command(cls=LazyOptionsCommand, settings=run_settings)
 @database_options
-@click_options(RUN_SETTINGS)
 def run(dsn: str | None = None, **values) -> None:
     """Run the agent (the default command): a cycle every --interval, or one with --once."""
     from situation.agent import Agent
@@ -244,12 +296,14 @@ def run(dsn: str | None = None, **values) -> None:
 
 def agent_config(dsn: str | None, values: dict, *, only=None):
     from situation.agent import AgentConfig
+    from situation.config import convert
     from situation.identity import default_state_dir, resolve_agent_id
 
-    settings = {s.dest: convert(s, values.get(s.dest)) for s in RUN_SETTINGS}
+    all_settings = run_settings()
+    settings = {s.dest: convert(s, values.get(s.dest)) for s in all_settings}
     state_dir = Path(settings["state_dir"]) if settings["state_dir"] else default_state_dir()
     module_options: dict[str, dict] = {}
-    for setting in RUN_SETTINGS:
+    for setting in all_settings:
         if setting.option is not None and values.get(setting.dest) is not None:
             module_options.setdefault(setting.module, {})[setting.option] = settings[setting.dest]
     summary = settings["summary"]
@@ -262,7 +316,7 @@ def agent_config(dsn: str | None, values: dict, *, only=None):
         no_migration=settings["no_migration"],
         fail_fast=settings["fail_fast"],
         ignore_missing_deps=settings["ignore_missing_deps"],
-        disabled={s.module for s in RUN_SETTINGS if s.key.startswith("no-module-") and settings[s.dest]},
+        disabled={s.module for s in all_settings if s.key.startswith("no-module-") and settings[s.dest]},
         module_options=module_options,
         pool_size=settings["pool_size"],
         statement_cache=not settings["no_statement_cache"],
@@ -284,22 +338,19 @@ def discovery_policy(settings: dict, only=None):
     )
 
 
-def _scan_settings() -> list:
+@functools.cache
+def scan_settings() -> list:
     from situation.scan import scan_registry
 
     shared = {"agent-id", "state-dir", "pool-size", "no-migration", "no-statement-cache",
               "discovery-exclude", "discovery-rate"}
-    modules = scan_registry(MODULES)
-    return [s for s in RUN_SETTINGS if s.key in shared or (s.option is not None and s.module in modules)]
+    modules = scan_registry(builtin_modules())
+    return [s for s in run_settings() if s.key in shared or (s.option is not None and s.module in modules)]
 
 
-SCAN_SETTINGS = _scan_settings()
-
-
-@cli.command()
+@cli.command(cls=LazyOptionsCommand, settings=scan_settings)
 @database_options
 @click.argument("targets", nargs=-1, required=True, metavar="CIDR...")
-@click_options(SCAN_SETTINGS)
 def scan(dsn: str | None = None, targets: tuple[str, ...] = (), **values) -> None:
     """Find the live hosts of CIDR... once (like nmap -sn), record them as `run` does, print a table."""
     import dataclasses
@@ -313,13 +364,14 @@ def scan(dsn: str | None = None, targets: tuple[str, ...] = (), **values) -> Non
     async def report(store) -> None:
         click.echo(format_table(await found_hosts(store, config.agent_id, only), only))
 
-    status = run_async(Agent(config, registry=scan_registry(MODULES), report=report).run())
+    status = run_async(Agent(config, registry=scan_registry(builtin_modules()), report=report).run())
     sys.exit(status)
 
 
 @cli.command()
 def defaults() -> None:
     """Print every setting of `run` as JSON: default, current value, flag and environment name."""
+    from situation.config import defaults_document
     from situation.dsn import redact_dsn
 
     document = {
@@ -329,7 +381,9 @@ def defaults() -> None:
         "db-file": {"default": None, "value": os.environ.get("SITUATION_DB_FILE") or None, "flag": "--db-file",
                     "env": "SITUATION_DB_FILE", "env_aliases": [], "help": "A file holding the DSN."},
     }
-    document.update(defaults_document(RUN_SETTINGS))
+    document.update(defaults_document(run_settings()))
+    import json
+
     click.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
@@ -379,6 +433,8 @@ def health(state_dir: Path | None) -> None:
 
 def _health_record(raw: bytes) -> dict | None:
     """The daemon's health record, or None unless it is a JSON object with a finite ``next_cycle_before``."""
+    import json
+
     try:
         record = json.loads(raw.decode("utf-8"))
     except ValueError:  # not UTF-8, or not JSON
@@ -412,17 +468,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except SituationError as exc:
         _fail(str(exc), exc.exit_code)
-    except asyncpg.PostgresError as exc:
-        _fail(f"the database refused: {' '.join(str(exc).split())} (SQLSTATE {exc.sqlstate})", 1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
+        if _is_postgres_error(exc):
+            _fail(f"the database refused: {' '.join(str(exc).split())} (SQLSTATE {exc.sqlstate})", 1)
         _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level debug for details)", 1)
     sys.exit(result if isinstance(result, int) else 0)
 
 
+def _is_postgres_error(exc: BaseException) -> bool:
+    asyncpg = sys.modules.get("asyncpg")  # not imported: the error cannot be one of its
+    return asyncpg is not None and isinstance(exc, asyncpg.PostgresError)
+
+
 def _fail(message: str, code: int) -> None:
     if logs.is_debug():
+        import traceback
+
         traceback.print_exc(file=sys.stderr)
     click.echo(f"situation: error: {logs.escape_controls(message)}", err=True)
     sys.exit(code)
