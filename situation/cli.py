@@ -369,6 +369,23 @@ def scan(dsn: str | None = None, targets: tuple[str, ...] = (), **values) -> Non
 
 
 @cli.command()
+@database_options
+@state_dir_option
+def explore(dsn: str | None, state_dir: Path | None) -> None:
+    """Browse zones, hosts, endpoints and flows in a terminal, read-only (never migrates)."""
+    from situation.agent import DEFAULT_SQLITE_NAME
+    from situation.identity import default_state_dir
+
+    if dsn is None:
+        dsn = str((state_dir or default_state_dir()) / DEFAULT_SQLITE_NAME)
+    from situation.explore import explore as explore_database
+
+    problem = run_async(explore_database(dsn, terminal=sys.stdin.isatty() and sys.stdout.isatty()))
+    if problem:
+        raise SituationError(f"explore stopped: {problem}")
+
+
+@cli.command()
 def defaults() -> None:
     """Print every setting of `run` as JSON: default, current value, flag and environment name."""
     from situation.config import defaults_document
