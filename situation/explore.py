@@ -14,6 +14,7 @@ length bounded) and reaches Textual as a Rich ``Text``, which is never read as m
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import tempfile
@@ -241,7 +242,7 @@ class ExploreApp(App[None]):
     ENABLE_COMMAND_PALETTE = False
     CSS = """
     #title { height: 1; color: $text-muted; padding: 0 1; }
-    #zones { width: 24; border: round $primary; }
+    #zones { width: 24; height: 1fr; border: round $primary; }
     #right { width: 1fr; }
     #hosts { height: 1fr; border: round $primary; }
     #node { height: 1fr; border: round $primary; padding: 0 1; }
@@ -317,7 +318,7 @@ class ExploreApp(App[None]):
         self.zone_index = index
         zones = self.query_one("#zones", OptionList)
         zones.highlighted = index
-        self.run_worker(self.load_zone(self.zones[index]), exclusive=True, group="zone")
+        self.run_worker(functools.partial(self.load_zone, self.zones[index]), exclusive=True, group="zone")
 
     async def load_zone(self, zone: Zone) -> None:
         rows = await self._load("explore_zone_hosts", zone.id, HOST_LIMIT)
@@ -382,7 +383,7 @@ class ExploreApp(App[None]):
     # -- node card --------------------------------------------------------------------
 
     def show_card(self, host: HostRow) -> None:
-        self.run_worker(self.load_card(host), exclusive=True, group="card")
+        self.run_worker(functools.partial(self.load_card, host), exclusive=True, group="card")
 
     async def load_card(self, host: HostRow) -> None:
         machine_rows = await self._load("explore_machine", host.machine_id) if host.machine_id is not None else []
