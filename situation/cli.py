@@ -385,6 +385,66 @@ def explore(dsn: str | None, state_dir: Path | None) -> None:
         raise SituationError(f"explore stopped: {problem}")
 
 
+@cli.command(cls=LazyOptionsCommand, settings=run_settings)
+@click.option("--task-start", metavar="TIME", help="Time of day of the first run: 15:04:05, 15:04 or 3:04PM (default: now).")
+@click.option("--task-days", type=click.IntRange(min=1), default=1, show_default=True, help="Run every N days.")
+@click.option("--task-period", metavar="DURATION", default="0", show_default=True,
+              help="Repeat within the day: 2h repeats the hour, 30m the minute within the start hour (0: off).")
+@click.option("--task-log-level", default="1", show_default=True, callback=_level_option,
+              help="The job's --log-level (the original's 0-5 work too).")
+@click.option("--uninstall", is_flag=True, help="Remove the scheduled task.")
+@click.option("--scheduler", type=click.Choice(["auto", "systemd", "cron"]), default="auto", show_default=True,
+              help="auto: a systemd timer where systemd runs, else /etc/cron.d.")
+@click.option("--root", "target_root", type=click.Path(file_okay=False, path_type=Path), default="/", show_default=True,
+              envvar="SITUATION_TASK_ROOT", help="Write under this directory instead of / (to prepare an image).")
+@click.option("--db", "db", metavar="DSN", envvar="SITUATION_DB", help="The job's database (kept root-only).")
+@click.option("--db-file", "db_file", metavar="PATH", envvar="SITUATION_DB_FILE", help="The job reads its DSN from this file.")
+@click.pass_context
+def task(ctx: click.Context, task_start: str | None, task_days: int, task_period: str, task_log_level: str,
+         uninstall: bool, scheduler: str, target_root: Path, db: str | None, db_file: str | None, **_values) -> None:
+    """Install a scheduled `situation run --once` (systemd timer, else cron); run flags given are passed on."""
+    from situation import task as scheduled
+    from situation.module import parse_duration
+
+    if uninstall:
+        for line in scheduled.uninstall(target_root):
+            click.echo(line)
+        return
+    try:
+        period = parse_duration(task_period)
+    except ValueError as exc:
+        raise ConfigError(f"--task-period: {exc}") from None
+    if period < 0 or period >= 86400:
+        raise ConfigError(f"--task-period: {task_period!r} is out of range; use a duration under 24h, or 0")
+    schedule = scheduled.Schedule(*scheduled.parse_start(task_start), days=task_days, period=period)
+    argv = [*scheduled.executable(), "--log-level", task_log_level, "run", "--once", *forwarded_run_flags(ctx)]
+    systemd = scheduled.uses_systemd(target_root, scheduler)
+    for line in scheduled.install(target_root, schedule, argv, systemd=systemd, dsn=db, db_file=db_file):
+        click.echo(line)
+
+
+cli.add_command(task, name="cron")
+
+
+def forwarded_run_flags(ctx: click.Context) -> list[str]:
+    """The `run` flags given to `task` (on its command line or in the environment), as `run` takes them."""
+    wanted = {s.dest for s in run_settings()} - {"once"}
+    sources = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name not in wanted or ctx.get_parameter_source(param.name) not in sources:
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        elif value is not None:
+            args += [param.opts[0], str(value)]
+    return args
+
+
 @cli.command()
 def defaults() -> None:
     """Print every setting of `run` as JSON: default, current value, flag and environment name."""
