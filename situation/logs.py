@@ -21,7 +21,8 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 NUMERIC_LEVELS = {"0": "error", "1": "error", "2": "error", "3": "warning", "4": "info", "5": "debug"}
 FORMATS = ("auto", "json", "console")
 
-_SECRET_FIELDS = {"password", "sslpassword", "passphrase", "secret", "key_material"}
+_SECRET_FIELDS = {"password", "sslpassword", "passphrase", "secret", "key_material", "community", "auth_key",
+                  "priv_key"}
 _DSN_FIELDS = {"dsn", "db", "url"}
 
 _debug = False

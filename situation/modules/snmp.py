@@ -1,0 +1,236 @@
+"""snmp: what the SNMP agents of neighbour machines say about themselves (agent-behaviour.md §4.16).
+
+Targets: the NICs of other machines that share a subnetwork with this host's
+NICs (NICs without a machine are skipped, as in the original); each of their
+addresses that is not loopback, link-local, multicast or unspecified and that
+``ctx.discovery`` allows. At most ``CONCURRENCY`` targets are queried at once,
+through one pysnmp engine, every request drawn from the shared rate limit.
+A target first gets ``GET 0.0``; without an answer (``--snmp-timeout`` per
+try, 3 retries) nothing more is sent to it. Bad credentials (a v3 report) are
+logged as a warning, and nothing is recorded for that target.
+
+What an answering device gives (see :mod:`situation.net.snmp`): interfaces
+with a real MAC and an IPv4 gateway become NICs of the target's machine,
+matched to its stored NICs by MAC or name (name and gateway filled when
+empty, flags overwritten, missing addresses appended), else created; each of
+their subnetworks is linked unless the NIC is already linked to one with that
+CIDR (whose empty gateway is then filled). An endpoint ``{161, <transport>,
+address, NIC}`` records the agent. The system group updates the machine
+(host name, uptime, platform, distribution, arch, chassis), unless the
+machine runs an agent of its own, which reports itself.
+
+SNMPv3 (the original has no credential options): ``--snmp-version 3`` with
+``--snmp-user``, ``--snmp-auth-protocol``/``--snmp-priv-protocol`` and the
+keys from ``SITUATION_SNMP_AUTH_KEY``/``SITUATION_SNMP_PRIV_KEY`` or from
+``--snmp-auth-key-file``/``--snmp-priv-key-file``: secrets are never options,
+so they appear in no flag listing, ``defaults`` output or log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from situation.errors import ConfigError
+from situation.module import Context, Option, module
+from situation.net.snmp import (
+    Credentials,
+    Device,
+    DeviceNic,
+    NoAnswer,
+    Refused,
+    SnmpClient,
+    chassis_from_services,
+    check_credentials,
+    device_nics,
+    read_device,
+    system_facts,
+)
+
+CONCURRENCY = 32
+RETRIES = 3  # fixed, as in the original
+MACHINE_COLUMNS = ("hostname", "platform", "distribution", "distribution_family", "arch", "uptime", "chassis")
+
+OPTIONS = (
+    Option("version", 1, "int", "SNMP version by the original's codes: 0 = v1, 1 = v2c, 3 = v3."),
+    Option("community", "public", "str", "Community string (v1, v2c)."),
+    Option("timeout", 3.0, "duration", "Wait for each answer (each of the 3 retries waits as long)."),
+    Option("transport", "udp", "str", "Transport: udp (the only one supported)."),
+    Option("port", 161, "int", "UDP port of the agents."),
+    Option("user", "", "str", "SNMPv3 USM user name."),
+    Option("auth-protocol", "sha", "str", "SNMPv3 authentication: md5, sha, sha224, sha256, sha384 or sha512."),
+    Option("auth-key-file", "", "str", "File holding the SNMPv3 authentication passphrase "
+                                       "(or set SITUATION_SNMP_AUTH_KEY)."),
+    Option("priv-protocol", "aes", "str", "SNMPv3 privacy: des, 3des, aes, aes192 or aes256."),
+    Option("priv-key-file", "", "str", "File holding the SNMPv3 privacy passphrase (or set SITUATION_SNMP_PRIV_KEY)."),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    nic_id: int
+    machine_id: int
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def queryable(ips: Sequence[str] | None, allows) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    found = []
+    for text in ips or ():
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if address.is_loopback or address.is_multicast or address.is_link_local or address.is_unspecified:
+            continue
+        if allows(address) and address not in found:
+            found.append(address)
+    return found
+
+
+def _secret(environment: str, path: str, option: str) -> str | None:
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--snmp-{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        return text.rstrip("\r\n")
+    return os.environ.get(environment) or None
+
+
+def read_credentials(options: Mapping[str, Any]) -> Credentials:
+    """Credentials from the options and the environment; ConfigError (one line) when unusable."""
+    if options["transport"] != "udp":
+        raise ConfigError(f"--snmp-transport {options['transport']!r} is not supported; use udp")
+    if not 0 < options["port"] < 65536:
+        raise ConfigError(f"--snmp-port {options['port']} is not a port number (1-65535)")
+    credentials = Credentials(
+        version=options["version"],
+        community=options["community"],
+        user=options["user"],
+        auth_protocol=options["auth-protocol"].lower(),
+        auth_key=_secret("SITUATION_SNMP_AUTH_KEY", options["auth-key-file"], "auth-key-file"),
+        priv_protocol=options["priv-protocol"].lower(),
+        priv_key=_secret("SITUATION_SNMP_PRIV_KEY", options["priv-key-file"], "priv-key-file"),
+    )
+    problem = check_credentials(credentials)
+    if problem:
+        raise ConfigError(problem)
+    return credentials
+
+
+async def query_all(ctx: Context, client: SnmpClient, targets: Sequence[Target]) -> list[tuple[Target, Device]]:
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(target: Target) -> tuple[Target, Device] | None:
+        async with gate:
+            try:
+                device = await read_device(client, target.address)
+            except Refused as exc:
+                ctx.log.warning("SNMP agent refused the request", address=str(target.address), reason=str(exc))
+                return None
+            except NoAnswer:
+                return None
+            except Exception as exc:  # pysnmp raising on a malformed exchange: this target only
+                ctx.log.warning("SNMP query failed", address=str(target.address), error=str(exc))
+                return None
+        return (target, device) if device is not None else None
+
+    results = await asyncio.gather(*(one(t) for t in targets))
+    return [r for r in results if r is not None]
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+async def record(ctx: Context, target: Target, device: Device, transport: str, port: int) -> None:
+    """Everything one device said, written for the target's machine."""
+    nics = await ctx.store.fetch("snmp_machine_nics", target.machine_id)
+    links = await ctx.store.fetch("snmp_machine_links", target.machine_id)
+    for found in device_nics(device):
+        await record_nic(ctx, target.machine_id, found, nics, links)
+    await ctx.upsert("application_endpoints", [{
+        "port": port, "protocol": transport, "addr": str(target.address), "network_interface_id": target.nic_id,
+    }], key="port_protocol_addr_network_interface_id", update=[])
+    await record_system(ctx, target.machine_id, device)
+
+
+async def record_nic(ctx: Context, machine_id: int, found: DeviceNic, nics: list[dict], links: list[dict]) -> None:
+    stored = next((n for n in nics if n["mac"] == found.mac or (found.name and n["name"] == found.name)), None)
+    taken = {n["name"] for n in nics if n is not stored and n["name"]}
+    name = found.name if found.name and found.name not in taken else None
+    if stored is None:
+        result = await ctx.upsert("network_interfaces", [{
+            "name": name, "mac": found.mac, "ip": found.ips, "gateway": found.gateway, "flags": found.flags,
+            "tag": "", "machine_id": machine_id,
+        }], key="machine_mac_tag", update=[])
+        nic_id, linked = result.ids[0], {}
+        nics.append({"id": nic_id, "name": name, "mac": found.mac, "ip": found.ips, "gateway": found.gateway,
+                     "flags": found.flags})
+    else:
+        nic_id = stored["id"]
+        linked = {link["network_cidr"]: link for link in links if link["network_interface_id"] == nic_id}
+        ips = list(stored["ip"] or [])
+        ips += [ip for ip in found.ips if ip not in ips]
+        new = (stored["name"] or name, stored["gateway"] or found.gateway, ips, found.flags)
+        if new != (stored["name"], stored["gateway"], stored["ip"], stored["flags"]):
+            ctx.count(await ctx.store.execute("snmp_update_nic", nic_id, *new, ctx.agent_id))
+            stored.update(name=new[0], gateway=new[1], ip=ips, flags=found.flags)
+    if nic_id is None:
+        return
+    for subnet in found.subnets:
+        cidr = str(subnet.network)
+        if cidr in linked:
+            if subnet.gateway and not linked[cidr]["gateway"]:
+                ctx.count(await ctx.store.execute("snmp_fill_subnet_gateway", linked[cidr]["id"], subnet.gateway,
+                                                  ctx.agent_id))
+            continue
+        result = await ctx.upsert("subnetworks", [{
+            "network_cidr": cidr, "network_addr": str(subnet.network.network_address),
+            "mask_size": subnet.network.prefixlen, "ip_version": subnet.network.version,
+            "gateway": subnet.gateway, "vlan_id": 0, "tag": "",
+        }], key="cidr_tag", update=[])
+        subnet_id = result.ids[0]
+        if subnet.gateway:
+            ctx.count(await ctx.store.execute("snmp_fill_subnet_gateway", subnet_id, subnet.gateway, ctx.agent_id))
+        ctx.count(await ctx.store.execute("link_interface_subnet", nic_id, subnet_id, subnet.address,
+                                          f"{found.mac}/{subnet_id}"))
+
+
+async def record_system(ctx: Context, machine_id: int, device: Device) -> None:
+    machine = await ctx.store.fetchrow("snmp_machine", machine_id)
+    if machine is None or machine["agent"]:
+        return  # an agent reports its own machine
+    facts = system_facts(device.system)
+    updated = {column: facts.get(column, machine[column]) for column in MACHINE_COLUMNS}
+    if not updated["chassis"] and "services" in facts:
+        updated["chassis"] = chassis_from_services(facts["services"])
+    if any(updated[c] != machine[c] for c in MACHINE_COLUMNS):
+        ctx.count(await ctx.store.execute("snmp_update_machine", machine_id,
+                                          *(updated[c] for c in MACHINE_COLUMNS), ctx.agent_id))
+
+
+@module("snmp", depends=("arp",), options=OPTIONS)
+async def run(ctx: Context) -> None:
+    """Interfaces, addresses, routes and system group of neighbour machines over SNMP (v1, v2c, v3)."""
+    options = ctx.options
+    credentials = await asyncio.to_thread(read_credentials, options)
+    rows = await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())
+    targets = [Target(row["id"], row["machine_id"], address)
+               for row in rows for address in queryable(row["ip"], ctx.discovery.allows)]
+    if not targets:
+        ctx.log.info("no SNMP target", neighbour_nics=len(rows))
+        return
+    client = SnmpClient(credentials, port=options["port"], timeout=options["timeout"], retries=RETRIES,
+                        rate=ctx.discovery.rate)
+    try:
+        answered = await query_all(ctx, client, targets)
+    finally:
+        client.close()
+    for target, device in answered:
+        await ctx.run_in_transaction(lambda: record(ctx, target, device, options["transport"], options["port"]))
+    ctx.log.info("SNMP agents queried", targets=len(targets), answered=len(answered))

@@ -1,0 +1,207 @@
+"""The snmp module against a real snmpd in a namespace lab (DEVELOPERS.md, rule 1), and its decoders.
+
+Lab: the scanner namespace (where the modules run, behind the guard) and
+three hosts: SWITCH runs snmpd (v2c and v3 authPriv) and has a default
+route via the scanner, so its interface qualifies; SILENT runs nothing (one
+timeout's cost); FENCED runs snmpd but is excluded from the snmp run. The
+neighbour discovery modules run first; reverse-lookup names the hosts from
+the scanner's /etc/netns hosts file, so their NICs have machines (the
+original queries only those). SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+
+import pytest
+from support.cluster import clean_environ
+from support.lab import Lab, LabHost, nft_available
+from support.neighbour_table import database  # noqa: F401 (fixture)
+from support.netns import netns_available
+from support.snmpd import AUTH_KEY, COMMUNITY, PRIV_KEY, SYS_NAME, USER, snmpd_available, start_snmpd
+
+from situation.net import snmp
+
+SWITCH = LabHost("198.51.100.10/24", "02:1a:b0:00:00:10")
+SILENT = LabHost("198.51.100.11/24", "02:1a:b0:00:00:11")
+FENCED = LabHost("198.51.100.12/24", "02:1a:b0:00:00:12")
+DISCOVERY = ("fingerprint", "host-basic", "host-network", "ping", "arp", "reverse-lookup")
+TABLES = ("machines", "network_interfaces", "network_interface_subnets", "subnetworks", "application_endpoints")
+V2C = ("--option", f"snmp.community={COMMUNITY}", "--option", "snmp.timeout=1s")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    if not nft_available():
+        pytest.skip("nft is missing (apt-get install nftables)")
+    if not snmpd_available():
+        pytest.skip("snmpd is missing (apt-get install snmpd)")
+    made = Lab(hosts=[LabHost(h.address, h.mac) for h in (SWITCH, SILENT, FENCED)]).create()
+    agents = []
+    try:
+        (Path("/etc/netns") / made.name / "hosts").write_text(
+            "".join(f"{h.ip} {name}.lab.example\n" for h, name in zip(made.hosts, ("switch", "silent", "fenced"))))
+        for host in made.hosts:
+            subprocess_ip(host.namespace, "route", "add", "default", "via", made.scanner_ip)
+        for host in (made.hosts[0], made.hosts[2]):
+            agents.append(start_snmpd(host.namespace, host.ip, tmp_path / host.namespace))
+        made.agents = agents
+        yield made
+    finally:
+        for agent in agents:
+            agent.stop()
+        made.destroy()
+
+
+def subprocess_ip(namespace: str, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["ip", "-n", namespace, *args], check=True, capture_output=True)
+
+
+def run(lab: Lab, db: str, *args: str, **env: str) -> tuple[dict, str]:
+    environ = clean_environ(PYTHONPATH=str(Path(__file__).resolve().parents[1]), **env)
+    result = lab.run_module("--db", db, *args, env=environ, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    *logs, report = result.stdout.splitlines()
+    return json.loads(report), "\n".join(logs) + result.stderr
+
+
+def snmp_line(logs: str) -> dict:
+    """The key=value pairs of the module's summary line."""
+    [line] = [line for line in logs.splitlines() if "SNMP agents queried" in line]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+
+
+def counts(db) -> dict[str, int]:
+    return {table: int(db.query(f"SELECT count(*) FROM {db.table_prefix}{table}")[0][0]) for table in TABLES}
+
+
+def switch_view(db) -> tuple:
+    p = db.table_prefix
+    [machine] = db.query(f"SELECT m.hostname, m.platform, m.distribution, m.distribution_family, m.arch, m.chassis, "
+                         f"m.uptime FROM {p}machines m JOIN {p}network_interfaces n ON n.machine_id = m.id "
+                         f"WHERE n.mac = '{SWITCH.mac}'")
+    [nic] = db.query(f"SELECT name, gateway, {db.ip_json}, flags FROM {p}network_interfaces WHERE mac = '{SWITCH.mac}'")
+    endpoints = db.query(f"SELECT e.port, e.protocol, e.addr FROM {p}application_endpoints e "
+                         f"JOIN {p}network_interfaces n ON n.id = e.network_interface_id WHERE n.mac = '{SWITCH.mac}'")
+    gateway = db.query(f"SELECT gateway FROM {p}subnetworks WHERE network_cidr = '198.51.100.0/24'")
+    return machine, nic, [tuple(e) for e in endpoints], gateway
+
+
+def assert_switch_recorded(db) -> None:
+    machine, (name, gateway, ips, flags), endpoints, subnet_gateway = switch_view(db)
+    assert tuple(machine[:6]) == (SYS_NAME, "linux", "debian", "debian", "x86_64", "router")
+    assert int(machine[6]) > 0
+    assert (name, gateway) == ("eth0", "198.51.100.1")
+    assert SWITCH.ip in json.loads(ips)
+    assert json.loads(flags) == {"up": True, "running": True, "broadcast": True, "multicast": True}
+    assert [(int(p), proto, addr) for p, proto, addr in endpoints] == [(161, "udp", SWITCH.ip)]
+    assert [tuple(g) for g in subnet_gateway] == [("198.51.100.1",)]
+
+
+def test_v2c_records_the_switch_once_and_skips_the_excluded_and_the_silent(lab, database):
+    run(lab, database.dsn, *DISCOVERY)
+    switch, fenced = lab.agents
+    before = counts(database)
+    _, logs = run(lab, database.dsn, "--host-lookup", "--exclude", FENCED.ip, *V2C, "snmp")
+    assert snmp_line(logs)["targets"] == 2 and snmp_line(logs)["answered"] == 1
+    assert_switch_recorded(database)
+    assert fenced.requests(lab.scanner_ip) == 0  # excluded: not one packet
+    after = counts(database)
+    assert after["application_endpoints"] == before["application_endpoints"] + 1
+    assert after["network_interfaces"] == before["network_interfaces"]  # the arp NIC was matched by MAC
+
+    _, logs = run(lab, database.dsn, "--host-lookup", "--exclude", FENCED.ip, *V2C, "snmp")
+    assert counts(database) == after
+    assert fenced.requests(lab.scanner_ip) == 0
+
+    answered_before = switch.requests(lab.scanner_ip)
+    _, logs = run(lab, database.dsn, "--host-lookup", "--exclude", FENCED.ip, "--option", "snmp.community=wrong",
+                  "--option", "snmp.timeout=1s", "snmp")
+    assert snmp_line(logs)["answered"] == 0
+    assert switch.requests(lab.scanner_ip) - answered_before == 4  # the probe and its 3 retries, nothing more
+    assert counts(database) == after
+    assert "wrong" not in logs
+
+
+def test_v3_auth_priv_records_and_a_wrong_key_records_nothing(lab, database, tmp_path):
+    run(lab, database.dsn, *DISCOVERY)
+    before = counts(database)
+    key_file = tmp_path / "priv.key"
+    key_file.write_text(PRIV_KEY + "\n")
+    v3 = ("--host-lookup", "--exclude", FENCED.ip, "--option", "snmp.version=3", "--option", f"snmp.user={USER}",
+          "--option", f"snmp.priv-key-file={key_file}", "--option", "snmp.timeout=1s")
+
+    _, logs = run(lab, database.dsn, *v3, "snmp", SITUATION_SNMP_AUTH_KEY="wrong-auth-key")
+    assert snmp_line(logs)["answered"] == 0
+    assert "refused" in logs and "wrong-auth-key" not in logs and PRIV_KEY not in logs
+    assert counts(database) == before
+
+    _, logs = run(lab, database.dsn, *v3, "snmp", SITUATION_SNMP_AUTH_KEY=AUTH_KEY)
+    assert snmp_line(logs)["answered"] == 1
+    assert_switch_recorded(database)
+    assert AUTH_KEY not in logs and PRIV_KEY not in logs
+    after = counts(database)
+    run(lab, database.dsn, *v3, "snmp", SITUATION_SNMP_AUTH_KEY=AUTH_KEY)
+    assert counts(database) == after
+
+
+# -- decoders (no network) ----------------------------------------------------------------
+
+
+def test_addresses_in_oids_parse_every_byte_including_255():
+    ipv6 = (2, 16, 254, 128, 0, 0, 0, 0, 0, 0, 147, 108, 137, 216, 161, 31, 176, 130, 7, 8, 9)
+    assert snmp.address_from_oid(ipv6) == (ipaddress.ip_address("fe80::936c:89d8:a11f:b082"), (7, 8, 9))
+    assert snmp.address_from_oid((1, 4, 255, 255, 255, 0, 24)) == (ipaddress.ip_address("255.255.255.0"), (24,))
+    ipv6z = (4, 20, *([255] * 16), 0, 0, 0, 3)
+    assert snmp.address_from_oid(ipv6z) == (ipaddress.ip_address("ffff:" * 7 + "ffff"), ())
+    for bad in ((1, 4, 10, 0, 256, 1), (1, 4, 10, 0), (2, 4, 1, 2, 3, 4), (9, 4, 1, 2, 3, 4), ()):
+        with pytest.raises(ValueError):
+            snmp.address_from_oid(bad)
+
+
+def test_device_strings_and_macs_are_bounded_and_clean():
+    assert snmp.device_text(b"sw\x00itch\x1b[31m\xff\n") == "sw itch [31m\ufffd"
+    assert len(snmp.device_text(b"x" * 10_000)) == snmp.MAX_NAME
+    assert snmp.device_text(12) == ""
+    assert snmp.mac_from_octets(bytes.fromhex("0011223344ff")) == "00:11:22:33:44:ff"
+    assert snmp.mac_from_octets(b"\x00\x11\x22") is None and snmp.mac_from_octets("aa") is None
+
+
+def test_routes_addresses_and_the_nics_worth_storing():
+    cidr_index = (1, 4, 0, 0, 0, 0, 0, 2, 0, 0, 1, 4, 192, 0, 2, 1)
+    routes = snmp.parse_cidr_routes([(cidr_index, 3), ((1, 4, 10), 3)], [(cidr_index, 4)])
+    assert routes == [snmp.Route(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_address("192.0.2.1"), 3, 4)]
+    addresses = snmp.parse_ip_addr_table([((192, 0, 2, 5), b"\xc0\x00\x02\x05")], [((192, 0, 2, 5), b"\xff\xff\xff\x00")],
+                                         [((192, 0, 2, 5), 3)])
+    modern = snmp.parse_ip_address_tables([((3, 2, 16, 32, 1, 13, 184, *([0] * 12), 64), 2)],
+                                          [((2, 16, 32, 1, 13, 184, *([0] * 11), 5), 3)])
+    interfaces = snmp.parse_interfaces([((3,), b"eth0"), ((4,), b"lo")], [((3,), bytes.fromhex("02aabbccddee"))],
+                                       [((3,), 6), ((4,), 24)], [((3,), 1)], [((3,), 2)], [((3,), 3), ((4,), 4)])
+    device = snmp.Device(ipaddress.ip_address("192.0.2.5"), interfaces=interfaces,
+                         addresses=snmp.merge_addresses(addresses, modern), routes=routes)
+    [nic] = snmp.device_nics(device)
+    assert (nic.name, nic.mac, nic.ips, nic.gateway) == ("eth0", "02:aa:bb:cc:dd:ee", ["192.0.2.5", "2001:db8::5"],
+                                                         "192.0.2.1")
+    assert nic.flags == {"up": True, "broadcast": True, "multicast": True}
+    assert [(str(s.network), s.gateway) for s in nic.subnets] == [("192.0.2.0/24", "192.0.2.1"), ("2001:db8::/64", "")]
+
+
+def test_system_group_and_credentials():
+    facts = snmp.system_facts({snmp.SYS_NAME: b"core\x07-1", snmp.SYS_UPTIME: 250, snmp.SYS_SERVICES: 6,
+                               snmp.SYS_DESCR: b"Linux rpi 6.1 Ubuntu raspberry aarch64"})
+    assert facts == {"hostname": "core -1", "uptime": 2_500_000_000, "platform": "linux", "distribution": "ubuntu",
+                     "distribution_family": "debian", "chassis": "raspberry", "arch": "aarch64", "services": 6}
+    assert (snmp.chassis_from_services(6), snmp.chassis_from_services(2), snmp.chassis_from_services(72)) == (
+        "router", "switch", "")
+    assert snmp.check_credentials(snmp.Credentials(version=1)) is None
+    assert "--snmp-version 2" in snmp.check_credentials(snmp.Credentials(version=2))
+    assert "--snmp-user" in snmp.check_credentials(snmp.Credentials(version=3))
+    assert "8 characters" in snmp.check_credentials(snmp.Credentials(version=3, user="u", auth_key="short"))
+    assert "secret" not in repr(snmp.Credentials(community="secret", auth_key="secret-key"))
