@@ -67,6 +67,7 @@ def shown(value: Any, limit: int = MAX_CELL) -> str:
 @dataclass(frozen=True)
 class Zone:
     id: int
+    cidr: str
     label: str
 
 
@@ -293,7 +294,7 @@ class ExploreApp(App[None]):
         rows = await self._load("explore_zones", ZONE_LIMIT)
         if rows is None:
             return
-        self.zones = [Zone(row["id"], zone_label(row)) for row in rows]
+        self.zones = [Zone(row["id"], row["network_cidr"], zone_label(row)) for row in rows]
         zones = self.query_one("#zones", OptionList)
         zones.add_options([Text(zone.label) for zone in self.zones])
         if self.zones:
@@ -325,8 +326,7 @@ class ExploreApp(App[None]):
         counts = await self._load("explore_zone_endpoint_counts", zone.id) if rows is not None else None
         if rows is None or counts is None:
             return
-        cidr = zone.label.split(" ", 1)[0]
-        self.hosts = zone_hosts(cidr, rows, counts)
+        self.hosts = zone_hosts(zone.cidr, rows, counts)
         title = f"Data: {len(self.hosts)} hosts" + (f" (first {HOST_LIMIT})" if len(rows) >= HOST_LIMIT else "")
         self.query_one("#hosts").border_title = title
         self.show_hosts()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import io
 import re
 import sqlite3
@@ -170,7 +171,7 @@ async def test_ctrl_s_writes_an_svg(lab, tmp_path):
     path = app.last_screenshot
     root = ET.parse(path).getroot()
     assert root.tag.endswith("svg")
-    assert stat.S_IMODE(__import__("os").stat(path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert "Zones" in "".join(root.itertext())
 
 
