@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncpg
 import click
-import structlog
-import uvloop
 
 from situation import __version__, logs
-from situation.config import click_options, convert, core_settings, defaults_document, module_settings
-from situation.dsn import ConnectParams, parse_dsn
 from situation.errors import ConfigError, MigrationError, SituationError
-from situation.module import load_builtin_modules
 
-log = structlog.get_logger("situation")
+if TYPE_CHECKING:
+    from situation.dsn import ConnectParams
+
+# Interactive commands start fast: the collection modules, asyncpg, uvloop, structlog,
+# textual and mcp are imported by the commands that use them, not here
+# (bench/startup.py measures it).
+
+# Commands that never log: they skip setting up structlog, a noticeable share of start-up.
+QUIET_COMMANDS = frozenset({"version", "id", "refresh-id", "health"})
 
 
 def run_async(coroutine):
+    import uvloop
+
     return uvloop.run(coroutine)
 
 
@@ -49,7 +52,10 @@ def _level_option(_ctx, _param, value: str) -> str:
 @click.pass_context
 def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """Collect IT data about this host and its network into a database."""
-    logs.configure(log_level, log_format)
+    if ctx.invoked_subcommand in QUIET_COMMANDS:
+        logs.set_debug(log_level == "debug")
+    else:
+        logs.configure(log_level, log_format)
     if ctx.invoked_subcommand is None:
         # `situation` alone is `situation run`, environment variables included
         # (ctx.invoke would skip them).
@@ -109,8 +115,12 @@ def read_dsn_file(path: Path) -> str:
 
 
 def postgres_params(dsn: str | None) -> ConnectParams:
+    import structlog
+
+    from situation.dsn import parse_dsn
+
     params = parse_dsn(dsn)
-    log.debug("database", db=params.redacted())
+    structlog.get_logger("situation").debug("database", db=params.redacted())
     return params
 
 
@@ -209,6 +219,8 @@ def check(dsn: str | None, as_json: bool) -> None:
 
     postgres_only(dsn, "check")
     report = run_async(inspect(postgres_params(dsn)))
+    import json
+
     click.echo(json.dumps(report.as_dict(), indent=2, default=str) if as_json else format_report(report))
 
 
@@ -226,13 +238,53 @@ def grant(dsn: str | None, role: str, reader: bool) -> None:
     click.echo(f"{role} is now a member of {group}")
 
 
-MODULES = load_builtin_modules()
-RUN_SETTINGS = core_settings() + module_settings(MODULES)
+@functools.cache
+def builtin_modules() -> dict:
+    from situation.module import load_builtin_modules
+
+    return load_builtin_modules()
 
 
-@cli.command()
+@functools.cache
+def run_settings() -> list:
+    from situation.config import core_settings, module_settings
+
+    return core_settings() + module_settings(builtin_modules())
+
+
+class LazyOptionsCommand(click.Command):
+    """A command whose setting options are made when first needed (parsing or help).
+
+    `run` has one option per module setting, and making them means importing every
+    module: `situation --help`, `version` or `id` never pay for that.
+    """
+
+    def __init__(self, *args, settings, **kwargs):
+        self._settings = settings
+        self._all_params: list[click.Parameter] | None = None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        # One list object, kept: Click appends its help option to it and pops it again.
+        if self._all_params is None:
+            from situation.config import click_options
+
+            def holder():
+                pass
+
+            click_options(self._settings())(holder)
+            self._all_params = self._own_params + list(reversed(getattr(holder, "__click_params__", [])))
+        return self._all_params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._own_params = list(value)
+        self._all_params = None
+
+
+@cli.command(cls=LazyOptionsCommand, settings=run_settings)
 @database_options
-@click_options(RUN_SETTINGS)
 def run(dsn: str | None = None, **values) -> None:
     """Run the agent (the default command): a cycle every --interval, or one with --once."""
     from situation.agent import Agent
@@ -244,12 +296,14 @@ def run(dsn: str | None = None, **values) -> None:
 
 def agent_config(dsn: str | None, values: dict, *, only=None):
     from situation.agent import AgentConfig
+    from situation.config import convert
     from situation.identity import default_state_dir, resolve_agent_id
 
-    settings = {s.dest: convert(s, values.get(s.dest)) for s in RUN_SETTINGS}
+    all_settings = run_settings()
+    settings = {s.dest: convert(s, values.get(s.dest)) for s in all_settings}
     state_dir = Path(settings["state_dir"]) if settings["state_dir"] else default_state_dir()
     module_options: dict[str, dict] = {}
-    for setting in RUN_SETTINGS:
+    for setting in all_settings:
         if setting.option is not None and values.get(setting.dest) is not None:
             module_options.setdefault(setting.module, {})[setting.option] = settings[setting.dest]
     summary = settings["summary"]
@@ -262,7 +316,7 @@ def agent_config(dsn: str | None, values: dict, *, only=None):
         no_migration=settings["no_migration"],
         fail_fast=settings["fail_fast"],
         ignore_missing_deps=settings["ignore_missing_deps"],
-        disabled={s.module for s in RUN_SETTINGS if s.key.startswith("no-module-") and settings[s.dest]},
+        disabled={s.module for s in all_settings if s.key.startswith("no-module-") and settings[s.dest]},
         module_options=module_options,
         pool_size=settings["pool_size"],
         statement_cache=not settings["no_statement_cache"],
@@ -288,22 +342,19 @@ def discovery_policy(settings: dict, only=None):
 SCAN_BASE = {"fingerprint", "host-basic"}
 
 
-def _scan_settings() -> list:
+@functools.cache
+def scan_settings() -> list:
     from situation.scan import scan_registry
 
     shared = {"agent-id", "state-dir", "pool-size", "no-migration", "no-statement-cache",
               "discovery-exclude", "discovery-rate"}
-    modules = scan_registry(MODULES)
-    return [s for s in RUN_SETTINGS if s.key in shared or (s.module in modules and s.module not in SCAN_BASE)]
+    modules = scan_registry(builtin_modules())
+    return [s for s in run_settings() if s.key in shared or (s.module in modules and s.module not in SCAN_BASE)]
 
 
-SCAN_SETTINGS = _scan_settings()
-
-
-@cli.command()
+@cli.command(cls=LazyOptionsCommand, settings=scan_settings)
 @database_options
 @click.argument("targets", nargs=-1, required=True, metavar="CIDR...")
-@click_options(SCAN_SETTINGS)
 def scan(dsn: str | None = None, targets: tuple[str, ...] = (), **values) -> None:
     """Find the live hosts of CIDR... and their open TCP ports once (like nmap), record them as `run` does, print a table.
 
@@ -319,13 +370,91 @@ def scan(dsn: str | None = None, targets: tuple[str, ...] = (), **values) -> Non
     async def report(store) -> None:
         click.echo(format_table(await found_hosts(store, config.agent_id, only), only))
 
-    status = run_async(Agent(config, registry=scan_registry(MODULES), report=report).run())
+    status = run_async(Agent(config, registry=scan_registry(builtin_modules()), report=report).run())
     sys.exit(status)
+
+
+@cli.command()
+@database_options
+@state_dir_option
+def explore(dsn: str | None, state_dir: Path | None) -> None:
+    """Browse zones, hosts, endpoints and flows in a terminal, read-only (never migrates)."""
+    from situation.agent import DEFAULT_SQLITE_NAME
+    from situation.identity import default_state_dir
+
+    if dsn is None:
+        dsn = str((state_dir or default_state_dir()) / DEFAULT_SQLITE_NAME)
+    from situation.explore import explore as explore_database
+
+    problem = run_async(explore_database(dsn, terminal=sys.stdin.isatty() and sys.stdout.isatty()))
+    if problem:
+        raise SituationError(f"explore stopped: {problem}")
+
+
+@cli.command(cls=LazyOptionsCommand, settings=run_settings)
+@click.option("--task-start", metavar="TIME", help="Time of day of the first run: 15:04:05, 15:04 or 3:04PM (default: now).")
+@click.option("--task-days", type=click.IntRange(min=1), default=1, show_default=True, help="Run every N days.")
+@click.option("--task-period", metavar="DURATION", default="0", show_default=True,
+              help="Repeat within the day: 2h repeats the hour, 30m the minute within the start hour (0: off).")
+@click.option("--task-log-level", default="1", show_default=True, callback=_level_option,
+              help="The job's --log-level (the original's 0-5 work too).")
+@click.option("--uninstall", is_flag=True, help="Remove the scheduled task.")
+@click.option("--scheduler", type=click.Choice(["auto", "systemd", "cron"]), default="auto", show_default=True,
+              help="auto: a systemd timer where systemd runs, else /etc/cron.d.")
+@click.option("--root", "target_root", type=click.Path(file_okay=False, path_type=Path), default="/", show_default=True,
+              envvar="SITUATION_TASK_ROOT", help="Write under this directory instead of / (to prepare an image).")
+@click.option("--db", "db", metavar="DSN", envvar="SITUATION_DB", help="The job's database (kept root-only).")
+@click.option("--db-file", "db_file", metavar="PATH", envvar="SITUATION_DB_FILE", help="The job reads its DSN from this file.")
+@click.pass_context
+def task(ctx: click.Context, task_start: str | None, task_days: int, task_period: str, task_log_level: str,
+         uninstall: bool, scheduler: str, target_root: Path, db: str | None, db_file: str | None, **_values) -> None:
+    """Install a scheduled `situation run --once` (systemd timer, else cron); run flags given are passed on."""
+    from situation import task as scheduled
+    from situation.module import parse_duration
+
+    if uninstall:
+        for line in scheduled.uninstall(target_root):
+            click.echo(line)
+        return
+    try:
+        period = parse_duration(task_period)
+    except ValueError as exc:
+        raise ConfigError(f"--task-period: {exc}") from None
+    if period < 0 or period >= 86400:
+        raise ConfigError(f"--task-period: {task_period!r} is out of range; use a duration under 24h, or 0")
+    schedule = scheduled.Schedule(*scheduled.parse_start(task_start), days=task_days, period=period)
+    argv = [*scheduled.executable(), "--log-level", task_log_level, "run", "--once", *forwarded_run_flags(ctx)]
+    systemd = scheduled.uses_systemd(target_root, scheduler)
+    for line in scheduled.install(target_root, schedule, argv, systemd=systemd, dsn=db, db_file=db_file):
+        click.echo(line)
+
+
+cli.add_command(task, name="cron")
+
+
+def forwarded_run_flags(ctx: click.Context) -> list[str]:
+    """The `run` flags given to `task` (on its command line or in the environment), as `run` takes them."""
+    wanted = {s.dest for s in run_settings()} - {"once"}
+    sources = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name not in wanted or ctx.get_parameter_source(param.name) not in sources:
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        elif value is not None:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 @cli.command()
 def defaults() -> None:
     """Print every setting of `run` as JSON: default, current value, flag and environment name."""
+    from situation.config import defaults_document
     from situation.dsn import redact_dsn
 
     document = {
@@ -335,7 +464,9 @@ def defaults() -> None:
         "db-file": {"default": None, "value": os.environ.get("SITUATION_DB_FILE") or None, "flag": "--db-file",
                     "env": "SITUATION_DB_FILE", "env_aliases": [], "help": "A file holding the DSN."},
     }
-    document.update(defaults_document(RUN_SETTINGS))
+    document.update(defaults_document(run_settings()))
+    import json
+
     click.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
@@ -385,6 +516,8 @@ def health(state_dir: Path | None) -> None:
 
 def _health_record(raw: bytes) -> dict | None:
     """The daemon's health record, or None unless it is a JSON object with a finite ``next_cycle_before``."""
+    import json
+
     try:
         record = json.loads(raw.decode("utf-8"))
     except ValueError:  # not UTF-8, or not JSON
@@ -464,17 +597,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except SituationError as exc:
         _fail(str(exc), exc.exit_code)
-    except asyncpg.PostgresError as exc:
-        _fail(f"the database refused: {' '.join(str(exc).split())} (SQLSTATE {exc.sqlstate})", 1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
+        if _is_postgres_error(exc):
+            _fail(f"the database refused: {' '.join(str(exc).split())} (SQLSTATE {exc.sqlstate})", 1)
         _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level debug for details)", 1)
     sys.exit(result if isinstance(result, int) else 0)
 
 
+def _is_postgres_error(exc: BaseException) -> bool:
+    asyncpg = sys.modules.get("asyncpg")  # not imported: the error cannot be one of its
+    return asyncpg is not None and isinstance(exc, asyncpg.PostgresError)
+
+
 def _fail(message: str, code: int) -> None:
     if logs.is_debug():
+        import traceback
+
         traceback.print_exc(file=sys.stderr)
     click.echo(f"situation: error: {logs.escape_controls(message)}", err=True)
     sys.exit(code)

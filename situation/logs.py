@@ -12,15 +12,11 @@ encoder writes every such character as a ``\\u`` escape.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
-import structlog
-
-from situation.dsn import redact_dsn
-
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# The stdlib logging numbers (not imported: it costs start-up time for nothing here).
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 # The original agent's numeric levels (0 panic … 5 debug) are accepted too.
 NUMERIC_LEVELS = {"0": "error", "1": "error", "2": "error", "3": "warning", "4": "info", "5": "debug"}
 FORMATS = ("auto", "json", "console")
@@ -47,6 +43,8 @@ def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
         if key in _SECRET_FIELDS:
             event[key] = "***"
         elif key in _DSN_FIELDS and isinstance(event[key], str):
+            from situation.dsn import redact_dsn
+
             event[key] = redact_dsn(event[key])
     return event
 
@@ -105,11 +103,18 @@ def escape_for_console(_logger: Any, _method: str, event: dict[str, Any]) -> dic
     return shown
 
 
+def set_debug(debug: bool) -> None:
+    """For commands that never log (no structlog set-up): whether a failure shows its traceback."""
+    global _debug
+    _debug = debug
+
+
 def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     """Set up structlog once per process; logs go to stderr, command output to stdout."""
-    global _debug
+    import structlog  # imported here: commands that never log start faster without it
+
     stream = stream or sys.stderr
-    _debug = level == "debug"
+    set_debug(level == "debug")
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderers = (
