@@ -167,7 +167,9 @@ async def run(ctx: Context) -> None:
     async def write() -> list[Change]:
         subnets = await load_subnets(ctx, machine_id)
         found = sightings(entries, subnets)
-        stored = await load_nics(ctx, sorted({s for sighting in found for s in sighting.subnets}))
+        subnet_ids = sorted({s for sighting in found for s in sighting.subnets})
+        await ctx.store.fetch("lock_subnet_neighbours", subnet_ids)
+        stored = await load_nics(ctx, subnet_ids)
         changes = plan_changes(found, stored, machine_id)
         for change in changes:
             await apply(ctx, change)

@@ -151,6 +151,7 @@ async def store_found(ctx: Context, subnet_id: int, found: Mapping[IPv4Address, 
     """Neighbour NICs and links for what answered on one stored subnetwork; NICs created."""
 
     async def work() -> int:
+        await ctx.store.fetch("lock_subnet_neighbours", [subnet_id])
         nics = await ctx.store.fetch("ping_subnet_nics", subnet_id)
         by_ip, by_mac = {}, {}
         for nic in nics:

@@ -37,3 +37,11 @@ RETURNING id;
 UPDATE network_interfaces
 SET mac = $2, updated_at = CURRENT_TIMESTAMP, updated_by = $3
 WHERE id = $1 AND mac IS NULL AND machine_id IS NULL;
+
+-- name: lock_subnet_neighbours
+-- Agents sharing a database serialise on each subnetwork ($1, a list of ids) while
+-- they add its neighbour NICs, so that two never create a NIC for one neighbour.
+-- Locks are taken in one order (by key) to avoid deadlocks. ping and arp take them.
+SELECT count(pg_advisory_xact_lock(k))
+FROM (SELECT DISTINCT hashtextextended('situation.subnet-neighbours:' || id, 0) AS k
+      FROM unnest($1::bigint[]) AS id ORDER BY k) AS keys;
