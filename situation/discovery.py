@@ -46,6 +46,22 @@ class Discovery:
         return True
 
 
+def neighbour_addresses(texts, allows) -> list[IPAddress]:
+    """Stored addresses worth a query, parsed, once each, in stored order: not loopback,
+    link-local, multicast or unspecified, and allowed by ``allows`` (the policy)."""
+    found: list[IPAddress] = []
+    for text in texts or ():
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if address.is_loopback or address.is_link_local or address.is_multicast or address.is_unspecified:
+            continue
+        if allows(address) and address not in found:
+            found.append(address)
+    return found
+
+
 def sweep_network(network: ipaddress.IPv4Network) -> ipaddress.IPv4Network | None:
     """The network a sweep covers for a stored subnetwork, or None when it is too wide."""
     if network.prefixlen < WIDEST_PREFIX:

@@ -36,10 +36,10 @@ and it stays machine-less, with its subnet links.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from situation.discovery import neighbour_addresses
 from situation.module import Context, Option, Skip, module
 from situation.net.reverse_dns import make_resolver, read_hosts, reverse_names
 
@@ -48,17 +48,7 @@ CONCURRENCY = 32
 
 def nameable_addresses(ips: Iterable[str] | None, allows) -> list[str]:
     """The addresses of a NIC worth naming, normalised, in stored order."""
-    found = []
-    for text in ips or ():
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-        if address.is_loopback or address.is_link_local or address.is_multicast or address.is_unspecified:
-            continue
-        if allows(address) and str(address) not in found:
-            found.append(str(address))
-    return found
+    return [str(address) for address in neighbour_addresses(ips, allows)]
 
 
 @dataclass

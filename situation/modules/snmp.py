@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from situation.discovery import neighbour_addresses
 from situation.errors import ConfigError
 from situation.module import Context, Option, module
 from situation.net.snmp import (
@@ -76,20 +77,6 @@ class Target:
     nic_id: int
     machine_id: int
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def queryable(ips: Sequence[str] | None, allows) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    found = []
-    for text in ips or ():
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-        if address.is_loopback or address.is_multicast or address.is_link_local or address.is_unspecified:
-            continue
-        if allows(address) and address not in found:
-            found.append(address)
-    return found
 
 
 def _secret(environment: str, path: str, option: str) -> str | None:
@@ -221,7 +208,7 @@ async def run(ctx: Context) -> None:
     credentials = await asyncio.to_thread(read_credentials, options)
     rows = await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())
     targets = [Target(row["id"], row["machine_id"], address)
-               for row in rows for address in queryable(row["ip"], ctx.discovery.allows)]
+               for row in rows for address in neighbour_addresses(row["ip"], ctx.discovery.allows)]
     if not targets:
         ctx.log.info("no SNMP target", neighbour_nics=len(rows))
         return
