@@ -46,8 +46,10 @@ def test_targets_are_parsed_and_deduplicated():
 
 def test_scan_runs_the_discovery_modules_and_their_dependencies():
     chosen = scan_registry(load_builtin_modules())
-    assert {"host-network", "host-basic", "fingerprint", "arp"} <= set(chosen)
-    assert not {"host-cpu", "host-disk", "local-users", "chassis"} & set(chosen)
+    assert {"host-network", "host-basic", "fingerprint", "arp", "tcp-scan", "tls"} <= set(chosen)
+    # tls depends on netstat (spec §3.2), which brings local-users; the rest of the host is not collected.
+    assert {"netstat", "local-users"} <= set(chosen)
+    assert not {"host-cpu", "host-disk", "host-gpu", "chassis", "dpkg", "docker"} & set(chosen)
 
 
 def test_table_keeps_control_characters_off_the_terminal():
