@@ -1,5 +1,8 @@
 """The real CLI, run as a subprocess: bad input gets one clear line and a non-zero exit.
 
+Commands that could start a cycle (`run --once`) run inside a test-made network namespace
+(test_host, support/netns.py), behind the guard.
+
 No traceback unless ``--log-level debug``; a password, an sslpassword or key
 material is never printed, whatever the log level, and ``--help`` never shows a
 DSN taken from the environment.

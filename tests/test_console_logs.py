@@ -1,5 +1,7 @@
 """No raw control character from outside reaches a terminal through a log line.
 
+The whole-cycle case runs inside a test-made network namespace (test_host, support/netns.py).
+
 The console renderer gets every key and value (the event text too) escaped the
 way ``repr`` does; JSON lines are escaped by the encoder. Checked in-process
 with a stream that says it is a terminal, and end to end: ``situation run

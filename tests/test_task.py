@@ -1,4 +1,8 @@
-"""`situation task`: the cron line or systemd units it writes, always under a temporary root."""
+"""`situation task`: the cron line or systemd units it writes, always under a temporary root.
+
+Nothing here executes the scheduled `run --once`: only its text is checked, so no network
+namespace is needed.
+"""
 
 from __future__ import annotations
 
