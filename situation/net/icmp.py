@@ -106,6 +106,29 @@ async def writable(sock: socket.socket) -> None:
         loop.remove_writer(fd)
 
 
+async def send_datagram(sock: socket.socket, packet: bytes, destination: tuple) -> bool:
+    """Send one probe on a non-blocking raw or datagram socket; False when it cannot leave.
+
+    A full socket buffer waits until the socket is writable; a full queue or
+    neighbour table (ENOBUFS) waits a little and tries again, for about two
+    seconds at most; "no route", a firewall or a gone address drop the probe.
+    """
+    for _ in range(CONGESTION_RETRIES):
+        try:
+            sock.sendto(packet, destination)
+            return True
+        except BlockingIOError:
+            await writable(sock)
+        except OSError as exc:
+            if exc.errno in _CONGESTED:
+                await asyncio.sleep(CONGESTION_PAUSE)
+            elif exc.errno in _UNREACHABLE:
+                return False
+            else:
+                raise
+    return False
+
+
 def enlarge_buffers(sock: socket.socket) -> None:
     for forced, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
         try:
@@ -167,23 +190,7 @@ class EchoSweep:
             self._done.set()
 
     async def _send_to(self, destination: tuple) -> bool:
-        for _ in range(CONGESTION_RETRIES):
-            try:
-                self.sock.sendto(self._packet, destination)
-                return True
-            except BlockingIOError:
-                await self._writable()
-            except OSError as exc:
-                if exc.errno in _CONGESTED:
-                    await asyncio.sleep(CONGESTION_PAUSE)
-                elif exc.errno in _UNREACHABLE:
-                    return False
-                else:
-                    raise
-        return False
-
-    async def _writable(self) -> None:
-        await writable(self.sock)
+        return await send_datagram(self.sock, self._packet, destination)
 
     async def wait(self, timeout: float) -> set:
         """Until ``timeout`` after the last send, or until every target answered; who answered."""

@@ -26,7 +26,6 @@ in the addresses it may probe.
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import random
 import resource
@@ -39,7 +38,7 @@ from typing import Union
 
 from situation.data.tcp_ports import TOP_1000
 from situation.net import ProbeUnavailable
-from situation.net.icmp import checksum, enlarge_buffers, writable
+from situation.net.icmp import checksum, enlarge_buffers, send_datagram
 from situation.net.rate import RateLimiter
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -55,12 +54,6 @@ MSS_OPTION = b"\x02\x04\x05\xb4"  # MSS 1460, as a real stack would offer
 WINDOW = 1024
 IPV6_CHECKSUM = getattr(socket, "IPV6_CHECKSUM", 7)
 _SO_LINGER_RESET = struct.pack("ii", 1, 0)
-# A send error meaning "this probe cannot leave" (no route, firewall, address gone): the probe is dropped.
-_UNREACHABLE = {errno.EACCES, errno.EPERM, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EINVAL,
-                errno.EADDRNOTAVAIL, errno.EHOSTDOWN}
-_CONGESTED = {errno.ENOBUFS, errno.ENOMEM}
-CONGESTION_PAUSE = 0.01
-CONGESTION_RETRIES = 200
 
 
 # -- which ports ----------------------------------------------------------------------------
@@ -383,20 +376,7 @@ class SynScanner:
             sock, destination = self._sockets.get(socket.AF_INET6), (text, 0, 0, 0)
         if sock is None:
             return False
-        for _ in range(CONGESTION_RETRIES):
-            try:
-                sock.sendto(packet, destination)
-                return True
-            except BlockingIOError:
-                await writable(sock)
-            except OSError as exc:
-                if exc.errno in _CONGESTED:
-                    await asyncio.sleep(CONGESTION_PAUSE)
-                elif exc.errno in _UNREACHABLE:
-                    return False
-                else:
-                    raise
-        return False
+        return await send_datagram(sock, packet, destination)
 
     def _on_readable(self, sock: socket.socket, ipv4_header: bool) -> None:
         while True:  # drain: one wake-up may carry hundreds of answers
