@@ -124,6 +124,17 @@ def fresh_database(tls_cluster: Cluster):
 
 
 @pytest.fixture
+def shared_dir():
+    """A directory an unprivileged user (the tests' nobody) can write to; tmp_path is root's alone."""
+    import shutil
+
+    directory = Path(tempfile.mkdtemp(prefix="situation-shared-"))
+    directory.chmod(0o777)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
 def test_host():
     """An isolated host (network namespace + veth to a peer namespace); see support/netns.py."""
     from support.netns import IsolatedHost, netns_available

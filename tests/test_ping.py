@@ -11,7 +11,6 @@ import json
 import re
 import sqlite3
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,15 +38,6 @@ def make_lab():
     yield make
     for lab in labs:
         lab.destroy()
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory an unprivileged user can write too (pytest's tmp_path is root's alone)."""
-    directory = Path(tempfile.mkdtemp(prefix="situation-ping-"))
-    directory.chmod(0o777)
-    yield directory
-    subprocess.run(["rm", "-rf", str(directory)], check=False)
 
 
 def env() -> dict[str, str]:

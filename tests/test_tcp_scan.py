@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,15 +52,6 @@ def lab():
     finally:
         stop(servers)
         made.destroy()
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory the unprivileged user can write to (pytest's tmp_path is root's alone)."""
-    directory = Path(tempfile.mkdtemp(prefix="situation-tcp-"))
-    directory.chmod(0o777)
-    yield directory
-    subprocess.run(["rm", "-rf", str(directory)], check=False)
 
 
 def expected(lab: Lab) -> set[tuple[str, int]]:
