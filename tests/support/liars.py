@@ -70,17 +70,22 @@ def dns_answer(query: bytes, answers: dict[str, bytes]) -> bytes:
     return header + query[12:end] + answer
 
 
-def serve_dns(address: str, pairs: list[str]) -> None:
-    answers = {reverse_name(name): bytes.fromhex(data) for name, data in (p.split("=", 1) for p in pairs)}
+def serve_udp(address: str, port: int, answer) -> None:
+    """Answer every datagram with ``answer(datagram)``; one it cannot parse gets silence."""
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind((address, 53))
+    server.bind((address, port))
     print("ready", flush=True)
     while True:
-        query, peer = server.recvfrom(4096)
+        request, peer = server.recvfrom(65535)
         try:
-            server.sendto(dns_answer(query, answers), peer)
-        except (IndexError, UnicodeError):
-            continue
+            server.sendto(answer(request), peer)
+        except (ValueError, IndexError):
+            continue  # not a request this liar understands (SNMPv3 discovery, say)
+
+
+def serve_dns(address: str, pairs: list[str]) -> None:
+    answers = {reverse_name(name): bytes.fromhex(data) for name, data in (p.split("=", 1) for p in pairs)}
+    serve_udp(address, 53, lambda query: dns_answer(query, answers))
 
 
 # -- SNMP: hand-built BER --------------------------------------------------------------------
@@ -262,16 +267,7 @@ class LyingMib:
 
 
 def serve_snmp(address: str, mac: str) -> None:
-    mib = LyingMib(bytes.fromhex(mac.replace(":", "")), address)
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind((address, 161))
-    print("ready", flush=True)
-    while True:
-        request, peer = server.recvfrom(65535)
-        try:
-            server.sendto(mib.answer(request), peer)
-        except (ValueError, IndexError):
-            continue  # not a request this liar understands (SNMPv3 discovery, say): silence
+    serve_udp(address, 161, LyingMib(bytes.fromhex(mac.replace(":", "")), address).answer)
 
 
 # -- TLS that is not ---------------------------------------------------------------------------
