@@ -9,12 +9,11 @@ interfaces, addresses, routes and the NICs worth storing.
 
 Everything a device says is untrusted: strings are decoded with invalid
 UTF-8 replaced, control characters removed and lengths bounded; MACs are
-taken only from 6-byte strings; numbers are used only when their type
-and range are the MIB's (a huge Counter64 where TimeTicks belong is no
-uptime); addresses encoded in OIDs are parsed as
-integers and refused when a part is not a byte (the original's table lacked
-255, so any ``ff`` byte decoded as 0); walks stop after ``MAX_ROWS`` rows or
-at an OID that does not increase.
+taken only from 6-byte strings; numbers are used only when their type and
+range are the MIB's (a huge Counter64 where TimeTicks belong is no uptime);
+addresses encoded in OIDs are parsed as integers and refused when a part is
+not a byte (the original's table lacked 255, so any ``ff`` byte decoded as
+0); walks stop after ``MAX_ROWS`` rows or at an OID that does not increase.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ its validation off). ``serve(namespace, cert, key, ports, tls10_only=...)``
 starts this file as a script inside a host namespace: a threaded server that
 completes handshakes on each port and closes, until killed. A TLS 1.0-only
 server needs security level 0, which this OpenSSL may refuse: ``tls10_supported``.
-``broken_certificate`` makes certificates with extensions no parser accepts.
+``broken_certificate`` makes certificates whose subjectAltName no parser reads.
 """
 
 from __future__ import annotations
