@@ -6,6 +6,7 @@ PostgreSQL one, so every lookup runs the real named queries of both dialects.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -62,8 +63,8 @@ async def store(request, tmp_path):
     await opened.close()
 
 
-async def run_fingerprint(store, root) -> Context:
-    ctx = Context(store=store, log=structlog.get_logger().bind(module="fingerprint"), agent_id=AGENT,
+async def run_fingerprint(store, root, agent: str = AGENT) -> Context:
+    ctx = Context(store=store, log=structlog.get_logger().bind(module="fingerprint"), agent_id=agent,
                   options={}, root=root, host=HostMachine())
     await REGISTRY["fingerprint"].run(ctx)
     return ctx
@@ -156,6 +157,14 @@ async def test_adopts_a_lone_interface_seen_by_arp(store, root):
     assert (await store.fetchrow("machine_by_agent", AGENT))["id"] == ctx.host.id
     assert [r["machine_id"] for r in await store.fetch("nics_by_mac", MAC)] == [ctx.host.id]
     assert nic_id
+
+
+async def test_two_agents_adopting_one_interface_at_once_make_one_machine(store, root):
+    await nic(store, None)
+    first, second = await asyncio.gather(run_fingerprint(store, root), run_fingerprint(store, root, OTHER))
+    [row] = await all_machines(store)
+    assert [first.host.id, second.host.id].count(row["id"]) == 1  # the loser rolled its machine back
+    assert [r["machine_id"] for r in await store.fetch("nics_by_mac", MAC)] == [row["id"]]
 
 
 async def test_host_basic_then_creates_no_second_row(store, root):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.cluster import clean_environ
-from support.netns import IsolatedHost, netns_available
+from support.netns import isolated_host_or_skip
 
 from situation.module import load_builtin_modules
 from situation.modules.host_basic import format_machine_id
@@ -52,13 +52,7 @@ def host_id_of(machine_id: str) -> str:
     return format_machine_id(machine_id)
 
 
-@pytest.fixture(scope="module")
-def namespace():
-    if not netns_available():
-        pytest.skip("network namespaces need root and iproute2")
-    host = IsolatedHost().create()
-    yield host
-    host.destroy()
+namespace = pytest.fixture(scope="module", name="namespace")(isolated_host_or_skip)
 
 
 @pytest.fixture(scope="module")

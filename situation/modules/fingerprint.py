@@ -212,8 +212,9 @@ async def _adopt_lone_nic(ctx: Context, identity: Identity, mac_nics: list[dict]
     async def adopt() -> int | None:
         # Under host-basic's lock, so that agents starting together on this host adopt once.
         await lock_host_identity(ctx.store, ctx.agent_id, identity.host_id)
-        if identity.host_id and await ctx.store.fetchrow("machine_by_host_id", identity.host_id):
-            return None  # the host's row appeared meanwhile: host-basic uses it
+        if await ctx.store.fetchrow("machine_by_agent", ctx.agent_id) or (
+                identity.host_id and await ctx.store.fetchrow("machine_by_host_id", identity.host_id)):
+            return None  # a row appeared meanwhile (this id's, or this host_id's): host-basic decides
         created = await ctx.upsert("machines", [{"agent": ctx.agent_id}], key="agent")
         if not await ctx.store.execute("attach_nic_to_machine", created.ids[0], lone[0]["id"], ctx.agent_id):
             raise _AlreadyAdopted
