@@ -85,10 +85,10 @@ def database(tls_cluster):
     tls_cluster.drop_database(name)
 
 
-def start(namespace, env, root: Path, agent: str, db: str, *, modules=HOST_MODULES, interval="15m") -> subprocess.Popen:
+def start(namespace, env, root: Path, agent: str, db: str, *, modules=HOST_MODULES) -> subprocess.Popen:
     extra = {} if "host-network" in modules else {"SITUATION_NO_MODULE_HOST_NETWORK": "1"}
     return namespace.popen(
-        sys.executable, "-m", "situation", "run", "--once", "--pool-size", "1", "--interval", interval, "--db", db,
+        sys.executable, "-m", "situation", "run", "--once", "--pool-size", "1", "--interval", "15m", "--db", db,
         env={**env, **extra, "SITUATION_HOST_ROOT": str(root), "SITUATION_AGENT_ID": agent,
              "SITUATION_STATE_DIR": str(root.parent / f"state-{root.name}-{agent}")},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
