@@ -288,6 +288,7 @@ class Agent:
             root=self.root,
             host=host,
             discovery=self.config.discovery,
+            interval=self.config.interval,
         )
 
     def _next_delay(self, healthy: bool) -> float:

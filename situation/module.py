@@ -25,6 +25,7 @@ RunFunction = Callable[["Context"], Awaitable[None]]
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_INTERVAL = 15 * 60.0  # the agent's cycle interval when a caller gives none
 
 
 class Skip(Exception):
@@ -67,6 +68,7 @@ class Context:
     root: HostRoot
     host: HostMachine = field(default_factory=HostMachine)
     discovery: Discovery = field(default_factory=Discovery)  # where active modules may send packets
+    interval: float = DEFAULT_INTERVAL  # seconds between cycles (what "recently written" means)
     rows_written: int = 0
 
     def count(self, rows: int) -> None:

@@ -107,5 +107,19 @@ class IsolatedHost(GuardedNamespace):
 
 
 
+def isolated_host_or_skip():
+    """A generator for a pytest fixture of any scope: an IsolatedHost, destroyed afterwards;
+    the test is skipped where namespaces cannot be made."""
+    import pytest
+
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    host = IsolatedHost().create()
+    try:
+        yield host
+    finally:
+        host.destroy()
+
+
 def _guarded(env: dict[str, str]) -> dict[str, str]:
     return {**env, "SITUATION_TEST_HOME_NETNS": str(home_namespace())}
