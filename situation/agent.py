@@ -54,6 +54,7 @@ _DATABASE_HINTS = (
     ("malformed", "; the file is damaged: restore it from a backup, or point --db at a new file"),
     ("not a database", "; the file is damaged: restore it from a backup, or point --db at a new file"),
     ("permission denied", "; have the owner run `situation grant` for this role"),
+    ("disk is full", "; free space on the file system that holds the database file, then run again"),
 )
 DEFAULT_SQLITE_NAME = "situation.sqlite"
 
