@@ -22,7 +22,7 @@ import structlog
 from situation.dialer import DialingLoop
 from situation.dsn import ConnectParams, Endpoint, password_for
 from situation.errors import ConnectError
-from situation.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context, ssl_context_for
+from situation.tls import HostNameMismatch, LibpqSSLContext, ReloadingContext, build_ssl_context
 
 log = structlog.get_logger("situation.connect")
 
@@ -236,9 +236,10 @@ async def create_pool(
     survive the pool's ``RESET ALL`` between uses, unlike a ``SET`` in ``init``.
     So does ``jit = off``: the store's statements take milliseconds, and a batch
     large enough to pass ``jit_above_cost`` would spend longer compiling than running.
-    Turn ``statement_cache`` off behind a PgBouncer in transaction mode.
+    Turn ``statement_cache`` off behind a PgBouncer in transaction mode. Each new
+    connection re-reads rotated TLS files (see :class:`~situation.tls.ReloadingContext`).
     """
-    tls = await asyncio.to_thread(ssl_context_for, params)
+    tls = await asyncio.to_thread(ReloadingContext, params)  # rotated certificates are picked up
     settings = {"application_name": params.application_name or application_name, "search_path": "situation", "jit": "off"}
     settings.update(server_settings or {})
 
@@ -246,7 +247,7 @@ async def create_pool(
         kwargs.pop("loop", None)
         return await connect(
             params,
-            tls=tls,
+            tls=await asyncio.to_thread(tls.current),
             server_settings=settings,
             statement_cache_size=100 if statement_cache else 0,
             **kwargs,
