@@ -247,11 +247,18 @@ class Agent:
             log.error("database unreachable, retrying with backoff", reason=reason)
         self._database_up = up
 
-    async def _database_usable(self) -> bool:
-        try:
-            await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
-        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
-            self._database_problem = _one_line(exc)
+    async def _database_usable(self, results: list[ModuleResult]) -> bool:
+        """Whether the database took this cycle's writes: no module lost it after its retries, and it answers now."""
+        # A module that gave up on the database already waited through the store's retries:
+        # pinging it again would only delay the report.
+        problem = next((r.error for r in results if isinstance(r.error, StoreUnavailable)), None)
+        if problem is None:
+            try:
+                await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
+            except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
+                problem = exc
+        if problem is not None:
+            self._database_problem = _one_line(problem)
             self._database_state(False, self._database_problem)
             return False
         self._database_state(True)
@@ -274,7 +281,7 @@ class Agent:
         if results is None:
             return [], True
         self._cycle_seconds = time.monotonic() - started
-        healthy = await self._database_usable()
+        healthy = await self._database_usable(results)
         self.notifier.status(_status_line(results, healthy))
         return results, healthy
 

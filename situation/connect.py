@@ -27,6 +27,11 @@ from situation.tls import HostNameMismatch, LibpqSSLContext, ReloadingContext, b
 log = structlog.get_logger("situation.connect")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# The agent's units are short transactions that never wait on anything but the database.
+# A session idle inside one for this long lost its agent (killed, or cut off by the
+# network): the server ends it, so its row locks do not stall every later unit on the
+# same rows until the server's TCP keepalive notices, hours later by default.
+IDLE_IN_TRANSACTION_TIMEOUT = "1min"
 
 
 class _ServerHasNoTls(ConnectionError):
@@ -236,11 +241,13 @@ async def create_pool(
     survive the pool's ``RESET ALL`` between uses, unlike a ``SET`` in ``init``.
     So does ``jit = off``: the store's statements take milliseconds, and a batch
     large enough to pass ``jit_above_cost`` would spend longer compiling than running.
+    And so does ``idle_in_transaction_session_timeout`` (see IDLE_IN_TRANSACTION_TIMEOUT).
     Turn ``statement_cache`` off behind a PgBouncer in transaction mode. Each new
     connection re-reads rotated TLS files (see :class:`~situation.tls.ReloadingContext`).
     """
     tls = await asyncio.to_thread(ReloadingContext, params)  # rotated certificates are picked up
-    settings = {"application_name": params.application_name or application_name, "search_path": "situation", "jit": "off"}
+    settings = {"application_name": params.application_name or application_name, "search_path": "situation", "jit": "off",
+                "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT}
     settings.update(server_settings or {})
 
     async def open_connection(*_args, **kwargs):

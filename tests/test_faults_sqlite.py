@@ -21,7 +21,7 @@ from support.fault_agent import NAME_PREFIX
 
 FAULT_AGENT = Path(__file__).with_name("support") / "fault_agent.py"
 AGENT_ID = "fa017fa017fa017fa017fa017fa017fa"
-QUICK = ("--no-module-ping", "--no-module-tcp-scan")  # no discovery: these tests are about the store
+QUICK = ("--no-module-ping", "--no-module-tcp-scan", "--no-module-netstat")  # the store, not discovery
 
 
 def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -76,7 +76,7 @@ def test_kill_9_inside_a_unit_leaves_nothing_of_it_and_the_next_cycle_succeeds(t
     assert integrity(database) == "ok"
     assert unit_rows(database) == 0
     assert count(database, "SELECT count(*) FROM machines") == 1
-    assert count(database, "SELECT count(*) FROM packages") > 0
+    assert count(database, "SELECT count(*) FROM users") > 0
 
 
 @pytest.fixture
@@ -124,10 +124,10 @@ def test_disk_full_is_one_clear_line_and_the_database_stays_sound(test_host, tmp
 
     first = once()
     assert first.returncode == 0, first.stderr
-    packages = count(database, "SELECT count(*) FROM packages")
+    users = count(database, "SELECT count(*) FROM users")
     # The next pass has rows to write again, and the disk has no room for them.
     with sqlite3.connect(database) as db:
-        db.execute("DELETE FROM packages")
+        db.execute("DELETE FROM users")
     with sqlite3.connect(database) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     filler = fill(small_disk)
@@ -144,4 +144,4 @@ def test_disk_full_is_one_clear_line_and_the_database_stays_sound(test_host, tmp
     again = once()
     assert again.returncode == 0, again.stderr
     assert integrity(database) == "ok"
-    assert count(database, "SELECT count(*) FROM packages") == packages
+    assert count(database, "SELECT count(*) FROM users") == users

@@ -3,9 +3,12 @@
 ``fault-unit`` writes one unit (one ``run_in_transaction``) of package rows in
 two batches and stops between them: it writes its first batch, creates the file
 named by ``SITUATION_TEST_UNIT_MARKER``, and waits. A test kills the agent there
-and checks that none of the unit's rows survive. The rest of the cycle is the
-real one, so this runs only inside a test-made network namespace, behind the
-guard (``IsolatedHost.popen``); it checks again itself.
+and checks that none of the unit's rows survive; or breaks the database and
+creates the file named by ``SITUATION_TEST_UNIT_RELEASE``, and the unit goes on
+(later cycles, finding that file, do not stop). ``SITUATION_TEST_UNIT_ROWS``
+sets the rows per batch. The rest of the cycle is the real one, so this runs
+only inside a test-made network namespace, behind the guard
+(``IsolatedHost.popen``); it checks again itself.
 
     fault_agent.py run --once --db DSN ...   (any `situation` command line)
 """
@@ -33,6 +36,8 @@ def _register() -> None:
     from situation.module import module
 
     marker = Path(os.environ["SITUATION_TEST_UNIT_MARKER"])
+    release = Path(os.environ.get("SITUATION_TEST_UNIT_RELEASE", "/nonexistent/never"))
+    rows = int(os.environ.get("SITUATION_TEST_UNIT_ROWS", ROWS))
 
     @module("fault-unit", depends=("host-basic",), timeout=600)
     async def run(ctx) -> None:
@@ -41,12 +46,14 @@ def _register() -> None:
 
         def batch(half: str) -> list[dict]:
             return [{"name": f"{NAME_PREFIX}{half}-{i:06d}", "version": "1", "manager": "fault",
-                     "machine_id": machine} for i in range(ROWS)]
+                     "machine_id": machine} for i in range(rows)]
 
         async def unit() -> None:
             await ctx.upsert("packages", batch("a"), key="name_version_machine_id")
-            await asyncio.to_thread(marker.write_text, "inside the unit\n")
-            await asyncio.sleep(600)
+            if not await asyncio.to_thread(release.exists):
+                await asyncio.to_thread(marker.write_text, "inside the unit\n")
+            while not await asyncio.to_thread(release.exists):
+                await asyncio.sleep(0.05)
             await ctx.upsert("packages", batch("b"), key="name_version_machine_id")
 
         await ctx.run_in_transaction(unit)
