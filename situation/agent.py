@@ -216,6 +216,9 @@ class Agent:
                 if self.config.once or not _is_transient(exc):
                     raise
                 self._database_state(False, str(exc))
+                # Unhealthy while waiting, also to a health record left by an earlier run.
+                self.notifier.status("database unreachable, retrying")
+                await asyncio.to_thread(self._write_health, [], False, delay)
             if await self._sleep(_jittered(delay)):
                 return None
             delay = min(delay * 2, BACKOFF_CAP)

@@ -286,6 +286,30 @@ def test_database_lost_mid_cycle_is_reported_and_the_daemon_recovers(fault, lab,
     assert len(unreachable) == 1  # once per outage, not once per retry
 
 
+def test_database_cut_off_at_start_is_reported_until_it_answers(lab, tmp_path):
+    database = lab.database()
+    state = tmp_path / "state"
+    state.mkdir()
+    # A record of an earlier run, fresh and healthy, must not speak for this one.
+    (state / "health.json").write_text(json.dumps({"next_cycle_before": time.time() + 3600, "database": "up"}))
+    lab.cut()
+    cut, daemon = True, None
+    try:
+        daemon = Daemon(lab, tmp_path, database)
+        daemon.wait_for_status(unhealthy, 60)
+        assert daemon.health("down").returncode != 0
+        lab.heal()
+        cut = False
+        daemon.wait_for_event("database reachable again", 60)
+        daemon.wait_for_event("cycle finished", 60)
+        assert daemon.health("up").returncode == 0
+    finally:
+        if cut:
+            lab.heal()
+        if daemon is not None:
+            daemon.stop()
+
+
 def serials(lab: Lab, database: str) -> set[int]:
     """The serial numbers of the client certificates of the agent's open sessions."""
     text = lab.sql(database, f"SELECT s.client_serial FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
