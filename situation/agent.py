@@ -38,7 +38,7 @@ from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
 from situation.store import Store, is_postgres_dsn, open_store
 from situation.store_postgres import StoreUnavailable
-from situation.store_sqlite import busy_message, is_busy
+from situation.store_sqlite import FREE_SPACE, busy_message, is_busy
 
 log = structlog.get_logger("situation.agent")
 
@@ -54,7 +54,7 @@ _DATABASE_HINTS = (
     ("malformed", "; the file is damaged: restore it from a backup, or point --db at a new file"),
     ("not a database", "; the file is damaged: restore it from a backup, or point --db at a new file"),
     ("permission denied", "; have the owner run `situation grant` for this role"),
-    ("disk is full", "; free space on the file system that holds the database file, then run again"),
+    ("disk is full", f"; {FREE_SPACE}"),
 )
 DEFAULT_SQLITE_NAME = "situation.sqlite"
 

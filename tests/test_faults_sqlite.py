@@ -114,13 +114,21 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+def assert_says_the_disk_is_full(result: subprocess.CompletedProcess) -> None:
+    """Exit 1 and a last line that says what happened and what to do, with no traceback."""
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stderr
+    assert last.startswith("situation: error:") and "database or disk is full" in last, result.stderr
+    assert "free space on the file system that holds the database file" in last
+    assert "Traceback" not in result.stderr
+
+
 def test_disk_full_is_one_clear_line_and_the_database_stays_sound(test_host, tmp_path, small_disk):
     database = small_disk / "inventory.sqlite"
     env = agent_env(tmp_path)
 
-    def once() -> subprocess.CompletedProcess:
-        return test_host.run(sys.executable, "-m", "situation", "run", "--once", *QUICK, "--db", str(database),
-                             env=env)
+    def once(path: Path = database) -> subprocess.CompletedProcess:
+        return test_host.run(sys.executable, "-m", "situation", "run", "--once", *QUICK, "--db", str(path), env=env)
 
     first = once()
     assert first.returncode == 0, first.stderr
@@ -132,13 +140,10 @@ def test_disk_full_is_one_clear_line_and_the_database_stays_sound(test_host, tmp
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     filler = fill(small_disk)
 
-    full = once()
-    assert full.returncode != 0
-    lines = full.stderr.strip().splitlines()
-    assert lines[-1].startswith("situation: error:") and "database or disk is full" in lines[-1], full.stderr
-    assert "free space on the file system that holds the database file" in lines[-1]
-    assert "Traceback" not in full.stderr
+    assert_says_the_disk_is_full(once())
     assert integrity(database) == "ok"
+    # A new database on the full disk: the same advice, before any module runs.
+    assert_says_the_disk_is_full(once(small_disk / "new.sqlite"))
 
     filler.unlink()
     again = once()
