@@ -32,6 +32,7 @@ from situation.discovery import Discovery
 from situation.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
+from situation.identity import HEALTH_FILE
 from situation.logs import escape_controls
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
@@ -45,7 +46,6 @@ log = structlog.get_logger("situation.agent")
 DEFAULT_INTERVAL = 15 * 60.0
 SHUTDOWN_GRACE = 5.0
 BACKOFF_START, BACKOFF_CAP = 1.0, 60.0
-HEALTH_FILE = "health.json"
 # What a driver raises when the database refuses or fails a statement.
 DATABASE_ERRORS = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectError, StoreUnavailable)
 # Known driver messages -> how to fix them.

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from support.cluster import Cluster, clean_environ
-from support.fault_agent import NAME_PREFIX
+from support.fault_agent import NAME_PREFIX, kill_inside_the_unit
 from support.netns import IsolatedHost, netns_available
 from support.notify_socket import NotifySocket
 
@@ -219,19 +219,15 @@ def test_kill_9_inside_a_unit_leaves_nothing_of_it_and_the_next_cycle_succeeds(l
     marker = tmp_path / "inside-the-unit"
     env = clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"),
                         SITUATION_TEST_UNIT_MARKER=str(marker), SITUATION_TEST_UNIT_ROWS=str(UNIT_ROWS))
-    process = lab.host.popen(sys.executable, str(FAULT_AGENT), "run", "--once", *QUICK, "--db", lab.dsn(database),
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: marker.exists() or process.poll() is not None, 60, "the unit's first half")
-        assert process.poll() is None, process.stderr.read()
-        # The first half is on the server, in a transaction still open.
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        process = lab.host.popen(sys.executable, str(FAULT_AGENT), "run", "--once", *QUICK, "--db", lab.dsn(database),
+                                 env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def inside() -> None:  # the first half is on the server, in a transaction still open
         assert "idle in transaction" in agent_sessions(lab, database)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+    kill_inside_the_unit(process, marker, inside, log)
     wait_until(lambda: agent_sessions(lab, database) == "", 30, "the server to end the killed agent's sessions")
     assert unit_rows(lab, database) == 0
 

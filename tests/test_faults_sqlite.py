@@ -7,17 +7,15 @@ namespace (support/netns.py), behind the guard that refuses the machine's own.
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 from support.cluster import clean_environ
-from support.fault_agent import NAME_PREFIX
+from support.fault_agent import NAME_PREFIX, kill_inside_the_unit
 
 FAULT_AGENT = Path(__file__).with_name("support") / "fault_agent.py"
 AGENT_ID = "fa017fa017fa017fa017fa017fa017fa"
@@ -27,14 +25,6 @@ QUICK = ("--no-module-ping", "--no-module-tcp-scan", "--no-module-netstat")  # t
 def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"),
                          SITUATION_AGENT_ID=AGENT_ID, **extra)
-
-
-def wait_for_file(path: Path, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the agent ended ({process.returncode}) before reaching the unit"
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def integrity(database: Path) -> str:
@@ -55,18 +45,15 @@ def test_kill_9_inside_a_unit_leaves_nothing_of_it_and_the_next_cycle_succeeds(t
     database = tmp_path / "inventory.sqlite"
     marker = tmp_path / "inside-the-unit"
     env = agent_env(tmp_path, SITUATION_TEST_UNIT_MARKER=str(marker))
-    process = test_host.popen(sys.executable, str(FAULT_AGENT), "run", "--once", *QUICK, "--db", str(database),
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_file(marker, process, 60)
-        # The first half of the unit went to the database file: the open transaction spilled into the WAL.
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        process = test_host.popen(sys.executable, str(FAULT_AGENT), "run", "--once", *QUICK, "--db", str(database),
+                                  env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def inside() -> None:  # the first half went to the database file: the open transaction spilled into the WAL
         assert Path(f"{database}-wal").stat().st_size > 1_000_000
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+    kill_inside_the_unit(process, marker, inside, log)
     assert integrity(database) == "ok"
     assert unit_rows(database) == 0
 

@@ -17,11 +17,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROWS = 20_000  # enough for SQLite to spill the open transaction into its WAL file
 NAME_PREFIX = "fault-unit-"
+
+
+def kill_inside_the_unit(process: subprocess.Popen, marker: Path, inside: Callable[[], None], log: Path,
+                         timeout: float = 60) -> None:
+    """For the tests: wait until the fault agent ``process`` (logging to ``log``) is inside its
+    unit, run the ``inside`` checks there, and SIGKILL it; it is killed whatever happens."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not marker.exists():
+            assert process.poll() is None, f"the agent ended ({process.returncode}):\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"the agent never reached the unit:\n{log.read_text()[-4000:]}"
+            time.sleep(0.05)
+        inside()
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _refuse_home_namespace() -> None:
