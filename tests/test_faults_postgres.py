@@ -1,5 +1,6 @@
-"""Faults under PostgreSQL: an agent killed inside a unit, the server restarted, the
-network to it cut, and its certificates rotated, all while the agent runs.
+"""Faults under PostgreSQL: an agent killed inside a unit; the server restarted, the
+network to it cut and its certificates rotated while the agent runs; the network cut
+when the agent starts.
 
 The agent runs whole cycles, so it runs inside a test-made network namespace
 (support/netns.py), behind the guard that refuses the machine's own. The server
@@ -34,9 +35,9 @@ ROLE = "faultagent"
 QUICK = ("--no-module-ping", "--no-module-tcp-scan", "--no-module-netstat")  # the store, not discovery
 UNIT_ROWS = 200
 # Short network timeouts, as docs/security.md advises for agents but shorter: a dead path is noticed
-# in seconds, and the server ends the session a cut left inside a transaction after 3 s, not 1 min.
+# in seconds, and the server ends the session a cut left inside a transaction after 5 s, not 1 min.
 TIMEOUTS = ("connect_timeout=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1000 "
-            "options='-c idle_in_transaction_session_timeout=3s'")
+            "options='-c idle_in_transaction_session_timeout=5s'")
 
 
 class PeerCluster(Cluster):
@@ -132,7 +133,8 @@ class Daemon:
     def __init__(self, lab: Lab, tmp_path: Path, database: str, *, program: tuple[str, ...] = ("-m", "situation"),
                  **env: str):
         self.lab, self.tmp_path = lab, tmp_path
-        self.notify = NotifySocket(Path(tempfile.mkdtemp(dir="/tmp")))
+        self.notify_dir = Path(tempfile.mkdtemp(dir="/tmp"))  # short: a socket path has ~107 bytes
+        self.notify = NotifySocket(self.notify_dir)
         self.env = clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"),
                                  NOTIFY_SOCKET=str(self.notify.path), **env)
         self.log_path = tmp_path / "agent.log"
@@ -196,6 +198,7 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         self.notify.close()
+        shutil.rmtree(self.notify_dir, ignore_errors=True)
 
 
 def agent_sessions(lab: Lab, database: str) -> str:

@@ -1,4 +1,4 @@
-"""`situation` with one more module, ``fault-unit``, for the kill -9 tests.
+"""`situation` with one more module, ``fault-unit``, for the fault tests (test_faults_*.py).
 
 ``fault-unit`` writes one unit (one ``run_in_transaction``) of package rows in
 two batches and stops between them: it writes its first batch, creates the file
