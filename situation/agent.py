@@ -32,20 +32,20 @@ from situation.discovery import Discovery
 from situation.connection.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
+from situation.identity import HEALTH_FILE
 from situation.logs import escape_controls
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
 from situation.store import Store, is_postgres_dsn, open_store
 from situation.store.postgres import StoreUnavailable
-from situation.store.sqlite import busy_message, is_busy
+from situation.store.sqlite import FREE_SPACE, busy_message, is_busy
 
 log = structlog.get_logger("situation.agent")
 
 DEFAULT_INTERVAL = 15 * 60.0
 SHUTDOWN_GRACE = 5.0
 BACKOFF_START, BACKOFF_CAP = 1.0, 60.0
-HEALTH_FILE = "health.json"
 # What a driver raises when the database refuses or fails a statement.
 DATABASE_ERRORS = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectError, StoreUnavailable)
 # Known driver messages -> how to fix them.
@@ -54,6 +54,7 @@ _DATABASE_HINTS = (
     ("malformed", "; the file is damaged: restore it from a backup, or point --db at a new file"),
     ("not a database", "; the file is damaged: restore it from a backup, or point --db at a new file"),
     ("permission denied", "; have the owner run `situation grant` for this role"),
+    ("disk is full", f"; {FREE_SPACE}"),
 )
 DEFAULT_SQLITE_NAME = "situation.sqlite"
 
@@ -215,6 +216,9 @@ class Agent:
                 if self.config.once or not _is_transient(exc):
                     raise
                 self._database_state(False, str(exc))
+                # Unhealthy while waiting, also to a health record left by an earlier run.
+                self.notifier.status("database unreachable, retrying")
+                await asyncio.to_thread(self._write_health, [], False, delay)
             if await self._sleep(_jittered(delay)):
                 return None
             delay = min(delay * 2, BACKOFF_CAP)
@@ -246,11 +250,18 @@ class Agent:
             log.error("database unreachable, retrying with backoff", reason=reason)
         self._database_up = up
 
-    async def _database_usable(self) -> bool:
-        try:
-            await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
-        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
-            self._database_problem = _one_line(exc)
+    async def _database_usable(self, results: list[ModuleResult]) -> bool:
+        """Whether the database took this cycle's writes: no module lost it after its retries, and it answers now."""
+        # A module that gave up on the database already waited through the store's retries:
+        # pinging it again would only delay the report.
+        problem = next((r.error for r in results if isinstance(r.error, StoreUnavailable)), None)
+        if problem is None:
+            try:
+                await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
+            except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
+                problem = exc
+        if problem is not None:
+            self._database_problem = _one_line(problem)
             self._database_state(False, self._database_problem)
             return False
         self._database_state(True)
@@ -273,7 +284,7 @@ class Agent:
         if results is None:
             return [], True
         self._cycle_seconds = time.monotonic() - started
-        healthy = await self._database_usable()
+        healthy = await self._database_usable(results)
         self.notifier.status(_status_line(results, healthy))
         return results, healthy
 

@@ -494,8 +494,7 @@ def refresh_id(hex_id: str | None, state_dir: Path | None) -> None:
 @state_dir_option
 def health(state_dir: Path | None) -> None:
     """Exit 0 when the running daemon finished a cycle recently and its database was up."""
-    from situation.agent import HEALTH_FILE
-    from situation.identity import default_state_dir
+    from situation.identity import HEALTH_FILE, default_state_dir  # not the agent: a health check starts fast
 
     path = (state_dir or default_state_dir()) / HEALTH_FILE
     try:

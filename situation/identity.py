@@ -29,6 +29,7 @@ from situation.errors import ConfigError
 
 AGENT_ID_BYTES = 16
 AGENT_ID_FILE = "agent-id"
+HEALTH_FILE = "health.json"  # written by the daemon after each cycle, read by `situation health`
 STATE_DIR_ENV = "SITUATION_STATE_DIR"
 AGENT_ID_ENV = "SITUATION_AGENT_ID"
 ROOT_STATE_DIR = Path("/var/lib/situation")

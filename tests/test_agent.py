@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from support.cluster import Cluster, clean_environ
+from support.notify_socket import NotifySocket
 
 from situation.connection import migrations
 
@@ -160,26 +161,6 @@ def test_twenty_agents_writing_the_same_rows_at_once(test_host, tls_cluster, fre
         "WHERE mac IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1) d", dbname=name,
     )
     assert duplicates == "0"
-
-
-class NotifySocket:
-    def __init__(self, directory: Path):
-        self.path = directory / "notify.sock"
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.bind(str(self.path))
-        self.socket.settimeout(0.5)
-        self.messages: list[str] = []
-
-    def wait_for(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in m for m in self.messages):
-                return True
-            try:
-                self.messages.append(self.socket.recv(4096).decode())
-            except TimeoutError:
-                pass
-        return any(text in m for m in self.messages)
 
 
 def _wait_for_log(process_log: Path, event: str, timeout: float, after: int = 0) -> int:

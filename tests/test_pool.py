@@ -28,9 +28,11 @@ async def test_pool_settings(role, tls_cluster, certs):
         async with pool.acquire() as connection:
             row = await connection.fetchrow(
                 "SELECT current_setting('application_name') AS app, current_setting('search_path') AS path, "
-                "current_setting('jit') AS jit, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS ssl"
+                "current_setting('jit') AS jit, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS ssl, "
+                "current_setting('idle_in_transaction_session_timeout') AS idle"
             )
             assert (row["app"], row["path"], row["jit"], row["ssl"]) == ("situation", "situation", "off", True)
+            assert row["idle"] == "1min"  # the server ends a session its agent left inside a transaction
             await connection.execute("SET search_path = public")
         async with pool.acquire() as connection:  # RESET ALL on release restores the startup value
             assert await connection.fetchval("SELECT current_setting('search_path')") == "situation"

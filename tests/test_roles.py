@@ -80,6 +80,7 @@ async def test_agent_dml_succeeds(agent):
     )
     assert await agent.fetchval("SELECT hostname FROM machines WHERE id = $1", machine) == "h2"  # search_path works
     assert await agent.fetchval("SHOW jit") == "off"  # set on the role by grant
+    assert await agent.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
     await agent.execute("DELETE FROM situation.cpus WHERE machine_id = $1", machine)
     assert await migrations.verify_agent_schema(agent) == migrations.latest_version()
 

@@ -22,11 +22,16 @@ import structlog
 from situation.connection.dialer import DialingLoop
 from situation.connection.dsn import ConnectParams, Endpoint, password_for
 from situation.errors import ConnectError
-from situation.connection.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context, ssl_context_for
+from situation.connection.tls import HostNameMismatch, LibpqSSLContext, ReloadingContext, build_ssl_context
 
 log = structlog.get_logger("situation.connect")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# The agent's units are short transactions that never wait on anything but the database.
+# A session idle inside one for this long lost its agent (killed, or cut off by the
+# network): the server ends it, so its row locks do not stall every later unit on the
+# same rows until the server's TCP keepalive notices, hours later by default.
+IDLE_IN_TRANSACTION_TIMEOUT = "1min"
 
 
 class _ServerHasNoTls(ConnectionError):
@@ -236,17 +241,20 @@ async def create_pool(
     survive the pool's ``RESET ALL`` between uses, unlike a ``SET`` in ``init``.
     So does ``jit = off``: the store's statements take milliseconds, and a batch
     large enough to pass ``jit_above_cost`` would spend longer compiling than running.
-    Turn ``statement_cache`` off behind a PgBouncer in transaction mode.
+    And so does ``idle_in_transaction_session_timeout`` (see IDLE_IN_TRANSACTION_TIMEOUT).
+    Turn ``statement_cache`` off behind a PgBouncer in transaction mode. Each new
+    connection re-reads rotated TLS files (see :class:`~situation.connection.tls.ReloadingContext`).
     """
-    tls = await asyncio.to_thread(ssl_context_for, params)
-    settings = {"application_name": params.application_name or application_name, "search_path": "situation", "jit": "off"}
+    tls = await asyncio.to_thread(ReloadingContext, params)  # rotated certificates are picked up
+    settings = {"application_name": params.application_name or application_name, "search_path": "situation", "jit": "off",
+                "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT}
     settings.update(server_settings or {})
 
     async def open_connection(*_args, **kwargs):
         kwargs.pop("loop", None)
         return await connect(
             params,
-            tls=tls,
+            tls=await asyncio.to_thread(tls.current),
             server_settings=settings,
             statement_cache_size=100 if statement_cache else 0,
             **kwargs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from situation.connection.connect import IDLE_IN_TRANSACTION_TIMEOUT
 from situation.errors import ConfigError, MigrationError
 from situation.connection.migrations import apply_roles, schema_access, schema_version
 
@@ -45,9 +46,12 @@ async def grant(connection: asyncpg.Connection, role: str, *, reader: bool = Fal
             if reader:
                 await connection.execute(f"ALTER ROLE {quote_ident(role)} SET default_transaction_read_only = on")
             else:
-                # As the agent's pool asks at start-up, for when a PgBouncer drops that parameter:
-                # its statements take milliseconds, less than JIT compiling them would.
+                # As the agent's pool asks at start-up, for when a PgBouncer drops those parameters:
+                # its statements take milliseconds, less than JIT compiling them would, and its
+                # transactions are short (see connect.IDLE_IN_TRANSACTION_TIMEOUT).
                 await connection.execute(f"ALTER ROLE {quote_ident(role)} SET jit = off")
+                await connection.execute(f"ALTER ROLE {quote_ident(role)} SET idle_in_transaction_session_timeout "
+                                         f"= '{IDLE_IN_TRANSACTION_TIMEOUT}'")
     except asyncpg.InsufficientPrivilegeError as exc:
         raise MigrationError(
             f"the connected role may not change role {role} ({exc}); run `situation grant` as a superuser, "

@@ -12,13 +12,18 @@ password leaves the client.
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from situation.connection.dsn import ConnectParams
 from situation.errors import DsnError
+
+log = structlog.get_logger("situation.tls")
 
 _TLS_VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
@@ -125,6 +130,65 @@ def build_ssl_context(params: ConnectParams) -> LibpqSSLContext | None:
     client = _load_client_certificate(context, params)
     context.policy = TlsPolicy(verify=verify, root=root, crl=crl, client=client)
     return context
+
+
+class ReloadingContext:
+    """The context for ``params``, rebuilt when a file it is made from changes.
+
+    Certificates are rotated under a running daemon: :meth:`current` is called for
+    every new connection, stats the root, CRL, certificate and key files (a few
+    ``stat`` calls, no read), and builds a new context when one of them changed, so
+    new connections use the new files while open ones keep their session. A rotation
+    caught half-done (a new certificate beside the old key) keeps the previous
+    context, with one warning, until the files agree again.
+    """
+
+    def __init__(self, params: ConnectParams):
+        self._params = params
+        self._stamp = _files_stamp(params)
+        self._context = ssl_context_for(params)  # a bad file is the caller's error at start
+        self._warned = False
+
+    def current(self) -> LibpqSSLContext | None:
+        if self._context is None:  # sslmode=disable, or Unix sockets only: no TLS, whatever the files
+            return None
+        stamp = _files_stamp(self._params)
+        if stamp == self._stamp:
+            return self._context
+        try:
+            context = ssl_context_for(self._params)
+        except DsnError as exc:
+            if not self._warned:
+                log.warning("TLS files changed but cannot be loaded; new connections keep the previous ones",
+                            error=str(exc))
+                self._warned = True
+            return self._context
+        log.info("TLS files changed; new connections use them")
+        self._context, self._stamp, self._warned = context, stamp, False
+        return context
+
+
+def _files_stamp(params: ConnectParams) -> tuple:
+    """What identifies the current version of every file a context would be built from."""
+    home = _postgresql_dir(params)
+    paths = (
+        params.sslrootcert or home / "root.crt",
+        params.sslcrl or home / "root.crl",
+        params.sslcrldir,
+        params.sslcert or home / "postgresql.crt",
+        params.sslkey or home / "postgresql.key",
+    )
+    return tuple(_file_stamp(path) for path in paths)
+
+
+def _file_stamp(path: str | Path | None) -> tuple | None:
+    if not path or path == "system":
+        return None
+    try:
+        info = os.stat(Path(path).expanduser())
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _postgresql_dir(params: ConnectParams) -> Path:

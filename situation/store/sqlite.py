@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import json
 import re
 import sqlite3
@@ -24,7 +25,7 @@ from typing import Any
 import structlog
 
 from situation.connection.dsn import redact_dsn
-from situation.errors import ConfigError, DatabaseBusy, MigrationError
+from situation.errors import ConfigError, DatabaseBusy, MigrationError, SituationError
 from situation.connection.migrations import Applied, Migration, load_migrations, plan
 from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
 
@@ -81,6 +82,17 @@ def is_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
+FREE_SPACE = "free space on the file system that holds the database file, then run again"
+
+
+def is_full(exc: BaseException) -> bool:
+    """The disk (or the file system's quota) had no room for the write (SQLITE_FULL, ENOSPC)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_FULL
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+
+
 def busy_message(path: str) -> str:
     return (
         f'another process holds the SQLite database "{redact_dsn(path)}" (waited {BUSY_TIMEOUT_MS / 1000:g}s, the busy '
@@ -111,9 +123,10 @@ class SqliteStore:
             executor.shutdown(wait=False)
             reason = getattr(exc, "strerror", None) or exc
             hint = " (a file holding a DSN goes to --db-file)" if "not a database" in str(exc) else ""
-            raise ConfigError(
-                f'cannot open SQLite database "{redact_dsn(path)}" ({reason}); check the path and its permissions{hint}'
-            ) from None
+            message = f'cannot open SQLite database "{redact_dsn(path)}" ({reason}); '
+            if is_full(exc):
+                raise SituationError(message + FREE_SPACE) from None
+            raise ConfigError(message + f"check the path and its permissions{hint}") from None
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -126,10 +139,10 @@ class SqliteStore:
             await store._call(_set_busy_timeout, connection, BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             await store.close()
-            raise ConfigError(
-                f'SQLite database "{redact_dsn(path)}" cannot be used ({exc}); point --db at another file, '
-                "or restore this one from a backup"
-            ) from None
+            message = f'SQLite database "{redact_dsn(path)}" cannot be used ({exc}); '
+            if is_full(exc):  # not bad input: the same command works once there is room
+                raise SituationError(message + FREE_SPACE) from None
+            raise ConfigError(message + "point --db at another file, or restore this one from a backup") from None
         except BaseException:
             await store.close()
             raise

@@ -220,6 +220,16 @@ class Certs:
         self._clients[cache_key] = (crt_path, key_path)
         return crt_path, key_path
 
+    def server_cert(self, signer: str = "other") -> tuple[Path, Path]:
+        """A new server certificate for ``localhost`` signed by ``signer``: ``(crt, key)``, for rotations."""
+        key, cert = _make_leaf(self._authority(signer), SERVER_NAME, usage=ExtendedKeyUsageOID.SERVER_AUTH,
+                               dns_names=[SERVER_NAME])
+        stem = self._unique_stem(f"server.{signer}")
+        crt_path, key_path = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
+        _write_cert(crt_path, cert)
+        _write_key(key_path, key)
+        return crt_path, key_path
+
     def _write_crl(self, signer: str, serials: list[int], stem: str) -> Path:
         issuer = self._authority(signer)
         now = _now()
