@@ -2,8 +2,8 @@
 
 Reads the Docker Engine API (:mod:`situation.net.docker_api`; any engine that
 speaks it, podman's included). agent-behaviour.md §4.10 with the fixes of
-§10.2. Depends on host-network (the host's NICs); the original also depends on
-tcp-scan, which joins the dependencies once that module exists.
+§10.2. Depends on host-network (the host's NICs) and, as in the original (spec
+§3.2), tcp-scan.
 
 What is written, in one transaction, for every **running** container (swarm
 tasks excepted):
@@ -261,7 +261,7 @@ async def load_host_nics(ctx: Context, host_id: int) -> list[HostNic]:
 
 @module(
     "docker",
-    depends=("host-network",),
+    depends=("host-network", "tcp-scan"),
     options=(Option("host", DEFAULT_HOST, "str",
                     "Docker Engine address (unix:///path or tcp://host:port); when left at the default, "
                     "DOCKER_HOST is used if set."),),
