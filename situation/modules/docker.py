@@ -27,14 +27,17 @@ tasks excepted):
   holding the gateway address) to the same tagged subnetwork, with its address.
   host-network's untagged row for the bridge is left alone (the original
   re-tags it, which collides on every later cycle).
-- ``application_endpoints``: each container port on each container NIC
-  (``addr`` ``''``); for a published port, on every host NIC, the first
+- ``application_endpoints``: each container port on each container NIC, at
+  each of the NIC's addresses (``addr`` ``''`` only for a NIC without one;
+  the original always uses ``''``, so tcp-scan's finding of the same port
+  was a second row); for a published port, on every host NIC, the first
   address matching the binding (``0.0.0.0`` any IPv4, ``::`` any IPv6, no
   address — podman — either, else that address), with the public port.
   De-duplicated in memory: a port published on 0.0.0.0 and :: is one
   container endpoint. Key ``(port, protocol, addr, COALESCE(nic, 0))``.
 - ``endpoint_policies``: ``forward`` from each host endpoint to the container
-  endpoint, ``source`` ``docker``; NULL-safe key, one row however often seen.
+  endpoint (at the container's address of the same family, else its first),
+  ``source`` ``docker``; NULL-safe key, one row however often seen.
 
 Containers that are gone (the rule for a container recreated under the same
 name, which gets a new id): a container machine of this host whose id the
@@ -161,7 +164,7 @@ def plan_rows(state: EngineState, host_id: int, nics: Sequence[HostNic], now: fl
             for key, config in tags.items():
                 if any(_inside(ip, config.network) for ip in ips):
                     plan.links.add((nic_key, key))
-            _plan_ports(plan, container, nic_key, nics)
+            _plan_ports(plan, container, nic_key, ips, nics)
     return plan
 
 
@@ -170,16 +173,25 @@ def _inside(ip: str, network) -> bool:
     return address.version == network.version and address in network
 
 
-def _plan_ports(plan: Plan, container: Container, nic_key: ContainerNic, nics: Sequence[HostNic]) -> None:
+def _family(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+def _plan_ports(plan: Plan, container: Container, nic_key: ContainerNic, ips: tuple[str, ...],
+                nics: Sequence[HostNic]) -> None:
+    """Each port at each of the container NIC's addresses ('' when it has none), forwarded from the host's."""
     for binding in container.ports:
-        inner = (binding.private_port, binding.transport, "", nic_key)
-        plan.endpoints.add(inner)
+        inner = {ip: (binding.private_port, binding.transport, ip, nic_key) for ip in ips or ("",)}
+        plan.endpoints.update(inner.values())
         if binding.public_port is None:
             continue
         for ip, nic_id in binding_addresses(binding, nics):
             outer = (binding.public_port, binding.transport, ip, nic_id)
             plan.endpoints.add(outer)
-            plan.policies.add((inner, outer))
+            # To the container's address of the host address's family, else its first.
+            target = next((key for address, key in inner.items() if _family(address) == _family(ip)),
+                          next(iter(inner.values())))
+            plan.policies.add((target, outer))
 
 
 # -- writing ------------------------------------------------------------------------
