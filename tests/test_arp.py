@@ -114,8 +114,8 @@ def test_plan_matches_mac_then_a_macless_address_never_the_host_or_another_mac()
 
 def test_a_known_nic_gets_no_second_row_of_a_cidr_it_is_linked_to():
     # 1: host-network's untagged 172.17.0.0/16 of the bridge; 2: docker's network-tagged copy; 3: another CIDR.
-    subnets = [Subnetwork(1, ipaddress.ip_network("172.17.0.0/16")), Subnetwork(2, ipaddress.ip_network("172.17.0.0/16")),
-               Subnetwork(3, ipaddress.ip_network("fd00::/64"))]
+    subnets = [Subnetwork(i, ipaddress.ip_network(cidr))
+               for i, cidr in ((1, "172.17.0.0/16"), (2, "172.17.0.0/16"), (3, "fd00::/64"))]
     container = StoredNic(20, "02:42:ac:11:00:02", ["172.17.0.2"], 7, {2})  # docker placed it on the tagged copy
     found = [Sighting("02:42:ac:11:00:02", ["172.17.0.2", "fd00::2"], [1, 2, 3]),
              Sighting("02:42:ac:11:00:03", ["172.17.0.3"], [1, 2])]
