@@ -60,6 +60,8 @@ class Lab:
     engine: PodmanEngine
     holder: subprocess.Popen
     container_id: str
+    container_address: str
+    container_mac: str
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,11 @@ def lab(tmp_path_factory):
         resolver.mkdir(parents=True, exist_ok=True)  # reverse lookups stay in the namespace: nothing answers
         (resolver / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         engine.podman("run", "-d", "--name", "web", "-p", "8080:80", IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+        # The host has talked to the container: it is in the neighbour table before the first run, so
+        # arp records its MAC before docker does (docker must adopt that NIC, not add a second).
+        address = engine.podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", "web")
+        subprocess.run(["ip", "netns", "exec", engine.name, sys.executable, "-c",
+                        f"import socket; socket.create_connection(({address!r}, 80), 5).close()"], check=True)
         holder = engine.popen(PYTHON, str(HOLDER), *HOLDER_SPECS, env=clean_environ(),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert holder.stdout.readline().strip() == "ready"
@@ -82,7 +89,8 @@ def lab(tmp_path_factory):
         while established_with_owner(engine) < 2:  # the listener's thread has accepted the connection
             assert time.monotonic() < deadline, "the holder's connection was never accepted"
             time.sleep(0.05)
-        yield Lab(engine, holder, engine.podman("inspect", "--format", "{{.Id}}", "web"))
+        yield Lab(engine, holder, engine.podman("inspect", "--format", "{{.Id}}", "web"), address,
+                  engine.podman("inspect", "--format", "{{.NetworkSettings.MacAddress}}", "web"))
     finally:
         if holder is not None:
             holder.stdin.close()
@@ -216,11 +224,13 @@ def test_the_container_is_a_child_machine_with_its_published_port(lab, recorded)
     forwarded = {(int(a), b, int(c), d, e) for a, b, c, d, e in forwards}
     assert (80, "tcp", 8080, "tcp", "127.0.0.1") in forwarded
     assert {(inner, outer) for inner, _, outer, _, _ in forwarded} == {(80, 8080)}
-    address = lab.engine.podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", "web")
     inside = db.query(f"SELECT e.port, e.protocol, e.addr FROM {p}application_endpoints e "
                       f"JOIN {p}network_interfaces n ON n.id = e.network_interface_id "
                       f"JOIN {p}machines m ON m.id = n.machine_id WHERE m.platform = 'docker'")
-    assert [(int(port), protocol, addr) for port, protocol, addr in inside] == [(80, "tcp", address)]
+    assert [(int(port), protocol, addr) for port, protocol, addr in inside] == [(80, "tcp", lab.container_address)]
+    nics = db.query(f"SELECT m.platform FROM {p}network_interfaces n LEFT JOIN {p}machines m ON m.id = n.machine_id "
+                    f"WHERE n.mac = '{lab.container_mac}'")
+    assert nics == [("docker",)]  # one NIC for the container's MAC: the one arp recorded first, adopted
     # The second run's tcp-scan found that port open: one row for it all the same.
     [scanned] = [line for line in recorded.second_log if line.get("event") == "ports scanned"]
     assert (scanned["addresses"], scanned["open"]) == (1, 1)

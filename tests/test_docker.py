@@ -231,6 +231,31 @@ async def test_a_container_gone_from_the_engine_is_deleted_with_its_rows(backend
     assert not await raw_rows(backend_store, "SELECT id FROM application_endpoints WHERE addr = '172.30.0.2'")
 
 
+async def test_a_neighbour_nic_recorded_first_becomes_the_containers(backend_store, fake_engine):
+    path, _ = fake_engine
+    host_id = await _host_rows(backend_store)
+    # What host-network and then arp leave before docker runs: the bridge on its untagged subnetwork,
+    # and a NIC without a machine for the container's MAC, linked to it.
+    [subnet] = (await backend_store.upsert("subnetworks", [
+        {"network_cidr": "172.30.0.0/16", "network_addr": "172.30.0.0", "mask_size": 16, "ip_version": 4,
+         "gateway": "", "vlan_id": 0, "tag": ""}], key="cidr_tag")).ids
+    [neighbour] = (await backend_store.upsert("network_interfaces", [
+        {"name": None, "mac": "02:42:ac:1e:00:02", "ip": ["172.30.0.2"], "gateway": None, "flags": {"up": True},
+         "tag": "", "machine_id": None}], key="machine_mac_tag")).ids
+    [bridge] = [r["id"] for r in await raw_rows(backend_store, "SELECT id FROM network_interfaces "
+                                                               "WHERE name = 'br-test'")]
+    for nic_id, ip, mac in ((bridge, "172.30.0.1", "02:00:00:00:00:02"), (neighbour, "", "02:42:ac:1e:00:02")):
+        await backend_store.execute("link_interface_subnet", nic_id, subnet, ip, f"{mac}/{subnet}")
+    await _run_docker(backend_store, host_id, path)
+    nics = await raw_rows(backend_store, "SELECT n.id, n.tag, m.host_id FROM network_interfaces n "
+                                         "JOIN machines m ON m.id = n.machine_id WHERE n.mac = '02:42:ac:1e:00:02'")
+    assert [(n["id"], n["tag"], n["host_id"]) for n in nics] == [(neighbour, NET_ID, WEB_ID)]
+    assert len(await raw_rows(backend_store, "SELECT id FROM network_interfaces WHERE mac = '02:42:ac:1e:00:02'")) == 1
+    counts = await backend_store.counts()
+    await _run_docker(backend_store, host_id, path)
+    assert await backend_store.counts() == counts
+
+
 async def test_an_oversized_or_broken_answer_is_an_error_not_a_crash(backend_store, fake_engine):
     path, state = fake_engine
     host_id = await _host_rows(backend_store)

@@ -20,7 +20,11 @@ tasks excepted):
   IPv6 address, the network's gateway, flags ``{"up": true}``), ``tag`` = the
   **network id** (the original uses the endpoint id, which changes at every
   restart and left a new row each time; podman reports none). Key
-  ``(mac, tag, machine_id)``.
+  ``(mac, tag, machine_id)``. A NIC without a machine that ping or arp
+  recorded for the container's MAC, linked to a subnetwork of the host's
+  bridge (they run first: a container that talked to the host is in the
+  neighbour table), is adopted: it becomes the container's NIC rather than
+  staying beside it.
 - ``network_interface_subnets``: each container NIC to the subnetwork(s) its
   addresses are in (``ip`` ``''``, ``mac_subnet`` ``<mac>/<id>``); and the host's
   bridge NIC (named by ``com.docker.network.bridge.name``, else the host NIC
@@ -97,6 +101,7 @@ class Plan:
     nics: dict[ContainerNic, NicPlan] = field(default_factory=dict)
     links: set[tuple[ContainerNic, tuple[str, str]]] = field(default_factory=set)
     bridge_links: set[tuple[int, tuple[str, str], str, str | None]] = field(default_factory=set)  # nic, subnet, ip, mac
+    bridges: dict[str, int] = field(default_factory=dict)  # network id → the host's bridge NIC id
     endpoints: set[EndpointKey] = field(default_factory=set)
     policies: set[tuple[EndpointKey, EndpointKey]] = field(default_factory=set)  # (container side, host side)
 
@@ -150,6 +155,8 @@ def plan_rows(state: EngineState, host_id: int, nics: Sequence[HostNic], now: fl
         tags = {(str(config.network), network.id): config for config in network.configs}
         plan.subnets.update({key: subnet_row(config, network.id) for key, config in tags.items()})
         bridge = bridge_nic(network, nics)
+        if bridge is not None:
+            plan.bridges[network.id] = bridge.id
         for key, config in tags.items():
             if bridge is not None:
                 ip = next((ip for ip in bridge.ips if ip == config.gateway), "")
@@ -209,6 +216,7 @@ async def write_plan(ctx: Context, plan: Plan) -> dict[str, int]:
                                update=("gateway",))
     subnet_ids = dict(zip(subnet_keys, subnets.ids))
     nic_keys = sorted(plan.nics)
+    await adopt_neighbour_nics(ctx, plan, nic_keys, machine_ids)
     nics = await ctx.upsert("network_interfaces", [_nic_row(plan.nics[k], machine_ids) for k in nic_keys],
                             key="machine_mac_tag", update=("ip", "gateway", "flags"))
     nic_ids = dict(zip(nic_keys, nics.ids))
@@ -229,6 +237,21 @@ async def write_plan(ctx: Context, plan: Plan) -> dict[str, int]:
     await ctx.upsert("endpoint_policies", policies, key="endpoint_action_src", update=())
     return {"containers": len(containers), "interfaces": len(nic_keys), "endpoints": len(endpoint_ids),
             "policies": len(policies)}
+
+
+async def adopt_neighbour_nics(ctx: Context, plan: Plan, nic_keys: list[ContainerNic],
+                               machine_ids: Mapping[str, int]) -> None:
+    """A container NIC that ping or arp recorded first (no machine, seen on the host's bridge) becomes docker's.
+
+    arp and ping run before docker; a container that talked to the host is in
+    the neighbour table on the first cycle, and would otherwise keep a second NIC.
+    """
+    for nic_key in nic_keys:
+        nic = plan.nics[nic_key]
+        bridge = plan.bridges.get(nic.network_id)
+        if bridge is not None:
+            ctx.count(await ctx.store.execute("docker_adopt_nic", nic.mac, machine_ids[nic.container_id],
+                                              nic.network_id, bridge, ctx.agent_id))
 
 
 def _nic_row(nic: NicPlan, machine_ids: Mapping[str, int]) -> dict:
