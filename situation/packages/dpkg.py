@@ -9,6 +9,10 @@
   ``<name>.list``: the package's files, one path a line; directory entries
   are dropped (:func:`~situation.packages.drop_directories`) and ``/.`` is left out. The file's
   mtime is the install time: dpkg rewrites it when it unpacks that version.
+  The copies of one (name, version) for several architectures are one
+  package here (files merged, latest mtime). :func:`iter_packages` reads the
+  lists one package at a time, and :func:`files_of` reads some again, so
+  that a caller need not hold every path at once.
 - ``/var/log/dpkg.log*`` (``.gz`` rotations included) only for packages
   without a ``.list``: the time of the last ``install``/``upgrade`` event of the
   installed version. The log is in local time without a zone; it is read in
