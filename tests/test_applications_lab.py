@@ -9,7 +9,8 @@ CLI, as a subprocess in the namespace, ``--docker-host`` at podman's socket)
 must record the processes, the listeners (UDP too), both ends of the
 connection as flows, dpkg's packages with the process linked to the package
 owning its binary, and the container as a child machine with its published
-port; a second run must change no row count. On SQLite and on PostgreSQL
+port (one NIC for it, although arp saw it first: the host talked to it before
+the first run); a second run must change no row count. On SQLite and on PostgreSQL
 (over its Unix socket). The lab is set up once for the file, and each backend's
 two runs once for the tests that read them.
 """
@@ -80,8 +81,9 @@ def lab(tmp_path_factory):
         # The host has talked to the container: it is in the neighbour table before the first run, so
         # arp records its MAC before docker does (docker must adopt that NIC, not add a second).
         address = engine.podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", "web")
-        subprocess.run(["ip", "netns", "exec", engine.name, sys.executable, "-c",
-                        f"import socket; socket.create_connection(({address!r}, 80), 5).close()"], check=True)
+        touched = engine.run(sys.executable, "-c", f"import socket; socket.create_connection(({address!r}, 80), 5)",
+                             env=clean_environ())
+        assert touched.returncode == 0, touched.stderr
         holder = engine.popen(PYTHON, str(HOLDER), *HOLDER_SPECS, env=clean_environ(),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert holder.stdout.readline().strip() == "ready"
@@ -113,8 +115,8 @@ def run_once(lab: Lab, db, home: Path) -> list[dict]:
     for key in [k for k in env if k.startswith("DOCKER_")]:
         del env[key]
     # Lean on time only: snmp would spend ~13 s of timeouts on the container (no SNMP agent), the one
-    # module left out; a short ping wait, and tcp-scan probes the container's port alone (from the second
-    # run on it reaches the container: the port must land on docker's row, not a second one).
+    # module left out; a short ping wait, and tcp-scan probes the container's port alone (it reaches the
+    # container, a neighbour: the open port must land on docker's row, not a second one).
     result = lab.engine.run(sys.executable, "-m", "situation", "run", "--once", "--db", db.dsn,
                             "--docker-host", lab.engine.host_url, "--no-module-snmp", "--ping-timeout", "200ms",
                             "--tcp-scan-ports", "80", env=env, timeout=180)
