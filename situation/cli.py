@@ -288,8 +288,10 @@ class LazyOptionsCommand(click.Command):
 def run(dsn: str | None = None, **values) -> None:
     """Run the agent (the default command): a cycle every --interval, or one with --once."""
     from situation.agent import Agent
+    from situation.allocator import tune_allocator
 
     config = agent_config(dsn, values)
+    tune_allocator()  # large freed blocks go back to the system (glibc): lower peak RSS per cycle
     status = run_async(Agent(config).run())
     sys.exit(status)
 

@@ -112,6 +112,17 @@ def test_plan_matches_mac_then_a_macless_address_never_the_host_or_another_mac()
     assert (again[0].nic.id, again[0].links, again[0].rewrite) == (11, [], False)
 
 
+def test_a_known_nic_gets_no_second_row_of_a_cidr_it_is_linked_to():
+    # 1: host-network's untagged 172.17.0.0/16 of the bridge; 2: docker's network-tagged copy; 3: another CIDR.
+    subnets = [Subnetwork(i, ipaddress.ip_network(cidr))
+               for i, cidr in ((1, "172.17.0.0/16"), (2, "172.17.0.0/16"), (3, "fd00::/64"))]
+    container = StoredNic(20, "02:42:ac:11:00:02", ["172.17.0.2"], 7, {2})  # docker placed it on the tagged copy
+    found = [Sighting("02:42:ac:11:00:02", ["172.17.0.2", "fd00::2"], [1, 2, 3]),
+             Sighting("02:42:ac:11:00:03", ["172.17.0.3"], [1, 2])]
+    changes = plan_changes(found, [container], 1, subnets)
+    assert [(c.nic.id if c.nic else None, c.links) for c in changes] == [(20, [3]), (None, [1, 2])]
+
+
 # -- in an isolated host --------------------------------------------------------------------
 
 

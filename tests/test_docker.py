@@ -194,9 +194,9 @@ async def test_hostile_engine_answers_are_bounded_validated_and_deduplicated(bac
     assert (web["parent_machine_id"], web["chassis"]) == (host_id, "container") and web["uptime"] > 0
     endpoints = await raw_rows(backend_store, "SELECT port, protocol, addr FROM application_endpoints")
     assert sorted((e["port"], e["protocol"], e["addr"]) for e in endpoints) == [
-        (80, "tcp", ""),  # 0.0.0.0 and :: and a repeat: one container endpoint
+        (80, "tcp", "172.30.0.2"),  # 0.0.0.0 and :: and a repeat: one container endpoint, at its address
         (8080, "tcp", "10.0.0.2"), (8080, "tcp", "172.30.0.1"), (8080, "tcp", "2001:db8::2"),
-        (9000, "udp", ""),
+        (9000, "udp", "172.30.0.2"),
     ]
     policies = await raw_rows(backend_store, "SELECT action, source, src_addr FROM endpoint_policies")
     assert len(policies) == 3 and {(p["action"], p["source"], p["src_addr"]) for p in policies} == {
@@ -228,7 +228,32 @@ async def test_a_container_gone_from_the_engine_is_deleted_with_its_rows(backend
     links = await raw_rows(backend_store, "SELECT mac_subnet FROM network_interface_subnets")
     assert [link["mac_subnet"] for link in links] == [f"02:00:00:00:00:02/{after['subnetworks']}"]  # the bridge's
     assert not await raw_rows(backend_store, "SELECT id FROM machines WHERE platform = 'docker'")
-    assert not await raw_rows(backend_store, "SELECT id FROM application_endpoints WHERE addr = ''")
+    assert not await raw_rows(backend_store, "SELECT id FROM application_endpoints WHERE addr = '172.30.0.2'")
+
+
+async def test_a_neighbour_nic_recorded_first_becomes_the_containers(backend_store, fake_engine):
+    path, _ = fake_engine
+    host_id = await _host_rows(backend_store)
+    # What host-network and then arp leave before docker runs: the bridge on its untagged subnetwork,
+    # and a NIC without a machine for the container's MAC, linked to it.
+    [subnet] = (await backend_store.upsert("subnetworks", [
+        {"network_cidr": "172.30.0.0/16", "network_addr": "172.30.0.0", "mask_size": 16, "ip_version": 4,
+         "gateway": "", "vlan_id": 0, "tag": ""}], key="cidr_tag")).ids
+    [neighbour] = (await backend_store.upsert("network_interfaces", [
+        {"name": None, "mac": "02:42:ac:1e:00:02", "ip": ["172.30.0.2"], "gateway": None, "flags": {"up": True},
+         "tag": "", "machine_id": None}], key="machine_mac_tag")).ids
+    [bridge] = [r["id"] for r in await raw_rows(backend_store, "SELECT id FROM network_interfaces "
+                                                               "WHERE name = 'br-test'")]
+    for nic_id, ip, mac in ((bridge, "172.30.0.1", "02:00:00:00:00:02"), (neighbour, "", "02:42:ac:1e:00:02")):
+        await backend_store.execute("link_interface_subnet", nic_id, subnet, ip, f"{mac}/{subnet}")
+    await _run_docker(backend_store, host_id, path)
+    nics = await raw_rows(backend_store, "SELECT n.id, n.tag, m.host_id FROM network_interfaces n "
+                                         "JOIN machines m ON m.id = n.machine_id WHERE n.mac = '02:42:ac:1e:00:02'")
+    assert [(n["id"], n["tag"], n["host_id"]) for n in nics] == [(neighbour, NET_ID, WEB_ID)]
+    assert len(await raw_rows(backend_store, "SELECT id FROM network_interfaces WHERE mac = '02:42:ac:1e:00:02'")) == 1
+    counts = await backend_store.counts()
+    await _run_docker(backend_store, host_id, path)
+    assert await backend_store.counts() == counts
 
 
 async def test_an_oversized_or_broken_answer_is_an_error_not_a_crash(backend_store, fake_engine):
@@ -324,9 +349,10 @@ def test_containers_of_a_podman_engine(podman_engine, database, tmp_path):
         f"SELECT i.port, i.protocol, i.addr, o.port, o.protocol, o.addr FROM {p}endpoint_policies f "
         f"JOIN {p}application_endpoints i ON i.id = f.endpoint_id "
         f"JOIN {p}application_endpoints o ON o.id = f.src_endpoint_id WHERE f.action = 'forward'")
-    forwards = {(int(a), b, c or "", int(d), e, f) for a, b, c, d, e, f in policies}  # psql prints "" as nothing
-    assert (80, "tcp", "", 8080, "tcp", "127.0.0.1") in forwards
-    assert (53, "udp", "", 8053, "udp", "127.0.0.1") in forwards
+    forwards = {(int(a), b, c, int(d), e, f) for a, b, c, d, e, f in policies}
+    web = engine.podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", "web")  # the container's side
+    assert (80, "tcp", web, 8080, "tcp", "127.0.0.1") in forwards
+    assert (53, "udp", web, 8053, "udp", "127.0.0.1") in forwards
     assert {(inner, outer_port) for inner, _, _, outer_port, _, _ in forwards} == {(80, 8080), (53, 8053)}
 
     # A second cycle changes no row count.

@@ -148,6 +148,19 @@ def test_install_time_from_list_mtime_else_from_the_log(tmp_path):
     assert found["leaving"].install_time_unix == 0  # neither a .list nor a parsable event
 
 
+def test_multi_arch_copies_are_one_package_read_again_the_same(tmp_path):
+    both = STATUS + "\nPackage: multi\nStatus: install ok installed\nArchitecture: amd64\nMulti-Arch: same\nVersion: 5.0\r\n"
+    root = make_root(tmp_path, both, {"multi:i386": ["/usr/lib/i386/m.so", "/usr/share/doc/multi/c"],
+                                      "multi:amd64": ["/usr/lib/amd64/m.so", "/usr/share/doc/multi/c"]},
+                     mtimes={"multi:i386": 1_600_000_000, "multi:amd64": 1_700_000_000})
+    database = dpkg_reader.open_database(HostRoot.under(root))
+    [multi] = [p for p in dpkg_reader.iter_packages(HostRoot.under(root), database) if p.name == "multi"]
+    assert multi.files == ("/usr/lib/i386/m.so", "/usr/share/doc/multi/c", "/usr/lib/amd64/m.so")
+    assert multi.install_time_unix == 1_700_000_000
+    assert dpkg_reader.files_of(database, [multi.key, ("absent", "1")]) == {multi.key: multi.files,
+                                                                           ("absent", "1"): ()}
+
+
 def test_gzip_rotations_of_the_log_are_read(tmp_path):
     import gzip
 

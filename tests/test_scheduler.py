@@ -68,6 +68,26 @@ def test_disabled_dependency_disables_dependents():
     assert set(plan(modules, {"a"}, ignore_missing_deps=True)) == {"b", "c", "d"}
 
 
+# Spec §3.2's dependency table: every built-in module depends at least on these (ours may add one).
+SPEC_DEPENDENCIES = {
+    "host-basic": {"fingerprint"}, "host-network": {"host-basic"}, "ping": {"host-network"}, "arp": {"ping"},
+    "tcp-scan": {"arp"}, "docker": {"host-network", "tcp-scan"}, "netstat": {"local-users", "tcp-scan"},
+    "dpkg": {"host-basic", "netstat"}, "rpm": {"host-basic", "netstat"}, "zypper": {"host-basic", "netstat"},
+    "standard-protocol": {"netstat"}, "tls": {"tcp-scan", "netstat"}, "ja4": {"tls"}, "saas": {"tls", "ja4"},
+}
+
+
+def test_builtin_modules_depend_on_what_the_spec_lists():
+    from situation.module import load_builtin_modules
+
+    builtin = load_builtin_modules()
+    assert {name: SPEC_DEPENDENCIES[name] - set(builtin[name].depends) for name in SPEC_DEPENDENCIES} == {
+        name: set() for name in SPEC_DEPENDENCIES}
+    passive = plan(builtin, {"tcp-scan"})
+    assert not {"netstat", "docker", "dpkg", "standard-protocol", "tls"} & set(passive)
+    assert {"netstat", "docker", "dpkg"} <= set(plan(builtin, {"ping"}, ignore_missing_deps=True))
+
+
 def test_unknown_module_name_is_refused():
     with pytest.raises(ConfigError, match="unknown module"):
         plan(registry(spec("a")), {"nope"})

@@ -211,6 +211,18 @@ def test_json_text_is_cleaned_only_when_it_needs_to_be():
     assert len(json_text(["x" * (MAX_TEXT + 10)])) == MAX_TEXT + 4
 
 
+@pytest.mark.parametrize("odd", [None, 'a"b', "a\\b", "tab\there", "del\x7f", "café", "x" * 5000, 7, ""])
+def test_long_string_lists_take_the_one_piece_path_only_when_nothing_needs_escaping(odd):
+    import json
+
+    from situation.store import _dumps, clean_value, json_text
+
+    paths = [f"/usr/share/doc/p/file-{i}" for i in range(500)]
+    value = paths if odd is None else [*paths[:250], odd, *paths[250:]]
+    assert json_text(value) == _dumps(clean_value(value))  # the same text as the encoder's, cleaned
+    assert json.loads(json_text(tuple(value))) == json.loads(json_text(value))
+
+
 async def test_unchanged_rows_are_found_by_index_probes_whatever_the_table_holds(tls_cluster, fresh_database):
     """Looking up the ids of unchanged rows never reads the whole table: it holds every agent's rows."""
     import json

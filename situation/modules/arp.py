@@ -17,7 +17,10 @@ interfaces see it: the host's subnetworks are taken once each, the table's
 entries once per address (the freshest wins), and all addresses of one MAC
 (its IPv4 and IPv6 ones) go to one NIC, linked to each subnetwork they lie
 in. A NIC holding the address but another MAC is not taken over: the address
-has moved to a new device, which gets its own NIC.
+has moved to a new device, which gets its own NIC. A known NIC is not linked
+to a second subnetwork row of a CIDR it is already linked to (a container NIC
+on docker's network-tagged copy of a bridge network stays off host-network's
+untagged row of the same bridge).
 
 Under ``situation scan`` (``ctx.discovery.only`` set), only neighbours inside
 the targets are recorded. Exclusions do not apply: nothing is sent.
@@ -84,10 +87,19 @@ def sightings(entries: Iterable[Neighbour], subnets: Sequence[Subnetwork]) -> li
     return list(by_mac.values())
 
 
-def plan_changes(found: Sequence[Sighting], stored: Sequence[StoredNic], host_id: int) -> list[Change]:
-    """Match each sighting to a stored NIC on its subnetworks, or plan a new one."""
+def plan_changes(
+    found: Sequence[Sighting], stored: Sequence[StoredNic], host_id: int, subnets: Sequence[Subnetwork] = ()
+) -> list[Change]:
+    """Match each sighting to a stored NIC on its subnetworks, or plan a new one.
+
+    A stored NIC already linked to a subnetwork (of ``subnets``) gets no link to
+    another row of the same CIDR: docker's network-tagged copy of a bridge
+    that host-network also records untagged stands for that network for the
+    containers docker placed on it.
+    """
     changes = []
     neighbours = [nic for nic in stored if nic.machine_id != host_id]
+    cidr_of = {subnet.id: subnet.network for subnet in subnets}
     for sighting in found:
         nearby = [nic for nic in neighbours if nic.subnets & set(sighting.subnets)]
         nic = _same_mac(nearby, sighting) or _same_address(nearby, sighting)
@@ -96,7 +108,8 @@ def plan_changes(found: Sequence[Sighting], stored: Sequence[StoredNic], host_id
             continue
         ips = nic.ip + [ip for ip in sighting.ips if ip not in nic.ip]
         rewrite = nic.mac != sighting.mac or ips != nic.ip
-        links = [s for s in sighting.subnets if s not in nic.subnets]
+        linked = {cidr_of[s] for s in nic.subnets if s in cidr_of}
+        links = [s for s in sighting.subnets if s not in nic.subnets and cidr_of.get(s) not in linked]
         nic.mac, nic.ip = sighting.mac, ips  # later sightings see what this one claimed
         nic.subnets.update(links)
         changes.append(Change(sighting, nic, links, rewrite))
@@ -170,7 +183,7 @@ async def run(ctx: Context) -> None:
         subnet_ids = sorted({s for sighting in found for s in sighting.subnets})
         await ctx.store.fetch("lock_subnet_neighbours", subnet_ids)
         stored = await load_nics(ctx, subnet_ids)
-        changes = plan_changes(found, stored, machine_id)
+        changes = plan_changes(found, stored, machine_id, subnets)
         for change in changes:
             await apply(ctx, change)
         return changes

@@ -2,8 +2,8 @@
 
 Reads the Docker Engine API (:mod:`situation.net.docker_api`; any engine that
 speaks it, podman's included). agent-behaviour.md §4.10 with the fixes of
-§10.2. Depends on host-network (the host's NICs); the original also depends on
-tcp-scan, which joins the dependencies once that module exists.
+§10.2. Depends on host-network (the host's NICs) and, as in the original (spec
+§3.2), tcp-scan.
 
 What is written, in one transaction, for every **running** container (swarm
 tasks excepted):
@@ -20,21 +20,28 @@ tasks excepted):
   IPv6 address, the network's gateway, flags ``{"up": true}``), ``tag`` = the
   **network id** (the original uses the endpoint id, which changes at every
   restart and left a new row each time; podman reports none). Key
-  ``(mac, tag, machine_id)``.
+  ``(mac, tag, machine_id)``. A NIC without a machine that ping or arp
+  recorded for the container's MAC, linked to a subnetwork of the host's
+  bridge (they run first: a container that talked to the host is in the
+  neighbour table), is adopted: it becomes the container's NIC rather than
+  staying beside it.
 - ``network_interface_subnets``: each container NIC to the subnetwork(s) its
   addresses are in (``ip`` ``''``, ``mac_subnet`` ``<mac>/<id>``); and the host's
   bridge NIC (named by ``com.docker.network.bridge.name``, else the host NIC
   holding the gateway address) to the same tagged subnetwork, with its address.
   host-network's untagged row for the bridge is left alone (the original
   re-tags it, which collides on every later cycle).
-- ``application_endpoints``: each container port on each container NIC
-  (``addr`` ``''``); for a published port, on every host NIC, the first
+- ``application_endpoints``: each container port on each container NIC, at
+  each of the NIC's addresses (``addr`` ``''`` only for a NIC without one;
+  the original always uses ``''``, so tcp-scan's finding of the same port
+  was a second row); for a published port, on every host NIC, the first
   address matching the binding (``0.0.0.0`` any IPv4, ``::`` any IPv6, no
   address — podman — either, else that address), with the public port.
   De-duplicated in memory: a port published on 0.0.0.0 and :: is one
   container endpoint. Key ``(port, protocol, addr, COALESCE(nic, 0))``.
 - ``endpoint_policies``: ``forward`` from each host endpoint to the container
-  endpoint, ``source`` ``docker``; NULL-safe key, one row however often seen.
+  endpoint (at the container's address of the same family, else its first),
+  ``source`` ``docker``; NULL-safe key, one row however often seen.
 
 Containers that are gone (the rule for a container recreated under the same
 name, which gets a new id): a container machine of this host whose id the
@@ -94,6 +101,7 @@ class Plan:
     nics: dict[ContainerNic, NicPlan] = field(default_factory=dict)
     links: set[tuple[ContainerNic, tuple[str, str]]] = field(default_factory=set)
     bridge_links: set[tuple[int, tuple[str, str], str, str | None]] = field(default_factory=set)  # nic, subnet, ip, mac
+    bridges: dict[str, int] = field(default_factory=dict)  # network id → the host's bridge NIC id
     endpoints: set[EndpointKey] = field(default_factory=set)
     policies: set[tuple[EndpointKey, EndpointKey]] = field(default_factory=set)  # (container side, host side)
 
@@ -147,6 +155,8 @@ def plan_rows(state: EngineState, host_id: int, nics: Sequence[HostNic], now: fl
         tags = {(str(config.network), network.id): config for config in network.configs}
         plan.subnets.update({key: subnet_row(config, network.id) for key, config in tags.items()})
         bridge = bridge_nic(network, nics)
+        if bridge is not None:
+            plan.bridges[network.id] = bridge.id
         for key, config in tags.items():
             if bridge is not None:
                 ip = next((ip for ip in bridge.ips if ip == config.gateway), "")
@@ -161,7 +171,7 @@ def plan_rows(state: EngineState, host_id: int, nics: Sequence[HostNic], now: fl
             for key, config in tags.items():
                 if any(_inside(ip, config.network) for ip in ips):
                     plan.links.add((nic_key, key))
-            _plan_ports(plan, container, nic_key, nics)
+            _plan_ports(plan, container, nic_key, ips, nics)
     return plan
 
 
@@ -170,16 +180,25 @@ def _inside(ip: str, network) -> bool:
     return address.version == network.version and address in network
 
 
-def _plan_ports(plan: Plan, container: Container, nic_key: ContainerNic, nics: Sequence[HostNic]) -> None:
+def _family(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+def _plan_ports(plan: Plan, container: Container, nic_key: ContainerNic, ips: tuple[str, ...],
+                nics: Sequence[HostNic]) -> None:
+    """Each port at each of the container NIC's addresses ('' when it has none), forwarded from the host's."""
     for binding in container.ports:
-        inner = (binding.private_port, binding.transport, "", nic_key)
-        plan.endpoints.add(inner)
+        inner = {ip: (binding.private_port, binding.transport, ip, nic_key) for ip in ips or ("",)}
+        plan.endpoints.update(inner.values())
         if binding.public_port is None:
             continue
         for ip, nic_id in binding_addresses(binding, nics):
             outer = (binding.public_port, binding.transport, ip, nic_id)
             plan.endpoints.add(outer)
-            plan.policies.add((inner, outer))
+            # To the container's address of the host address's family, else its first.
+            target = next((key for address, key in inner.items() if _family(address) == _family(ip)),
+                          next(iter(inner.values())))
+            plan.policies.add((target, outer))
 
 
 # -- writing ------------------------------------------------------------------------
@@ -197,6 +216,7 @@ async def write_plan(ctx: Context, plan: Plan) -> dict[str, int]:
                                update=("gateway",))
     subnet_ids = dict(zip(subnet_keys, subnets.ids))
     nic_keys = sorted(plan.nics)
+    await adopt_neighbour_nics(ctx, plan, nic_keys, machine_ids)
     nics = await ctx.upsert("network_interfaces", [_nic_row(plan.nics[k], machine_ids) for k in nic_keys],
                             key="machine_mac_tag", update=("ip", "gateway", "flags"))
     nic_ids = dict(zip(nic_keys, nics.ids))
@@ -217,6 +237,21 @@ async def write_plan(ctx: Context, plan: Plan) -> dict[str, int]:
     await ctx.upsert("endpoint_policies", policies, key="endpoint_action_src", update=())
     return {"containers": len(containers), "interfaces": len(nic_keys), "endpoints": len(endpoint_ids),
             "policies": len(policies)}
+
+
+async def adopt_neighbour_nics(ctx: Context, plan: Plan, nic_keys: list[ContainerNic],
+                               machine_ids: Mapping[str, int]) -> None:
+    """A container NIC that ping or arp recorded first (no machine, seen on the host's bridge) becomes docker's.
+
+    arp and ping run before docker; a container that talked to the host is in
+    the neighbour table on the first cycle, and would otherwise keep a second NIC.
+    """
+    for nic_key in nic_keys:
+        nic = plan.nics[nic_key]
+        bridge = plan.bridges.get(nic.network_id)
+        if bridge is not None:
+            ctx.count(await ctx.store.execute("docker_adopt_nic", nic.mac, machine_ids[nic.container_id],
+                                              nic.network_id, bridge, ctx.agent_id))
 
 
 def _nic_row(nic: NicPlan, machine_ids: Mapping[str, int]) -> dict:
@@ -261,7 +296,7 @@ async def load_host_nics(ctx: Context, host_id: int) -> list[HostNic]:
 
 @module(
     "docker",
-    depends=("host-network",),
+    depends=("host-network", "tcp-scan"),
     options=(Option("host", DEFAULT_HOST, "str",
                     "Docker Engine address (unix:///path or tcp://host:port); when left at the default, "
                     "DOCKER_HOST is used if set."),),

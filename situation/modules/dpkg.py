@@ -16,6 +16,7 @@ package owning their exe. Packages removed since the last cycle are deleted.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 from situation.module import Context, Skip, module
 from situation.packages import Package, dpkg
@@ -28,10 +29,17 @@ FAMILIES = ("debian",)
 async def run(ctx: Context) -> None:
     """Installed Debian packages (dpkg status and file lists), linked to their applications."""
 
-    async def read(_distribution: Distribution) -> list[Package]:
+    database: dpkg.Database | None = None
+
+    async def read(_distribution: Distribution) -> Iterator[Package]:
+        nonlocal database
         try:
-            return await asyncio.to_thread(dpkg.collect, ctx.root)
+            database = await asyncio.to_thread(dpkg.open_database, ctx.root)
         except OSError as exc:
             raise Skip(f"no dpkg database: cannot read {dpkg.STATUS}: {exc.strerror or exc}") from None
+        return dpkg.iter_packages(ctx.root, database)  # read one package at a time, in record's worker thread
 
-    await record_packages(ctx, "dpkg", FAMILIES, read)
+    def reload(packages: list[Package]) -> dict[tuple[str, str], tuple[str, ...]]:
+        return dpkg.files_of(database, (p.key for p in packages))
+
+    await record_packages(ctx, "dpkg", FAMILIES, read, reload)

@@ -4,9 +4,9 @@ Passive (agent-behaviour.md §4.18, with the fixes of §10.2): the sockets of th
 agent's own network namespace and the processes holding them, read by
 :mod:`situation.net.sockets` (psutil, in a worker thread). Nothing is sent.
 
-Depends on local-users (owners) and host-network (the host's NICs, to which
-endpoints are bound). The original also depends on tcp-scan; it joins the
-dependencies when that module exists (issue 9).
+Depends on local-users (owners), host-network (the host's NICs, to which
+endpoints are bound) and, as in the original (spec §3.2), tcp-scan: the
+discovery modules finish first, so this cycle's sockets are read after them.
 
 What is written, in one transaction:
 
@@ -234,7 +234,7 @@ def _valid_ips(values) -> list[str]:
     return ips
 
 
-@module("netstat", depends=("local-users", "host-network"))
+@module("netstat", depends=("local-users", "host-network", "tcp-scan"))
 async def run(ctx: Context) -> None:
     """Processes, listeners (TCP and UDP) and connections as applications, endpoints and flows."""
     machine_id = ctx.host_id()

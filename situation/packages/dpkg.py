@@ -9,6 +9,10 @@
   ``<name>.list``: the package's files, one path a line; directory entries
   are dropped (:func:`~situation.packages.drop_directories`) and ``/.`` is left out. The file's
   mtime is the install time: dpkg rewrites it when it unpacks that version.
+  The copies of one (name, version) for several architectures are one
+  package here (files merged, latest mtime). :func:`iter_packages` reads the
+  lists one package at a time, and :func:`files_of` reads some again, so
+  that a caller need not hold every path at once.
 - ``/var/log/dpkg.log*`` (``.gz`` rotations included) only for packages
   without a ``.list``: the time of the last ``install``/``upgrade`` event of the
   installed version. The log is in local time without a zone; it is read in
@@ -20,7 +24,7 @@ from __future__ import annotations
 import gzip
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,40 +83,82 @@ def read_list(entry: os.DirEntry) -> tuple[tuple[str, ...], int] | None:
     """(leaf paths, mtime) of one ``.list`` file; None when it cannot be read."""
     try:
         mtime = int(entry.stat().st_mtime)
-        files = parse_list(read_text(Path(entry.path)))
+        lines = split_list(read_text(Path(entry.path)))  # the text is freed before the paths are sorted out
     except OSError:
         return None
-    return files, in_range(mtime) or 0
+    return leaf_paths(lines), in_range(mtime) or 0
+
+
+def split_list(text: str) -> list[str]:
+    # Split on "\n" only (see hostroot.lines); paths are data, a stray "\r" stays in its path.
+    return text.split("\n", MAX_FILES_PER_PACKAGE)[:MAX_FILES_PER_PACKAGE]
+
+
+def leaf_paths(lines: list[str]) -> tuple[str, ...]:
+    return tuple(drop_directories(p for p in lines if p[:1] == "/" and p != "/."))
 
 
 def parse_list(text: str) -> tuple[str, ...]:
-    # Split on "\n" only (see hostroot.lines); paths are data, a stray "\r" stays in its path.
-    paths = [p for p in text.split("\n", MAX_FILES_PER_PACKAGE)[:MAX_FILES_PER_PACKAGE] if p[:1] == "/"]
-    return tuple(drop_directories(p for p in paths if p != "/."))
+    return leaf_paths(split_list(text))
+
+
+@dataclass(frozen=True)
+class Database:
+    """dpkg's database once its status file is read: installed packages by (name, version), and the lists."""
+
+    installed: dict[tuple[str, str], list[Installed]]  # multi-arch copies share a key
+    lists: dict[str, os.DirEntry]
+
+
+def open_database(root: HostRoot) -> Database:
+    """The status file parsed and the info directory listed. OSError: no status file."""
+    installed: dict[tuple[str, str], list[Installed]] = {}
+    for entry in parse_status(read_text(root.path(STATUS))):
+        installed.setdefault((entry.name, entry.version), []).append(entry)
+    return Database(installed, list_files(root.path(INFO)))
+
+
+def listed_files(database: Database, entries: list[Installed]) -> tuple[tuple[str, ...], int] | None:
+    """(files, latest mtime) of the ``.list`` files of one key's entries; None when none can be read."""
+    found = []
+    for entry in entries:
+        list_entry = database.lists.get(f"{entry.name}:{entry.architecture}") or database.lists.get(entry.name)
+        read = read_list(list_entry) if list_entry is not None else None
+        if read is not None:
+            found.append(read)
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0]
+    return tuple(dict.fromkeys(path for files, _ in found for path in files)), max(mtime for _, mtime in found)
+
+
+def iter_packages(root: HostRoot, database: Database) -> Iterator[Package]:
+    """Every installed package (one per name and version) with its install time and files, read one at a time."""
+    unlisted: list[tuple[tuple[str, str], list[Installed]]] = []
+    for key, entries in database.installed.items():
+        found = listed_files(database, entries)
+        if found is None:
+            unlisted.append((key, entries))
+            continue
+        files, mtime = found
+        yield Package(key[0], key[1], "", mtime, files)
+    if unlisted:
+        events = install_events(log_texts(root.path(LOG_DIRECTORY)))
+        for (name, version), entries in unlisted:
+            when = max(events.get((name, e.architecture, version)) or events.get((name, "", version), 0)
+                       for e in entries)
+            yield Package(name, version, "", when, ())
+
+
+def files_of(database: Database, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The files of these packages, read again from their lists (() when there is none)."""
+    return {key: (listed_files(database, database.installed.get(key, [])) or ((), 0))[0] for key in keys}
 
 
 def collect(root: HostRoot) -> list[Package]:
     """Every installed package with its version, install time and files. OSError: no status file."""
-    installed = parse_status(read_text(root.path(STATUS)))
-    lists = list_files(root.path(INFO))
-    packages: list[Package] = []
-    unlisted: list[Installed] = []
-    for entry in installed:
-        list_entry = lists.get(f"{entry.name}:{entry.architecture}") or lists.get(entry.name)
-        found = read_list(list_entry) if list_entry is not None else None
-        if found is None:
-            unlisted.append(entry)
-            continue
-        files, mtime = found
-        packages.append(Package(entry.name, entry.version, "", mtime, files))
-    if unlisted:
-        events = install_events(log_texts(root.path(LOG_DIRECTORY)))
-        for entry in unlisted:
-            when = events.get((entry.name, entry.architecture, entry.version)) or events.get(
-                (entry.name, "", entry.version), 0
-            )
-            packages.append(Package(entry.name, entry.version, "", when, ()))
-    return packages
+    return list(iter_packages(root, open_database(root)))
 
 
 def log_texts(directory: Path) -> list[str]:

@@ -7,7 +7,12 @@
    §4.9). Otherwise the module is skipped (a success).
 2. The reader runs (blocking readers in a thread). No package: skipped, nothing
    written or deleted (an unreadable or empty database never empties the table).
-3. Packages sharing (name, version) are merged (multi-arch, multilib).
+3. Packages sharing (name, version) are merged (multi-arch, multilib). A reader
+   that can read a package's files again (dpkg: its ``.list`` files) gives them
+   one package at a time, already merged, with a reloader: each package's files
+   are then matched and counted as they are read and dropped, and only the
+   packages written (new or changed) are read again, a chunk at a time. The
+   module's memory then stays at one chunk's paths, not the whole database's.
 4. **Links.** Every application of this host whose ``name`` (the exe path) is a
    file of a package points to that package, found through a dict from path to
    applications built once (with ``/bin`` ↔ ``/usr/bin``-style aliases on a
@@ -33,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from situation.hostroot import HostRoot
@@ -55,7 +60,19 @@ class Distribution:
     family: str
 
 
-Reader = Callable[[Distribution], Awaitable[list[Package]]]
+# The reader gives the packages; a lazy iterable is consumed in a worker thread, one package at a time.
+Reader = Callable[[Distribution], Awaitable[Iterable[Package]]]
+# Blocking: the files of these packages read again, for a reader whose packages are unique by key.
+Reloader = Callable[[list[Package]], Mapping[tuple[str, str], tuple[str, ...]]]
+
+
+@dataclass
+class Listing:
+    """What the module keeps of the reader's packages: counts and owners always, files only when needed."""
+
+    packages: list[Package]  # files emptied when a reloader can read them again
+    file_counts: dict[tuple[str, str], int]
+    owners: dict[int, tuple[str, str]]  # application id → key of the package owning its exe
 
 
 async def host_distribution(ctx: Context) -> Distribution:
@@ -71,31 +88,41 @@ def check_family(distribution: Distribution, families: Iterable[str]) -> None:
         raise Skip(f"module skipped for this distribution (family {distribution.family!r})")
 
 
-async def record_packages(ctx: Context, manager: str, families: tuple[str, ...], read: Reader) -> None:
-    """Gate, read, write and link (see the module docstring)."""
+async def record_packages(
+    ctx: Context, manager: str, families: tuple[str, ...], read: Reader, reload: Reloader | None = None
+) -> None:
+    """Gate, read, write and link (see the module docstring).
+
+    With ``reload`` the file lists are not held while the module works: each
+    package's files are matched to applications and counted as it is read,
+    then dropped, and only the packages that are written are read again, a
+    chunk at a time. A dpkg database's 100,000 paths are never all in memory.
+    """
     host = ctx.host_id()
     distribution = await host_distribution(ctx)
     check_family(distribution, families)
     applications = await ctx.store.fetch("host_applications", host)
-    packages = merge_duplicates(await read(distribution))
-    if not packages:
+    packages = await read(distribution)
+    listing = await asyncio.to_thread(list_packages, packages, ctx.root, applications, keep_files=reload is None)
+    del packages
+    if not listing.packages:
         raise Skip("no package found")
-    packages.sort(key=lambda p: p.key)
-    owners = await asyncio.to_thread(owners_of_applications, ctx.root, applications, packages)
     existing = {(r["name"], r["version"]): r for r in await ctx.store.fetch("machine_packages", host)}
-    unchanged_ids, changed = split_unchanged(packages, existing, manager)
-    del packages  # the file lists of unchanged packages are no longer needed
+    unchanged_ids, changed = split_unchanged(listing.packages, listing.file_counts, existing, manager)
 
     async def write() -> None:
         ids = dict(unchanged_ids)
-        for chunk in chunks(changed):
-            rows = [package_row(p, manager, host) for p in chunk]
+        for chunk in chunks(changed, listing.file_counts):
+            files = await asyncio.to_thread(reload, chunk) if reload else {p.key: p.files for p in chunk}
+            rows = [package_row(p, files.get(p.key, ()), manager, host) for p in chunk]
+            del files
             result = await ctx.upsert("packages", rows, key="name_version_machine_id", update=UPDATED_COLUMNS)
+            del rows
             ids.update({p.key: i for p, i in zip(chunk, result.ids) if i is not None})
         kept = sorted(set(ids.values()))
         ctx.count(await ctx.store.execute("unlink_removed_packages", host, manager, kept, ctx.agent_id))
         ctx.count(await ctx.store.execute("delete_removed_packages", host, manager, kept))
-        links = wanted_links(applications, owners, ids, manager_ids=set(kept) | _ids_of(existing, manager))
+        links = wanted_links(applications, listing.owners, ids, manager_ids=set(kept) | _ids_of(existing, manager))
         if links:
             app_ids = sorted(links)
             package_ids = [links[a] for a in app_ids]
@@ -104,43 +131,66 @@ async def record_packages(ctx: Context, manager: str, families: tuple[str, ...],
     await ctx.run_in_transaction(write)
 
 
-def chunks(packages: list[Package]) -> list[list[Package]]:
+def list_packages(
+    packages: Iterable[Package], root: HostRoot, applications: list[Mapping[str, Any]], *, keep_files: bool
+) -> Listing:
+    """The reader's packages (merged by key when their files are kept), matched to applications and counted.
+
+    Blocking: a lazy reader reads its files here. Without ``keep_files`` each
+    package's files are dropped once matched and counted.
+    """
+    owners = Owners(root, applications)
+    if keep_files:
+        packages = merge_duplicates(packages)
+    kept: list[Package] = []
+    counts: dict[tuple[str, str], int] = {}
+    for package in packages:
+        owners.match(package)
+        counts[package.key] = len(package.files)
+        kept.append(package if keep_files else replace(package, files=()))
+    kept.sort(key=lambda p: p.key)
+    return Listing(kept, counts, owners.found())
+
+
+def chunks(packages: list[Package], file_counts: Mapping[tuple[str, str], int]) -> list[list[Package]]:
     """``packages`` in runs of at most CHUNK_PACKAGES, and CHUNK_FILES paths unless one package has more."""
     runs: list[list[Package]] = []
     run: list[Package] = []
     files = 0
     for package in packages:
-        if run and (len(run) >= CHUNK_PACKAGES or files + len(package.files) > CHUNK_FILES):
+        count = file_counts.get(package.key, 0)
+        if run and (len(run) >= CHUNK_PACKAGES or files + count > CHUNK_FILES):
             runs.append(run)
             run, files = [], 0
         run.append(package)
-        files += len(package.files)
+        files += count
     if run:
         runs.append(run)
     return runs
 
 
 def split_unchanged(
-    packages: list[Package], existing: Mapping[tuple, Mapping[str, Any]], manager: str
+    packages: list[Package], file_counts: Mapping[tuple[str, str], int], existing: Mapping[tuple, Mapping[str, Any]],
+    manager: str,
 ) -> tuple[dict[tuple[str, str], int], list[Package]]:
     """(key → id of the packages whose row is as it would be written, the other packages)."""
     ids: dict[tuple[str, str], int] = {}
     changed: list[Package] = []
     for package in packages:
         row = existing.get(package.key)
-        if row is not None and _unchanged(row, package, manager):
+        if row is not None and _unchanged(row, package, file_counts.get(package.key, 0), manager):
             ids[package.key] = row["id"]
         else:
             changed.append(package)
     return ids, changed
 
 
-def _unchanged(row: Mapping[str, Any], package: Package, manager: str) -> bool:
+def _unchanged(row: Mapping[str, Any], package: Package, file_count: int, manager: str) -> bool:
     return (
         row["vendor"] == package.vendor
         and row["manager"] == manager
         and row["install_time_unix"] == package.install_time_unix
-        and row["file_count"] == len(package.files)
+        and row["file_count"] == file_count
     )
 
 
@@ -148,14 +198,14 @@ def _ids_of(existing: Mapping[tuple, Mapping[str, Any]], manager: str) -> set[in
     return {row["id"] for row in existing.values() if row["manager"] == manager}
 
 
-def package_row(package: Package, manager: str, machine_id: int) -> dict[str, Any]:
+def package_row(package: Package, files: tuple[str, ...], manager: str, machine_id: int) -> dict[str, Any]:
     return {
         "name": package.name,
         "version": package.version,
         "vendor": package.vendor,
         "manager": manager,
         "install_time_unix": package.install_time_unix,
-        "files": list(package.files),
+        "files": list(files),
         "machine_id": machine_id,
     }
 
@@ -186,27 +236,41 @@ def aliases(path: str, merged: tuple[str, ...]) -> list[str]:
     return []
 
 
-def owners_of_applications(
-    root: HostRoot, applications: list[Mapping[str, Any]], packages: list[Package]
-) -> dict[int, tuple[str, str]]:
-    """Application id → key of the package owning its exe (blocking: reads the root's links)."""
-    merged = merged_directories(root)
-    exact: dict[str, list[int]] = {}
-    aliased: dict[str, list[int]] = {}
-    for application in applications:
-        path = application["name"]
-        exact.setdefault(path, []).append(application["id"])
-        for alias in aliases(path, merged):
-            aliased.setdefault(alias, []).append(application["id"])
-    by_path: dict[int, tuple[str, str]] = {}
-    by_alias: dict[int, tuple[str, str]] = {}
-    for package in packages:
+class Owners:
+    """Which package owns each application's exe, found one package at a time (blocking: reads the root's links).
+
+    The lookup is a dict from path to applications, with ``/bin`` ↔
+    ``/usr/bin``-style aliases on a /usr-merged root: never a scan per
+    application. An exact path wins over an alias; among packages listing the
+    same path, the first by (name, version), whatever order they come in.
+    """
+
+    def __init__(self, root: HostRoot, applications: list[Mapping[str, Any]]):
+        merged = merged_directories(root)
+        self.exact: dict[str, list[int]] = {}
+        self.aliased: dict[str, list[int]] = {}
+        for application in applications:
+            path = application["name"]
+            self.exact.setdefault(path, []).append(application["id"])
+            for alias in aliases(path, merged):
+                self.aliased.setdefault(alias, []).append(application["id"])
+        self.by_path: dict[int, tuple[str, str]] = {}
+        self.by_alias: dict[int, tuple[str, str]] = {}
+
+    def match(self, package: Package) -> None:
         for path in package.files:
-            for app_id in exact.get(path, ()):
-                by_path.setdefault(app_id, package.key)
-            for app_id in aliased.get(path, ()):
-                by_alias.setdefault(app_id, package.key)
-    return {**by_alias, **by_path}
+            for app_id in self.exact.get(path, ()):
+                _keep_first(self.by_path, app_id, package.key)
+            for app_id in self.aliased.get(path, ()):
+                _keep_first(self.by_alias, app_id, package.key)
+
+    def found(self) -> dict[int, tuple[str, str]]:
+        return {**self.by_alias, **self.by_path}
+
+
+def _keep_first(owners: dict[int, tuple[str, str]], app_id: int, key: tuple[str, str]) -> None:
+    if app_id not in owners or key < owners[app_id]:
+        owners[app_id] = key
 
 
 def wanted_links(

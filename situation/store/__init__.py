@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import chain, islice
 from typing import Any, Protocol
 
 from situation.errors import SituationError
@@ -292,7 +293,31 @@ class JsonText(str):
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def _string_list_json(values: list | tuple) -> str | None:
+    """JSON of a list of clean strings, built as one piece; None when the encoder must do it.
+
+    The encoder makes a chunk per item before joining them, and the cleaning
+    check copies the text twice: for a package's tens of thousands of paths,
+    several times the text's own size. This allocates the text once.
+    """
+    if not values or set(map(type, values)) != {str} or max(map(len, values)) > MAX_TEXT:
+        return None
+    last = len(values) - 1
+    if last:
+        text = '","'.join(chain((f'["{values[0]}',), islice(values, 1, last), (f'{values[-1]}"]',)))
+    else:
+        text = f'["{values[0]}"]'
+    # No quote or backslash inside a string, printable ASCII (no copy, unlike _printable_ascii): nothing to escape.
+    if "\\" in text or text.count('"') != 2 * len(values) or not (text.isascii() and text.isprintable()):
+        return None
+    return text
+
+
 def json_text(value: Any) -> JsonText:
+    if isinstance(value, (list, tuple)) and len(value) > 64:
+        text = _string_list_json(value)
+        if text is not None:
+            return JsonText(text)
     text = _dumps(value)
     # The encoder writes every character that is not printable ASCII as a backslash
     # escape, and no string inside a text this short is over-long: only then is there

@@ -56,3 +56,17 @@ WHERE machine_id = $1;
 -- Step 6: the machine ($1), only a container of this host ($2); its other rows cascade.
 DELETE FROM machines
 WHERE id = $1 AND parent_machine_id = $2 AND platform = 'docker';
+
+-- name: docker_adopt_nic
+-- A neighbour NIC (no machine) that ping or arp recorded for a container's MAC ($1) before docker
+-- saw the container becomes that container's NIC on network $3 (machine $2, tag = network id),
+-- unless the container has it already. Only a NIC linked to a subnetwork the host's bridge of that
+-- network ($4) is linked to: docker's default MACs repeat on every host. $5 = agent id.
+UPDATE network_interfaces
+SET machine_id = $2, tag = $3, updated_at = CURRENT_TIMESTAMP, updated_by = $5
+WHERE id = (SELECT n.id FROM network_interfaces n
+            JOIN network_interface_subnets l ON l.network_interface_id = n.id
+            JOIN network_interface_subnets b ON b.subnetwork_id = l.subnetwork_id
+            WHERE n.mac = $1 AND n.machine_id IS NULL AND b.network_interface_id = $4
+            ORDER BY n.id LIMIT 1)
+  AND NOT EXISTS (SELECT 1 FROM network_interfaces WHERE mac = $1 AND tag = $3 AND machine_id = $2);
