@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class PodmanEngine(GuardedNamespace):
     name: str = field(default_factory=lambda: f"sit-dk-{uuid.uuid4().hex[:6]}")
     network: str = field(default_factory=lambda: f"sitnet{uuid.uuid4().hex[:6]}")
     service: subprocess.Popen | None = None
+    # podman refuses a runroot longer than 50 characters, which pytest's temporary
+    # directories (more so under xdist) easily exceed.
+    runroot: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sit-pm-", dir="/tmp")))
 
     @property
     def socket(self) -> Path:
@@ -62,7 +66,7 @@ class PodmanEngine(GuardedNamespace):
 
     def _podman(self) -> list[str]:
         return ["nsenter", f"--net=/var/run/netns/{self.name}", "podman", "--root", str(self.base / "root"),
-                "--runroot", str(self.base / "run"), "--storage-driver", "vfs"]
+                "--runroot", str(self.runroot), "--storage-driver", "vfs"]
 
     def podman(self, *args: str, check: bool = True) -> str:
         result = subprocess.run([*self._podman(), *args], env=self._env(), capture_output=True, text=True,
@@ -115,3 +119,4 @@ class PodmanEngine(GuardedNamespace):
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
         # The CNI host-local plugin keeps its address leases outside podman's root.
         shutil.rmtree(Path("/var/lib/cni/networks") / self.network, ignore_errors=True)
+        shutil.rmtree(self.runroot, ignore_errors=True)
