@@ -5,8 +5,8 @@ three hosts: SWITCH runs snmpd (v2c and v3 authPriv) and has a default
 route via the scanner, so its interface qualifies; SILENT runs nothing (one
 timeout's cost); FENCED runs snmpd but is excluded from the snmp run. The
 neighbour discovery modules run first; reverse-lookup names the hosts from
-the scanner's /etc/netns hosts file, so their NICs have machines (the
-original queries only those). SQLite and PostgreSQL.
+the scanner's /etc/netns hosts file, so their NICs have machines (a neighbour
+without one is asked too: see test_services_lab.py). SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
