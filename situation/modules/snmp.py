@@ -303,7 +303,7 @@ async def give_machines(ctx: Context, answered: list[tuple[Target, Device]]) -> 
     return placed, unplaced
 
 
-@module("snmp", depends=("arp",), options=OPTIONS)
+@module("snmp", depends=("arp",), options=OPTIONS, check=read_credentials)
 async def run(ctx: Context) -> None:
     """Interfaces, addresses, routes and system group of neighbour machines over SNMP (v1, v2c, v3)."""
     options = ctx.options
