@@ -31,10 +31,9 @@ from pathlib import Path
 import pytest
 from cryptography.x509.oid import NameOID
 from support.cluster import clean_environ
-from support.lab import Lab, LabHost, nft_available
+from support.lab import Lab, LabHost, skip_without_lab
 from support.listeners import filter_tcp, start_listeners, stop
 from support.neighbour_table import PostgresDb, SqliteDb
-from support.netns import netns_available
 from support.snmpd import COMMUNITY, SYS_NAME, snmpd_available, start_snmpd
 from support.tls_servers import make_certificate, serve
 from test_tls_lab import assert_matches_openssl
@@ -60,10 +59,7 @@ TABLES = ("machines", "network_interfaces", "network_interface_subnets", "subnet
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if not netns_available():
-        pytest.skip("network namespaces need root and iproute2")
-    if not nft_available():
-        pytest.skip("nft is missing (apt-get install nftables)")
+    skip_without_lab()
     if not snmpd_available():
         pytest.skip("snmpd is missing (apt-get install snmpd)")
     directory = tmp_path_factory.mktemp("services")
