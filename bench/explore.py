@@ -39,7 +39,7 @@ CHILD = r"""
 import asyncio, json, sys, time
 started = time.perf_counter()
 from situation.explore import ExploreApp
-from situation.reader import open_reader
+from situation.store.reader import open_reader
 
 async def main(dsn):
     reader = await open_reader(dsn, "bench")
@@ -74,7 +74,7 @@ async def fill(dsn: str, machines: int, zones: int) -> None:
 
 
 async def read_everything(dsn: str) -> float:
-    from situation.reader import open_reader
+    from situation.store.reader import open_reader
 
     reader = await open_reader(dsn, "bench")
     started = time.perf_counter()
@@ -110,7 +110,7 @@ def report(name: str, dsn: str, runs: int) -> float:
 
 async def screenshot(target: Path) -> None:
     from situation.explore import ExploreApp
-    from situation.reader import open_reader
+    from situation.store.reader import open_reader
 
     with tempfile.TemporaryDirectory() as directory:
         path = str(Path(directory) / "lab.sqlite")

@@ -489,9 +489,9 @@ async def bench_store(dsn: str, backend: str, problems: Problems) -> tuple[Pass,
 
 
 async def postgres_baseline_pass(dsn: str) -> Pass:
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
-    from situation.store_postgres import _init_connection
+    from situation.connection.connect import connect
+    from situation.connection.dsn import parse_dsn
+    from situation.store.postgres import _init_connection
 
     await (await open_store(dsn, AGENT)).close()  # migrate the baseline database
     connection = await connect(parse_dsn(dsn), server_settings={"application_name": "situation bench"})
@@ -520,8 +520,8 @@ async def postgres_floor_pass(source_dsn: str, target_dsn: str) -> Pass:
     same heap, index, foreign-key and WAL work as any writer's, and nothing else:
     no writer of these rows can be faster than this on this server.
     """
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
+    from situation.connection.connect import connect
+    from situation.connection.dsn import parse_dsn
 
     await (await open_store(target_dsn, AGENT)).close()  # migrate
     source = await connect(parse_dsn(source_dsn))
@@ -626,8 +626,8 @@ def start_latency_relay(cluster, rtt_ms: float) -> LatencyRelay:
 
 async def measured_round_trip(dsn: str, samples: int = 50) -> float:
     """Median milliseconds of ``SELECT 1`` on one connection: what a per-row writer pays each row."""
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
+    from situation.connection.connect import connect
+    from situation.connection.dsn import parse_dsn
 
     connection = await connect(parse_dsn(dsn))
     try:
@@ -650,8 +650,8 @@ def with_dbname(dsn: str, name: str) -> str:
 
 
 async def server_version(dsn: str) -> str:
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
+    from situation.connection.connect import connect
+    from situation.connection.dsn import parse_dsn
 
     connection = await connect(parse_dsn(dsn))
     try:
@@ -661,8 +661,8 @@ async def server_version(dsn: str) -> str:
 
 
 async def admin(dsn: str, statements: Sequence[str]) -> None:
-    from situation.connect import connect
-    from situation.dsn import parse_dsn
+    from situation.connection.connect import connect
+    from situation.connection.dsn import parse_dsn
 
     connection = await connect(parse_dsn(dsn), server_settings={"application_name": "situation bench"})
     try:

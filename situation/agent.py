@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 
 from situation.discovery import Discovery
-from situation.dsn import parse_dsn, redact_dsn
+from situation.connection.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
 from situation.logs import escape_controls
@@ -37,8 +37,8 @@ from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modu
 from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
 from situation.store import Store, is_postgres_dsn, open_store
-from situation.store_postgres import StoreUnavailable
-from situation.store_sqlite import busy_message, is_busy
+from situation.store.postgres import StoreUnavailable
+from situation.store.sqlite import busy_message, is_busy
 
 log = structlog.get_logger("situation.agent")
 
@@ -298,6 +298,7 @@ class Agent:
             root=self.root,
             host=host,
             discovery=self.config.discovery,
+            interval=self.config.interval,
         )
 
     def _next_delay(self, healthy: bool) -> float:

@@ -16,7 +16,7 @@ from situation import __version__, logs
 from situation.errors import ConfigError, MigrationError, SituationError
 
 if TYPE_CHECKING:
-    from situation.dsn import ConnectParams
+    from situation.connection.dsn import ConnectParams
 
 # Interactive commands start fast: the collection modules, asyncpg, uvloop, structlog,
 # textual and mcp are imported by the commands that use them, not here
@@ -117,7 +117,7 @@ def read_dsn_file(path: Path) -> str:
 def postgres_params(dsn: str | None) -> ConnectParams:
     import structlog
 
-    from situation.dsn import parse_dsn
+    from situation.connection.dsn import parse_dsn
 
     params = parse_dsn(dsn)
     structlog.get_logger("situation").debug("database", db=params.redacted())
@@ -126,7 +126,7 @@ def postgres_params(dsn: str | None) -> ConnectParams:
 
 async def on_direct_connection(params: ConnectParams, purpose: str, work):
     """``await work(connection)`` on a connection of its own, closed afterwards."""
-    from situation.connect import direct_connection
+    from situation.connection.connect import direct_connection
 
     async with direct_connection(params, purpose) as connection:
         return await work(connection)
@@ -148,7 +148,7 @@ state_dir_option = click.option(
               help="How long to wait for another migrate to finish.")
 def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> None:
     """Create or upgrade the database schema (run as the owner role)."""
-    from situation import migrations
+    from situation.connection import migrations
     from situation.store import is_postgres_dsn
 
     if dsn and not is_postgres_dsn(dsn):
@@ -186,7 +186,7 @@ def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> N
 def migrate_sqlite(path: str, read_only: bool) -> None:
     """SQLite databases carry the same numbered migrations (sql/sqlite/)."""
     from situation.store import sqlite_path
-    from situation.store_sqlite import SqliteStore
+    from situation.store.sqlite import SqliteStore
 
     if read_only:
         raise ConfigError("--status and --dry-run work on PostgreSQL; an SQLite file is migrated as a whole")
@@ -215,7 +215,7 @@ def postgres_only(dsn: str | None, command: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(dsn: str | None, as_json: bool) -> None:
     """Connect exactly as an agent would and report TLS, identity and privileges."""
-    from situation.check import format_report, inspect
+    from situation.connection.check import format_report, inspect
 
     postgres_only(dsn, "check")
     report = run_async(inspect(postgres_params(dsn)))
@@ -230,7 +230,7 @@ def check(dsn: str | None, as_json: bool) -> None:
 @click.option("--reader", is_flag=True, help="Make ROLE a read-only consumer instead of an agent.")
 def grant(dsn: str | None, role: str, reader: bool) -> None:
     """Make an existing login ROLE an agent (situation_agent) or a reader (situation_reader)."""
-    from situation.roles import grant as grant_role
+    from situation.connection.roles import grant as grant_role
 
     postgres_only(dsn, "grant")
     params = postgres_params(dsn)
@@ -455,7 +455,7 @@ def forwarded_run_flags(ctx: click.Context) -> list[str]:
 def defaults() -> None:
     """Print every setting of `run` as JSON: default, current value, flag and environment name."""
     from situation.config import defaults_document
-    from situation.dsn import redact_dsn
+    from situation.connection.dsn import redact_dsn
 
     document = {
         "db": {"default": None, "value": redact_dsn(os.environ["SITUATION_DB"]) if os.environ.get("SITUATION_DB") else None,

@@ -4,7 +4,7 @@ Zones (subnetworks) on the left; the hosts of the selected zone at the top right
 node card of the selected host below it. Rows are read when they are shown: the zone
 list at start, a zone's hosts when it is selected, a host's card when its row is,
 each through one bounded named query (sql/queries/explore.sql) on a read-only
-connection (situation/reader.py). So opening is as fast on 5,000 machines as on 5.
+connection (situation/store/reader.py). So opening is as fast on 5,000 machines as on 5.
 
 Everything shown comes from the network (host names, vendors, certificate fields), so
 every string passes through :func:`shown` (control and format characters replaced,
@@ -33,7 +33,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, OptionList, Static
 
-from situation.reader import Reader
+from situation.store.reader import Reader
 
 ZONE_LIMIT = 10_000
 HOST_LIMIT = 5_000
@@ -422,7 +422,7 @@ async def explore(dsn: str, *, terminal: bool = True) -> str | None:
     the same way with or without a terminal.
     """
     from situation.errors import ConfigError
-    from situation.reader import open_reader
+    from situation.store.reader import open_reader
 
     reader = await open_reader(dsn, "explore")
     try:

@@ -43,7 +43,7 @@ def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
         if key in _SECRET_FIELDS:
             event[key] = "***"
         elif key in _DSN_FIELDS and isinstance(event[key], str):
-            from situation.dsn import redact_dsn
+            from situation.connection.dsn import redact_dsn
 
             event[key] = redact_dsn(event[key])
     return event

@@ -2,7 +2,7 @@
 
 It offers the resource ``schema`` (this dialect's SQL API, as `situation schema`
 prints it) and the tool ``query`` (one read-only SQL statement, JSON rows). What
-makes it read-only is in :mod:`situation.readonly`. stdout carries the protocol;
+makes it read-only is in :mod:`situation.store.readonly`. stdout carries the protocol;
 logs go to stderr.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import structlog
 
 from situation import __version__
-from situation.readonly import QueryRefused, rows_json
+from situation.store.readonly import QueryRefused, rows_json
 from situation.schema import resource_uri, schema_text
 
 log = structlog.get_logger("situation.mcp")
@@ -105,7 +105,7 @@ async def serve(dsn: str, *, timeout: float, max_rows: int) -> None:
     """Open the database read-only, then answer MCP requests on stdin/stdout until stdin closes."""
     from mcp.server.stdio import stdio_server
 
-    from situation.readonly import open_reader
+    from situation.store.readonly import open_reader
 
     reader = await open_reader(dsn, timeout=timeout, max_rows=max_rows)
     try:

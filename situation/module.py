@@ -26,6 +26,7 @@ CheckFunction = Callable[[Mapping[str, Any]], object]  # raises ConfigError (one
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_INTERVAL = 15 * 60.0  # the agent's cycle interval when a caller gives none
 
 
 class Skip(Exception):
@@ -69,6 +70,7 @@ class Context:
     root: HostRoot
     host: HostMachine = field(default_factory=HostMachine)
     discovery: Discovery = field(default_factory=Discovery)  # where active modules may send packets
+    interval: float = DEFAULT_INTERVAL  # seconds between cycles (what "recently written" means)
     rows_written: int = 0
 
     def count(self, rows: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from support.cluster import Cluster, clean_environ
 
-from situation import migrations
+from situation.connection import migrations
 
 AGENT_ID = "5a17da7a5a17da7a5a17da7a5a17da7a"
 TABLES = ("machines", "network_interfaces", "subnetworks", "network_interface_subnets", "cpus", "disks", "users")

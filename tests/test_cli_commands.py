@@ -111,3 +111,13 @@ def test_migrate_an_sqlite_file(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "SQLite database" in result.stderr
     check = cli("check", "--db", str(database), env=env)
     assert check.returncode == 2 and "needs a PostgreSQL DSN" in check.stderr
+
+
+def test_importing_main_module_starts_nothing(tmp_path):
+    # Tools that import every module (pkgutil.walk_packages, doc generators) must
+    # not start the agent. Should the guard ever break, the interval setting below
+    # is refused at start, so even then no cycle runs.
+    env = clean_environ() | {"SITUATION_INTERVAL": "not-a-duration", "SITUATION_STATE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", "import situation.__main__"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from support.compare import PSQL, Outcome, psql_outcome, situation_outcome
 
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 from situation.errors import DsnError
-from situation.tls import build_ssl_context
+from situation.connection.tls import build_ssl_context
 
 CERT_ROLE = "cc_agent"  # logs in to certdb with a certificate, has no password
 INTRUDER = "cc_intruder"  # a real role, whose certificate must not open CERT_ROLE

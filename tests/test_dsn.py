@@ -1,4 +1,4 @@
-"""Unit tests for situation.dsn: libpq-compatible DSN parsing, validation, .pgpass, redaction."""
+"""Unit tests for situation.connection.dsn: libpq-compatible DSN parsing, validation, .pgpass, redaction."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pwd
 
 import pytest
 
-from situation import dsn as dsn_module
-from situation.dsn import (
+from situation.connection import dsn as dsn_module
+from situation.connection.dsn import (
     SSLMODES,
     UNSUPPORTED_LIBPQ_OPTIONS,
     ConnectParams,

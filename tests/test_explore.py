@@ -17,11 +17,11 @@ from rich.console import Console
 from support.cluster import clean_environ
 from support.inventory import fill_inventory
 
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 from situation.explore import MAX_CELL, ExploreApp
-from situation.reader import open_reader
-from situation.roles import grant
+from situation.store.reader import open_reader
+from situation.connection.roles import grant
 from situation.store import open_store
 
 READER, READER_PASSWORD = "ex_reader", "reader-pw"

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from support.cluster import clean_environ
 
-from situation import migrations
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection import migrations
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "go_agent"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from support.compare import PSQL, assert_outcome, psql_outcome
 
-from situation.connect import connect, create_pool
-from situation.dsn import parse_dsn
+from situation.connection.connect import connect, create_pool
+from situation.connection.dsn import parse_dsn
 from situation.store import is_postgres_dsn
 
 PASSWORD = "pw-habits"

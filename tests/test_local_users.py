@@ -9,6 +9,7 @@ import pytest
 from situation.hostroot import HostRoot
 from situation.modules.local_users import LocalUser, collect, parse_passwd
 from support.modules import AGENT, ModuleStore
+from support.stored_text import CONTROL
 
 PASSWD = """\
 # /etc/passwd: local accounts
@@ -158,3 +159,15 @@ async def test_run_needs_host(tmp_path: Path, module_store: ModuleStore) -> None
     with pytest.raises(RuntimeError, match="no host"):
         await module_store.run("local-users", write_passwd(tmp_path, PASSWD), machine_id=None)
     assert module_store.rows("users") == []
+
+
+async def test_escape_sequences_in_gecos_reach_no_terminal(tmp_path: Path, module_store: ModuleStore) -> None:
+    # issue 12, item 5: an OSC title, a clear-screen and a C1 CSI in GECOS, then a byte that is not UTF-8.
+    passwd = b"eve:x:1003:1003:\x1b]0;owned\x07Eve\x1b[2J\xc2\x9b31m\xff:/home/eve:/bin/sh\n"
+    root = tmp_path / "host"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_bytes(passwd)
+    await module_store.run("local-users", root)
+    [eve] = user_columns(module_store)
+    assert (eve["username"], eve["name"]) == ("eve", "]0;ownedEve[2J31m\ufffd")
+    assert not CONTROL.search(eve["name"])

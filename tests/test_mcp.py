@@ -20,10 +20,10 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from situation import migrations
-from situation.connect import connect
-from situation.dsn import parse_dsn
-from situation.roles import grant
+from situation.connection import migrations
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
+from situation.connection.roles import grant
 from situation.schema import resource_uri, schema_text
 from situation.store import open_store
 

@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 from support.cluster import clean_environ
 
-from situation import migrations
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection import migrations
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 from situation.errors import MigrationError
 
 ORIGINAL_TABLES = {

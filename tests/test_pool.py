@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from situation.connect import create_pool
-from situation.dsn import parse_dsn
+from situation.connection.connect import create_pool
+from situation.connection.dsn import parse_dsn
 from situation.errors import ConnectError
 
 ROLE, PASSWORD = "pool_user", "pool-pw"

@@ -16,7 +16,7 @@ import sys
 import pytest
 from support.cluster import clean_environ
 
-from situation.dsn import UNPARSABLE_HIDDEN, parse_dsn, redact_dsn
+from situation.connection.dsn import UNPARSABLE_HIDDEN, parse_dsn, redact_dsn
 from situation.errors import ConfigError
 from situation.store import is_postgres_dsn
 

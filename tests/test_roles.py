@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from situation import migrations
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection import migrations
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 from situation.errors import MigrationError
-from situation.roles import grant
+from situation.connection.roles import grant
 
 AGENT, AGENT_PASSWORD = "rl_agent", "agent-pw"
 READER, READER_PASSWORD = "rl_reader", "reader-pw"

@@ -9,9 +9,9 @@ import sys
 
 from support.cluster import clean_environ
 
-from situation import migrations
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection import migrations
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 from situation.schema import schema_text, split_statements
 from situation.store import open_store
 

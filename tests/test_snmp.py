@@ -200,6 +200,9 @@ def test_system_group_and_credentials():
                      "distribution_family": "debian", "chassis": "raspberry", "arch": "aarch64", "services": 6}
     assert (snmp.chassis_from_services(6), snmp.chassis_from_services(2), snmp.chassis_from_services(72)) == (
         "router", "switch", "")
+    huge = 2**64 - 1  # a Counter64 where TimeTicks and INTEGER (0..127) belong: no uptime, no services
+    assert snmp.system_facts({snmp.SYS_UPTIME: huge, snmp.SYS_SERVICES: huge, snmp.SYS_DESCR: 42}) == {}
+    assert snmp.system_facts({snmp.SYS_UPTIME: 2**32 - 1})["uptime"] == (2**32 - 1) * 10_000_000
     assert snmp.check_credentials(snmp.Credentials(version=1)) is None
     assert "--snmp-version 2" in snmp.check_credentials(snmp.Credentials(version=2))
     assert "--snmp-user" in snmp.check_credentials(snmp.Credentials(version=3))

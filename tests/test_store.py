@@ -242,7 +242,7 @@ async def test_deadlock_victim_is_retried_as_a_unit(tls_cluster, fresh_database)
     """A unit of work chosen as a deadlock victim runs again, whole, on a fresh acquire."""
     import asyncpg
 
-    from situation.store_postgres import PostgresStore
+    from situation.store.postgres import PostgresStore
 
     store = await open_store(tls_cluster.superuser_dsn(fresh_database("retry")), AGENT)
     assert isinstance(store, PostgresStore)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support.tls_servers import broken_certificate
 
 from situation.errors import ConfigError
 from situation.config import convert, module_settings
@@ -64,6 +66,14 @@ def test_empty_subject_is_omitted_and_zero_serial_written():
     assert "subject" not in described and "issuer" not in described
     assert described["serial_number"] == "05" and described["dns_names"] == []
     assert hex_pairs(_magnitude(0)) == "00" and hex_pairs(_magnitude(-258)) == "01:02"  # Go crashes on 0
+
+
+@pytest.mark.parametrize("duplicated", [False, True], ids=["SAN not DER", "SAN twice"])
+def test_unreadable_extensions_cost_the_dns_names_only(tmp_path, duplicated):
+    crt, _ = broken_certificate(tmp_path, "broken", duplicated=duplicated)
+    described = describe_certificate(ssl.PEM_cert_to_DER_cert(crt.read_text()))
+    assert described["dns_names"] == [] and described["subject"] == "CN=broken"
+    assert described["sha256_fingerprint"] and described["not_after"]
 
 
 def test_garbage_is_malformed():

@@ -11,8 +11,8 @@ import ssl
 
 import pytest
 
-from situation.dsn import parse_dsn
-from situation.tls import HostNameMismatch, build_ssl_context
+from situation.connection.dsn import parse_dsn
+from situation.connection.tls import HostNameMismatch, build_ssl_context
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ async def test_direct_negotiation_starts_with_tls_and_offers_alpn(certs, home):
     """sslnegotiation=direct: the first bytes on the wire are a TLS ClientHello offering ALPN
     "postgresql", not an SSLRequest. PostgreSQL 17 is not installed here, so a small server
     speaking TLS directly stands in for it and closes after the handshake."""
-    from situation.connect import connect
+    from situation.connection.connect import connect
     from situation.errors import ConnectError
 
     seen = {}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from situation.tls import peer_name_matches
+from situation.connection.tls import peer_name_matches
 
 
 def cert(cn=None, dns=(), ips=()):

@@ -6,13 +6,18 @@ directory. Creating a new row then would duplicate the host, so the row is
 found, in this order:
 
 1. the row carrying this agent's id;
-2. the row with this host's ``host_id`` (system UUID), which the agent claims;
+2. the row with this host's ``host_id`` (system UUID), whoever's it is;
 3. a weighted match on what neighbours could have seen of this host: MAC
    addresses (0.4 per matching NIC), addresses (0.2 per NIC sharing one),
    hostname (0.2) and open ports (0.1 each, at most 0.3). The best machine
    scoring 0.3 or more, with no agent of its own and at least one of our MACs,
-   is claimed; a lone
-   machine-less NIC with one of our MACs and addresses gets a machine of its own.
+   is chosen; a lone machine-less NIC with one of our MACs and addresses gets a
+   machine of its own.
+
+The row found is only a proposal (``ctx.host.id``): host-basic writes the host's
+row and takes it over, under a lock, by the rules of situation/host_row.py (one
+row per host whatever the agent ids, cloned agent ids kept apart). Only the
+lone-NIC adoption writes here, under the same lock.
 
 The original agent wrote the weighted match but never called it, checked the
 host_id before its own agent id, and inserted a second machine when both
@@ -21,7 +26,7 @@ creates the row.
 
 Reading this host never fails the module: a host file that cannot be parsed
 only weakens the match (hostroot.parse_source), and should reading the
-identity fail anyway, nothing is claimed and host-basic records the host under
+identity fail anyway, nothing is chosen and host-basic records the host under
 its agent id. A failing fingerprint would block every other module, while the
 only cost of skipping the match is a possible duplicate of a row neighbours
 left. Database errors still fail it: host-basic could not write either.
@@ -34,6 +39,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from situation.host_row import lock_host_identity
 from situation.hostroot import HostRoot, lines, parse_source, read_text
 from situation.module import Context, module
 from situation.modules.host_basic import read_host_id, read_hostname
@@ -161,26 +167,17 @@ async def run(ctx: Context) -> None:
         ctx.log.warning("this host's identity could not be read; no existing row is claimed",
                         error=f"{type(exc).__name__}: {exc}")
         return
-    if identity.host_id and await _claim_by_host_id(ctx, identity.host_id):
-        return
-    if await _claim_by_traces(ctx, identity):
+    if identity.host_id:
+        row = await ctx.store.fetchrow("machine_by_host_id", identity.host_id)
+        if row is not None:  # the host's one row, whoever holds it: host-basic takes it over
+            _choose(ctx, row["id"], reason="host_id", agent=row["agent"])
+            return
+    if await _choose_by_traces(ctx, identity):
         return
     ctx.log.info("no existing machine row matches this host; host-basic will create it")
 
 
-async def _claim_by_host_id(ctx: Context, host_id: str) -> bool:
-    row = await ctx.store.fetchrow("machine_by_host_id", host_id)
-    if row is None:
-        return False
-    if row["agent"] not in (None, ctx.agent_id):
-        ctx.log.warning("the machine with this host_id belongs to another agent; not claiming it",
-                        machine_id=row["id"], host_id=host_id)
-        return False
-    await _claim(ctx, row["id"], reason="host_id")
-    return True
-
-
-async def _claim_by_traces(ctx: Context, identity: Identity) -> bool:
+async def _choose_by_traces(ctx: Context, identity: Identity) -> bool:
     """Steps 3: a machine (or a lone NIC) left by neighbours that observed this host."""
     if not identity.interfaces:
         return False
@@ -200,7 +197,7 @@ async def _claim_by_traces(ctx: Context, identity: Identity) -> bool:
         # Addresses, hostnames and ports repeat across sites sharing private ranges:
         # without one of our MACs on it, a row is never taken.
         if best.mac_matches and best.score >= CLAIM_THRESHOLD - 1e-9 and best.agent is None:
-            await _claim(ctx, best.machine_id, reason=f"traces (score {best.score:.1f})")
+            _choose(ctx, best.machine_id, reason=f"traces (score {best.score:.1f})", agent=None)
             return True
     return await _adopt_lone_nic(ctx, identity, mac_nics)
 
@@ -212,23 +209,37 @@ async def _adopt_lone_nic(ctx: Context, identity: Identity, mac_nics: list[dict]
     if len(lone) != 1:
         return False
 
-    async def adopt():
+    async def adopt() -> int | None:
+        # Under host-basic's lock, so that agents starting together on this host adopt once.
+        await lock_host_identity(ctx.store, ctx.agent_id, identity.host_id)
+        if await ctx.store.fetchrow("machine_by_agent", ctx.agent_id) or (
+                identity.host_id and await ctx.store.fetchrow("machine_by_host_id", identity.host_id)):
+            return None  # a row appeared meanwhile (this id's, or this host_id's): host-basic decides
         created = await ctx.upsert("machines", [{"agent": ctx.agent_id}], key="agent")
-        await ctx.store.execute("attach_nic_to_machine", created.ids[0], lone[0]["id"], ctx.agent_id)
+        if not await ctx.store.execute("attach_nic_to_machine", created.ids[0], lone[0]["id"], ctx.agent_id):
+            raise _AlreadyAdopted
         ctx.count(1)
-        return created
+        return created.ids[0]
 
-    result = await ctx.run_in_transaction(adopt)
-    ctx.host.id = result.ids[0]
+    try:
+        adopted = await ctx.run_in_transaction(adopt)
+    except _AlreadyAdopted:  # another agent of this host attached the NIC first (rolled back)
+        return False
+    if adopted is None:
+        return False
+    ctx.host.id = adopted
     ctx.log.info("claimed a network interface discovered by a neighbour", nic_id=lone[0]["id"])
     return True
 
 
-async def _claim(ctx: Context, machine_id: int, *, reason: str) -> None:
-    await ctx.store.execute("claim_machine", ctx.agent_id, machine_id)
+class _AlreadyAdopted(Exception):
+    """The lone NIC got a machine meanwhile: undo the machine created for it."""
+
+
+def _choose(ctx: Context, machine_id: int, *, reason: str, agent: str | None) -> None:
     ctx.host.id = machine_id
-    ctx.count(1)
-    ctx.log.info("claimed an existing machine row", machine_id=machine_id, by=reason)
+    ctx.log.info("found this host's existing machine row; host-basic takes it over", machine_id=machine_id,
+                 by=reason, agent=agent)
 
 
 async def _fetch_all(store, query: str, values: list[str]) -> list[dict]:

@@ -33,6 +33,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from situation.host_row import write_host_row
 from situation.hostroot import HostRoot, in_range, lines, parse_source, read_text, read_text_or_none
 from situation.module import Context, command_output, module
 
@@ -456,17 +457,6 @@ def machine_row(agent_id: str, facts: HostFacts) -> dict[str, object]:
     }
 
 
-async def _host_id_taken(ctx: Context, host_id: str) -> bool:
-    """Another agent's machine already has this host_id (two agents on one host, e.g. in
-    containers that see the host's DMI UUID): keep ours NULL rather than fail on the key."""
-    owner = await ctx.store.fetchrow("machine_by_host_id", host_id)
-    if owner is None or owner["agent"] in (None, ctx.agent_id) or owner["id"] == ctx.host.id:
-        return False
-    ctx.log.warning("another agent's machine has this host_id; recording this one without it",
-                    host_id=host_id, machine_id=owner["id"])
-    return True
-
-
 @module("host-basic", depends=("fingerprint",))
 async def run(ctx: Context) -> None:
     """Create or refresh the agent host's machine row (hostname, OS, host id, uptime)."""
@@ -474,11 +464,8 @@ async def run(ctx: Context) -> None:
     if await asyncio.to_thread(needs_lsb_release_command, ctx.root):
         command_output = await run_lsb_release()
     facts = await asyncio.to_thread(collect, ctx.root, lsb_release_output=command_output)
-    row = machine_row(ctx.agent_id, facts)
-    if facts.host_id and await _host_id_taken(ctx, facts.host_id):
-        row["host_id"] = None
-    result = await ctx.upsert("machines", [row], key="agent", update=REFRESHED_COLUMNS)
-    ctx.host.id = result.ids[0]
+    # One row per host whatever the agent ids, and a cloned agent id kept apart (host_row.py).
+    ctx.host.id = await write_host_row(ctx, machine_row(ctx.agent_id, facts), REFRESHED_COLUMNS)
     ctx.log.debug(
         "host facts",
         hostname=facts.hostname,

@@ -17,7 +17,9 @@ chooses it), so the result is bounded and clean whatever it holds:
 - ``dns_names``: the DNS names of the subjectAltName, at most ``MAX_DNS_NAMES``;
   a name longer than 253 characters or holding anything but printable ASCII
   (a NUL-truncation trick, say) is dropped. Always present, ``[]`` for a
-  certificate with none (IP-only certificates are stored: see the tls module).
+  certificate with none (IP-only certificates are stored: see the tls module)
+  and for one whose extensions cannot be read (not DER, an extension twice):
+  the rest of such a certificate is still described.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def dns_names(cert: x509.Certificate) -> list[str]:
     try:
         extension = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
         names = extension.value.get_values_for_type(x509.DNSName)
-    except (x509.ExtensionNotFound, ValueError, TypeError, UnicodeError):
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, ValueError, TypeError,
+            UnicodeError):  # no SAN, or one that cannot be read (not DER, twice, an unknown name type)
         return []
     kept = [n for n in names if isinstance(n, str) and len(n) <= MAX_DNS_NAME and n.isascii() and n.isprintable()]
     return kept[:MAX_DNS_NAMES]

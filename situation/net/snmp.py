@@ -9,10 +9,11 @@ interfaces, addresses, routes and the NICs worth storing.
 
 Everything a device says is untrusted: strings are decoded with invalid
 UTF-8 replaced, control characters removed and lengths bounded; MACs are
-taken only from 6-byte strings; addresses encoded in OIDs are parsed as
-integers and refused when a part is not a byte (the original's table lacked
-255, so any ``ff`` byte decoded as 0); walks stop after ``MAX_ROWS`` rows or
-at an OID that does not increase.
+taken only from 6-byte strings; numbers are used only when their type and
+range are the MIB's (a huge Counter64 where TimeTicks belong is no uptime);
+addresses encoded in OIDs are parsed as integers and refused when a part is
+not a byte (the original's table lacked 255, so any ``ff`` byte decoded as
+0); walks stop after ``MAX_ROWS`` rows or at an OID that does not increase.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ MAX_ROWS = 2048  # per walked column: a device cannot keep us walking forever
 MAX_REPETITIONS = 25
 MAX_NAME = 255
 MAX_DESCR = 1024
+MAX_TIME_TICKS = 2**32 - 1  # sysUpTime is TimeTicks (unsigned 32 bits)
+MAX_SERVICES = 127  # sysServices is INTEGER (0..127)
 ROUTE_REMOTE = 4  # inetCidrRouteType remote(4), ipRouteType/ipForwardType indirect(4)
 IF_TYPE_LOOPBACK = 24  # softwareLoopback
 IF_TYPE_TUNNEL = 131  # tunnel
@@ -515,7 +518,7 @@ def system_facts(system: Mapping[Oid, Any]) -> dict[str, Any]:
     if name:
         facts["hostname"] = name
     uptime = system.get(SYS_UPTIME)
-    if isinstance(uptime, int) and uptime >= 0:
+    if isinstance(uptime, int) and 0 <= uptime <= MAX_TIME_TICKS:  # a huge Counter64 in its place is no uptime
         facts["uptime"] = uptime * 10_000_000  # hundredths of a second → nanoseconds
     descr = device_text(system.get(SYS_DESCR), MAX_DESCR).lower()
     if "linux" in descr:
@@ -532,7 +535,7 @@ def system_facts(system: Mapping[Oid, Any]) -> dict[str, Any]:
         if arch in descr:
             facts["arch"] = arch
     services = system.get(SYS_SERVICES)
-    if isinstance(services, int):
+    if isinstance(services, int) and 0 <= services <= MAX_SERVICES:
         facts["services"] = services
     return facts
 

@@ -7,12 +7,6 @@ SELECT id, host_id, agent FROM machines WHERE agent = $1;
 -- name: machine_by_host_id
 SELECT id, agent FROM machines WHERE host_id = $1;
 
--- name: claim_machine
--- $1 agent id, $2 machine id. Never takes a row from another agent.
-UPDATE machines
-SET agent = $1, updated_at = CURRENT_TIMESTAMP, updated_by = $1
-WHERE id = $2 AND (agent IS NULL OR agent = $1);
-
 -- name: nics_by_mac
 SELECT n.id, n.mac, n.ip, n.machine_id, m.agent
 FROM network_interfaces n LEFT JOIN machines m ON m.id = n.machine_id

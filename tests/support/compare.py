@@ -7,8 +7,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 from situation.errors import SituationError
 
 PSQL = shutil.which("psql")

@@ -107,6 +107,20 @@ class IsolatedHost(GuardedNamespace):
 
 
 
+def isolated_host_or_skip():
+    """A generator for a pytest fixture of any scope: an IsolatedHost, destroyed afterwards;
+    the test is skipped where namespaces cannot be made."""
+    import pytest
+
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    host = IsolatedHost().create()
+    try:
+        yield host
+    finally:
+        host.destroy()
+
+
 # Every neighbour in a test namespace is asked over SNMP, and most run no agent: each
 # would hold a whole cycle for the default timeout and 3 retries (12 s). Tests of
 # snmp itself pass their own --snmp-timeout (a flag beats this).

@@ -7,6 +7,7 @@ its validation off). ``serve(namespace, cert, key, ports, tls10_only=...)``
 starts this file as a script inside a host namespace: a threaded server that
 completes handshakes on each port and closes, until killed. A TLS 1.0-only
 server needs security level 0, which this OpenSSL may refuse: ``tls10_supported``.
+``broken_certificate`` makes certificates whose subjectAltName no parser reads.
 """
 
 from __future__ import annotations
@@ -51,6 +52,42 @@ def make_certificate(directory: Path, stem: str, *, subject: list[tuple] | None 
     cert = builder.sign(key, hashes.SHA256())
     crt, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return crt, key_path
+
+
+def broken_certificate(directory: Path, stem: str, *, duplicated: bool) -> tuple[Path, Path]:
+    """A self-signed certificate whose subjectAltName is not DER, or (``duplicated``) present twice.
+
+    OpenSSL refuses to load either into an ``ssl`` context: serve them with
+    ``openssl s_server``. The duplicate is made after signing, by renaming an
+    unknown extension's OID (1.2.3.4) to the subjectAltName's (2.5.29.17):
+    the signature no longer matches, which no client here checks.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)])
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - _dt.timedelta(days=1))
+               .not_valid_after(now + _dt.timedelta(days=30)))
+    if duplicated:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("one.example")]), critical=False)
+        builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x30\x00"),
+                                        critical=False)
+    else:  # GeneralNames whose one dNSName claims 255 bytes and has none
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\x82\xff\x00"), critical=False)
+    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    if duplicated:
+        der = der.replace(bytes.fromhex("06032a0304"), bytes.fromhex("0603551d11"))
+    crt, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    crt.write_bytes(x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return crt, key_path

@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from situation.dsn import ConnectParams
+from situation.connection.dsn import ConnectParams
 from situation.errors import DsnError
 
 _TLS_VERSIONS = {

@@ -19,10 +19,10 @@ from typing import Any
 import asyncpg
 import structlog
 
-from situation.dialer import DialingLoop
-from situation.dsn import ConnectParams, Endpoint, password_for
+from situation.connection.dialer import DialingLoop
+from situation.connection.dsn import ConnectParams, Endpoint, password_for
 from situation.errors import ConnectError
-from situation.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context, ssl_context_for
+from situation.connection.tls import HostNameMismatch, LibpqSSLContext, build_ssl_context, ssl_context_for
 
 log = structlog.get_logger("situation.connect")
 

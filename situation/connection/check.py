@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
-from situation.connect import connect
-from situation.dsn import ConnectParams
+from situation.connection.connect import connect
+from situation.connection.dsn import ConnectParams
 from situation.errors import MigrationError
-from situation.migrations import SchemaAccessDenied, latest_version, schema_version
-from situation.tls import VERIFY_NONE, describe_certificate, ssl_context_for
+from situation.connection.migrations import SchemaAccessDenied, latest_version, schema_version
+from situation.connection.tls import VERIFY_NONE, describe_certificate, ssl_context_for
 
 _PRIVILEGES = """
 SELECT r.rolsuper AS superuser,

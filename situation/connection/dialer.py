@@ -23,7 +23,7 @@ from typing import Any
 
 from asyncpg.protocol import Protocol as AsyncpgProtocol
 
-from situation.dsn import Endpoint, Keepalives, RequireAuth
+from situation.connection.dsn import Endpoint, Keepalives, RequireAuth
 
 # AuthenticationRequest codes (protocol message 'R') and the require_auth method each one means.
 _AUTH_METHODS = {0: "none", 3: "password", 5: "md5", 7: "gss", 9: "sspi", 10: "scram-sha-256"}

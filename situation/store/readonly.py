@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from situation.dsn import redact_dsn
+from situation.connection.dsn import redact_dsn
 from situation.errors import ConfigError, MigrationError, SituationError
 
 log = structlog.get_logger("situation.readonly")
@@ -262,7 +262,7 @@ class PostgresReader:
         return reader
 
     async def _connect(self):
-        from situation.connect import connect
+        from situation.connection.connect import connect
 
         connection = await connect(
             self._params,
@@ -397,7 +397,7 @@ async def open_reader(dsn: str, *, timeout: float = DEFAULT_TIMEOUT, max_rows: i
     from situation.store import is_postgres_dsn, sqlite_path
 
     if is_postgres_dsn(dsn):
-        from situation.dsn import parse_dsn
+        from situation.connection.dsn import parse_dsn
 
         return await PostgresReader.open(parse_dsn(dsn), timeout=timeout, max_rows=max_rows)
     return await SqliteReader.open(sqlite_path(dsn), timeout=timeout, max_rows=max_rows)

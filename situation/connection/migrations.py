@@ -80,7 +80,7 @@ def sql_root() -> Path:
     packaged = resources.files("situation").joinpath("sql")
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "sql"
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 def read_sql(name: str, dialect: str = "postgres") -> str:

@@ -35,8 +35,8 @@ Modules never build SQL from data. They call:
   the same way.
   ``async with store.transaction():`` groups calls without retries.
 
-Backends: :mod:`situation.store_postgres` (asyncpg pool) and
-:mod:`situation.store_sqlite` (sqlite3 on a worker thread).
+Backends: :mod:`situation.store.postgres` (asyncpg pool) and
+:mod:`situation.store.sqlite` (sqlite3 on a worker thread).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from functools import cache
 from typing import Any, Protocol
 
 from situation.errors import SituationError
-from situation.migrations import sql_root
+from situation.connection.migrations import sql_root
 
 # Conflict targets by name, per table: the key columns, and the expression list
 # used in ON CONFLICT (...) where it differs from the plain columns on a backend.
@@ -376,7 +376,7 @@ def is_postgres_dsn(dsn: str) -> bool:
     is refused rather than taken for an SQLite file name, which would create a
     file named after it and print it, password included.
     """
-    from situation.dsn import LIBPQ_OPTIONS
+    from situation.connection.dsn import LIBPQ_OPTIONS
     from situation.errors import ConfigError
 
     text = dsn.strip()
@@ -412,13 +412,13 @@ async def open_store(
     postgres = is_postgres_dsn(dsn)
     await asyncio.to_thread(queries_for, "postgres" if postgres else "sqlite")  # file reads, once
     if not postgres:
-        from situation.store_sqlite import SqliteStore
+        from situation.store.sqlite import SqliteStore
 
         return await SqliteStore.open(sqlite_path(dsn), agent_id, migrate=migrate)
-    from situation import migrations
-    from situation.connect import direct_connection
-    from situation.dsn import parse_dsn
-    from situation.store_postgres import PostgresStore
+    from situation.connection import migrations
+    from situation.connection.connect import direct_connection
+    from situation.connection.dsn import parse_dsn
+    from situation.store.postgres import PostgresStore
 
     params = await asyncio.to_thread(parse_dsn, dsn)  # may read a service file
     if migrate:

@@ -1,12 +1,12 @@
 """A read-only view of a situation database, for commands that look and never write.
 
-The store (situation/store.py) is built for writing: it migrates or checks the schema,
+The store (situation/store/__init__.py) is built for writing: it migrates or checks the schema,
 cleans what it writes and retries units. A reader does none of that. It opens the
 database so that writing is impossible rather than merely avoided:
 
 - SQLite: a ``file:…?mode=ro`` URI (the file must exist; nothing is created) with
   ``PRAGMA query_only``, on a worker thread of its own;
-- PostgreSQL: one connection made as the agent's are (situation/connect.py: libpq's
+- PostgreSQL: one connection made as the agent's are (situation/connection/connect.py: libpq's
   DSN rules, TLS and error wording), with ``default_transaction_read_only`` and
   ``search_path = situation``; meant for a role made with ``situation grant ROLE --reader``.
 
@@ -72,7 +72,7 @@ class SqliteReader:
         return cls(connection, executor, path)
 
     async def fetch(self, name: str, *args: Any) -> list[dict[str, Any]]:
-        from situation.store_sqlite import to_sqlite_placeholders
+        from situation.store.sqlite import to_sqlite_placeholders
 
         sql = to_sqlite_placeholders(query_text("sqlite", name))
         loop = asyncio.get_running_loop()
@@ -109,8 +109,8 @@ class PostgresReader:
 
     @classmethod
     async def open(cls, dsn: str, purpose: str) -> PostgresReader:
-        from situation.connect import connect
-        from situation.dsn import parse_dsn
+        from situation.connection.connect import connect
+        from situation.connection.dsn import parse_dsn
 
         params = parse_dsn(dsn)
         settings = {

@@ -20,8 +20,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from situation.connect import create_pool
-from situation.dsn import ConnectParams
+from situation.connection.connect import create_pool
+from situation.connection.dsn import ConnectParams
 from situation.errors import ConnectError, SituationError
 from situation.store import JsonText, UpsertResult, clean_arguments, json_text, plan_batch, query_text, quote_ident
 

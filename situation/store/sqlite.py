@@ -23,9 +23,9 @@ from typing import Any
 
 import structlog
 
-from situation.dsn import redact_dsn
+from situation.connection.dsn import redact_dsn
 from situation.errors import ConfigError, DatabaseBusy, MigrationError
-from situation.migrations import Applied, Migration, load_migrations, plan
+from situation.connection.migrations import Applied, Migration, load_migrations, plan
 from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from situation.errors import ConfigError, MigrationError
-from situation.migrations import apply_roles, schema_access, schema_version
+from situation.connection.migrations import apply_roles, schema_access, schema_version
 
 AGENT_GROUP = "situation_agent"
 READER_GROUP = "situation_reader"
