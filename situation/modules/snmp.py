@@ -251,12 +251,15 @@ async def place_claims(ctx: Context, claims: Sequence[Claim]) -> dict[int, int]:
         chosen.clear()
         names = sorted({claim.name for claim in claims})
         await ctx.store.fetch("lock_hostnames", names)
+        # reverse-lookup (or another agent) may have given some of them a machine since they were read
+        free = {row["id"] for row in await ctx.store.fetch("still_machineless", [c.nic["id"] for c in claims])}
+        open_claims = [claim for claim in claims if claim.nic["id"] in free]
         named: dict[str, list[int]] = {}
         for row in await ctx.store.fetch("machines_named", names):
             named.setdefault(row["hostname"], []).append(row["id"])
         held = await ctx.store.fetch("nics_with_mac_on_machines", sorted({i for ids in named.values() for i in ids}))
         made: list[tuple[Claim, int]] = []  # machines created in this run, for a device seen twice
-        for claim in claims:
+        for claim in open_claims:
             known = [m for m in named.get(claim.name, []) if same_device(claim.macs, held, m)]
             known += [m for c, m in made if c.name == claim.name and c.macs & claim.macs]
             if known:
@@ -267,7 +270,7 @@ async def place_claims(ctx: Context, claims: Sequence[Claim]) -> dict[int, int]:
             chosen[claim.nic["id"]] = row["id"]
             made.append((claim, row["id"]))
         held = await ctx.store.fetch("nics_with_mac_on_machines", sorted(set(chosen.values())))
-        plan = plan_attachments([claim.nic for claim in claims], chosen, held)
+        plan = plan_attachments([claim.nic for claim in open_claims], chosen, held)
         if plan.attach:
             ids, machines = zip(*plan.attach)
             ctx.count(await ctx.store.execute("attach_nics", list(ids), list(machines), ctx.agent_id))
@@ -291,6 +294,8 @@ async def give_machines(ctx: Context, answered: list[tuple[Target, Device]]) -> 
     current = {row["id"]: row for row in await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())}
     claims = claims_of(answered, current)
     chosen = await place_claims(ctx, claims) if claims else {}
+    if any(claim.nic["id"] not in chosen for claim in claims):  # named by reverse-lookup meanwhile
+        current = {row["id"]: row for row in await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())}
     placed, unplaced = [], 0
     for target, device in answered:
         machine_id = target.machine_id or chosen.get(target.nic_id)
