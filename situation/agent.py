@@ -104,6 +104,7 @@ class Agent:
             config.disabled,
             ignore_missing_deps=config.ignore_missing_deps,
         )
+        self._check_module_options()
         self.root = HostRoot.from_environment()
         self.notifier = Notifier()
         self.stopping = asyncio.Event()
@@ -288,14 +289,23 @@ class Agent:
         self.notifier.status(_status_line(results, healthy))
         return results, healthy
 
-    def _context(self, spec: ModuleSpec, host: HostMachine) -> Context:
+    def _module_options(self, spec: ModuleSpec) -> dict[str, Any]:
         options = {o.name: o.default for o in spec.options}
         options.update(self.config.module_options.get(spec.name, {}))
+        return options
+
+    def _check_module_options(self) -> None:
+        """Settings of the modules that will run, checked once at start: ConfigError stops the agent."""
+        for spec in self.modules.values():
+            if spec.check is not None:
+                spec.check(self._module_options(spec))
+
+    def _context(self, spec: ModuleSpec, host: HostMachine) -> Context:
         return Context(
             store=self.store,
             log=structlog.get_logger(f"situation.modules.{spec.name}").bind(module=spec.name),
             agent_id=self.config.agent_id,
-            options=options,
+            options=self._module_options(spec),
             root=self.root,
             host=host,
             discovery=self.config.discovery,

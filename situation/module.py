@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from situation.store import Store
 
 RunFunction = Callable[["Context"], Awaitable[None]]
+CheckFunction = Callable[[Mapping[str, Any]], object]  # raises ConfigError (one line) on unusable options
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 DEFAULT_TIMEOUT = 120.0
@@ -50,6 +51,7 @@ class ModuleSpec:
     options: tuple[Option, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     summary: str = ""
+    check: CheckFunction | None = None  # run at start on the module's options, before any module runs
 
 
 @dataclass
@@ -111,8 +113,14 @@ def module(
     depends: tuple[str, ...] = (),
     options: tuple[Option, ...] = (),
     timeout: float = DEFAULT_TIMEOUT,
+    check: CheckFunction | None = None,
 ) -> Callable[[RunFunction], RunFunction]:
-    """Register the decorated ``async def run(ctx)`` as module ``name``."""
+    """Register the decorated ``async def run(ctx)`` as module ``name``.
+
+    ``check(options)`` validates settings that depend on each other or on the
+    environment, at start (situation/agent.py); a bad single value is caught
+    earlier by its option's kind.
+    """
     if not _NAME.match(name):
         raise ValueError(f"module name {name!r} must be kebab-case")
 
@@ -120,7 +128,7 @@ def module(
         if name in REGISTRY:
             raise ValueError(f"module {name!r} is registered twice")
         summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
-        REGISTRY[name] = ModuleSpec(name, run, tuple(depends), tuple(options), timeout, summary)
+        REGISTRY[name] = ModuleSpec(name, run, tuple(depends), tuple(options), timeout, summary, check)
         return run
 
     return register

@@ -404,3 +404,29 @@ def test_nul_in_an_sqlite_path_from_a_db_file_is_one_clear_line(test_host, tmp_p
     run = test_host.run(sys.executable, "-m", "situation", "run", "--once", "--db-file", str(dsn_file),
                         env=clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state")), timeout=60)
     assert assert_one_line_error(run) == expected
+
+
+# -- module settings checked at start (issue 9) ---------------------------------------------------
+
+# Each case is a CLI start; the other snmp settings are checked in-process in test_snmp.py.
+BAD_MODULE_SETTINGS = {
+    "tls ports": (["--tls-ports", "443,https"], {}, "--tls-ports: 'https' is not a port, a range or top1000"),
+    "tls ports from the environment": ([], {"SITUATION_TLS_PORTS": "0-80"}, "--tls-ports: '0-80' is out of range"),
+    "snmp v3 without user": (["--snmp-version", "3"], {}, "--snmp-version 3 needs --snmp-user"),
+    "snmp key file": (["--snmp-auth-key-file", "/nonexistent/auth.key"], {},
+                      "--snmp-auth-key-file: cannot read /nonexistent/auth.key: No such file or directory"),
+    "snmp short key": (["--snmp-version", "3", "--snmp-user", "u"], {"SITUATION_SNMP_AUTH_KEY": "sh0rt"},
+                       "SNMPv3 keys must be at least 8 characters long"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MODULE_SETTINGS)
+def test_bad_module_settings_stop_the_agent_at_start(case, test_host, tmp_path):
+    # Had the check not stopped it, this would be a whole cycle: it runs inside the isolated host.
+    flags, environ, message = BAD_MODULE_SETTINGS[case]
+    state = tmp_path / "state"
+    run = test_host.run(sys.executable, "-m", "situation", "run", "--once", *flags,
+                        env=clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(state), **environ), timeout=60)
+    assert assert_one_line_error(run).startswith(f"situation: error: {message}")
+    assert not (state / "situation.sqlite").exists()  # before the database, so before any module
+    assert_no_secret(run, "sh0rt")

@@ -145,6 +145,17 @@ async def test_an_existing_machine_with_that_name_is_reused(store):
     assert (await counts(store))["machines"] == 1
 
 
+async def test_a_nic_given_a_machine_since_it_was_read_keeps_it_and_no_machine_is_made(store):
+    nic = await add_nic(store, "02:00:00:00:00:0a", ["10.0.0.10"])
+    read = await machineless(store)
+    switch = await add_machine(store, "switch.lab", host_id="uuid-switch")  # what snmp does meanwhile
+    await store.execute("attach_nics", [nic], [switch], AGENT)
+    outcome = await attach_by_name(context(store), read, {nic: "sw10.example"})
+    assert (outcome.created, outcome.attached) == (0, 0)
+    assert (await raw_rows(store, f"SELECT machine_id FROM network_interfaces WHERE id = {nic}"))[0]["machine_id"] == switch
+    assert (await counts(store))["machines"] == 1
+
+
 async def test_an_ambiguous_name_creates_nothing_and_attaches_nothing(store):
     await add_machine(store, "dup.example", host_id="uuid-1")
     await add_machine(store, "DUP.example", host_id="uuid-2")

@@ -5,8 +5,8 @@ three hosts: SWITCH runs snmpd (v2c and v3 authPriv) and has a default
 route via the scanner, so its interface qualifies; SILENT runs nothing (one
 timeout's cost); FENCED runs snmpd but is excluded from the snmp run. The
 neighbour discovery modules run first; reverse-lookup names the hosts from
-the scanner's /etc/netns hosts file, so their NICs have machines (the
-original queries only those). SQLite and PostgreSQL.
+the scanner's /etc/netns hosts file, so their NICs have machines (a neighbour
+without one is asked too: see test_services_lab.py). SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -208,3 +208,28 @@ def test_system_group_and_credentials():
     assert "--snmp-user" in snmp.check_credentials(snmp.Credentials(version=3))
     assert "8 characters" in snmp.check_credentials(snmp.Credentials(version=3, user="u", auth_key="short"))
     assert "secret" not in repr(snmp.Credentials(community="secret", auth_key="secret-key"))
+
+
+BAD_SETTINGS = [
+    ({"version": 2}, "--snmp-version 2 is not supported; use 0 (v1), 1 (v2c, the default) or 3 (v3)"),
+    ({"version": 3}, "--snmp-version 3 needs --snmp-user"),
+    ({"transport": "tcp"}, "--snmp-transport 'tcp' is not supported; use udp"),
+    ({"port": 70000}, "--snmp-port 70000 is not a port number"),
+    ({"auth-protocol": "md4"}, "--snmp-auth-protocol 'md4' is not one of md5, sha"),
+    ({"version": 3, "user": "u", "priv-protocol": "rc4"}, "--snmp-priv-protocol 'rc4' is not one of des, 3des"),
+    ({"priv-key-file": "/nonexistent/priv.key"}, "--snmp-priv-key-file: cannot read /nonexistent/priv.key"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_SETTINGS)
+def test_snmp_settings_are_checked_when_the_agent_starts(options, message, tmp_path, monkeypatch):
+    from situation.agent import Agent, AgentConfig
+    from situation.errors import ConfigError
+
+    monkeypatch.delenv("SITUATION_SNMP_AUTH_KEY", raising=False)
+    monkeypatch.delenv("SITUATION_SNMP_PRIV_KEY", raising=False)
+    config = AgentConfig(dsn=None, state_dir=tmp_path, agent_id="ab" * 16, module_options={"snmp": options})
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        Agent(config)  # constructing it checks; nothing is opened or sent
+    Agent(AgentConfig(dsn=None, state_dir=tmp_path, agent_id="ab" * 16, module_options={"snmp": options},
+                      disabled={"snmp"}))  # a disabled module's settings are not its concern

@@ -13,7 +13,9 @@ from cryptography.x509.oid import NameOID
 from support.tls_servers import broken_certificate
 
 from situation.errors import ConfigError
-from situation.modules.tls import parse_ports, reachable_targets
+from situation.config import convert, module_settings
+from situation.module import REGISTRY
+from situation.modules.tls import TLS_PORTS, reachable_targets
 from situation.net.certificate import _magnitude, describe_certificate, go_name_string, hex_pairs
 from situation.net.ja4 import Malformed
 from situation.net.tls_capture import first_handshake_message
@@ -89,11 +91,13 @@ def test_handshake_reassembled_from_records():
     assert first_handshake_message(b"", 0x02) is None
 
 
-def test_ports_option():
-    assert parse_ports("443, 8443,9000-9002") == [443, 8443, 9000, 9001, 9002]
+def test_ports_option_is_checked_at_start():
+    [setting] = [s for s in module_settings(REGISTRY) if s.key == "modules.tls.ports"]
+    assert convert(setting, None) == ",".join(map(str, TLS_PORTS))
+    assert convert(setting, "443, 8443,9000-9002") == "443, 8443,9000-9002"
     for bad in ("https", "0", "70000", "9-3", ""):
-        with pytest.raises(ConfigError, match="--tls-ports"):
-            parse_ports(bad)
+        with pytest.raises(ConfigError, match="^--tls-ports: "):
+            convert(setting, bad)
 
 
 def test_targets_grouped_and_filtered():

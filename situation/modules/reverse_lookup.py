@@ -115,19 +115,23 @@ async def attach_by_name(ctx: Context, nics: Sequence[Mapping], names: Mapping[i
         nonlocal outcome
         outcome = Outcome()
         await ctx.store.fetch("lock_hostnames", wanted)
+        # snmp (or another agent) may have given some of them a machine since they were read
+        free = {row["id"] for row in await ctx.store.fetch("still_machineless", sorted(names))}
+        names_now = {nic: name for nic, name in names.items() if nic in free}
+        needed = sorted(set(names_now.values()))
         machines: dict[str, list[int]] = {}
-        for row in await ctx.store.fetch("machines_named", wanted):
+        for row in await ctx.store.fetch("machines_named", needed):
             machines.setdefault(row["hostname"], []).append(row["id"])
         outcome.ambiguous = sorted(n for n, ids in machines.items() if len(ids) > 1)
         machine_of_name = {n: ids[0] for n, ids in machines.items() if len(ids) == 1}
         outcome.reused = len(machine_of_name)
-        missing = [n for n in wanted if n not in machines]
+        missing = [n for n in needed if n not in machines]
         if missing:
             created = await ctx.store.fetch("create_named_machines", missing, ctx.agent_id)
             machine_of_name.update((row["hostname"], row["id"]) for row in created)
             outcome.created = len(created)
             ctx.count(len(created))
-        machine_of_nic = {nic: machine_of_name[n] for nic, n in names.items() if n in machine_of_name}
+        machine_of_nic = {nic: machine_of_name[n] for nic, n in names_now.items() if n in machine_of_name}
         held = await ctx.store.fetch("nics_with_mac_on_machines", sorted(set(machine_of_nic.values())))
         plan = plan_attachments(nics, machine_of_nic, held)
         outcome.kept_apart = plan.kept_apart

@@ -1,13 +1,21 @@
 """snmp: what the SNMP agents of neighbour machines say about themselves (agent-behaviour.md §4.16).
 
-Targets: the NICs of other machines that share a subnetwork with this host's
-NICs (NICs without a machine are skipped, as in the original); each of their
+Targets: the NICs of other machines, or of no machine yet, that share a
+subnetwork with this host's NICs; each of their
 addresses that is not loopback, link-local, multicast or unspecified and that
 ``ctx.discovery`` allows. At most ``CONCURRENCY`` targets are queried at once,
 through one pysnmp engine, every request drawn from the shared rate limit.
 A target first gets ``GET 0.0``; without an answer (``--snmp-timeout`` per
 try, 3 retries) nothing more is sent to it. Bad credentials (a v3 report) are
 logged as a warning, and nothing is recorded for that target.
+
+Deviation: the original skips NICs without a machine, those reverse-lookup
+could not name, so a switch without a PTR record was never asked. Here such a
+NIC is asked too; when its device answers with a sysName, the NIC joins the
+machine of that name that already holds one of the device's interface MACs
+(an earlier run's record), else a new machine named so; a device without a
+sysName is left alone. A name alone never merges devices: factory names
+(``OpenWrt``, ``switch``) are shared by unrelated ones.
 
 What an answering device gives (see :mod:`situation.net.snmp`): interfaces
 with a real MAC and an IPv4 gateway become NICs of the target's machine,
@@ -32,13 +40,14 @@ import asyncio
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from situation.discovery import neighbour_addresses
 from situation.errors import ConfigError
 from situation.module import Context, Option, module
+from situation.modules.reverse_lookup import plan_attachments
 from situation.net.snmp import (
     Credentials,
     Device,
@@ -75,7 +84,7 @@ OPTIONS = (
 @dataclass(frozen=True)
 class Target:
     nic_id: int
-    machine_id: int
+    machine_id: int | None  # None: a neighbour no machine holds yet (reverse-lookup found no name)
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -201,7 +210,105 @@ async def record_system(ctx: Context, machine_id: int, device: Device) -> None:
                                           *(updated[c] for c in MACHINE_COLUMNS), ctx.agent_id))
 
 
-@module("snmp", depends=("arp",), options=OPTIONS)
+# -- neighbours without a machine ------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """A machine-less NIC whose device answered: the name it gave and the MACs of its interfaces."""
+
+    nic: Mapping[str, Any]
+    name: str
+    macs: frozenset[str]
+
+
+def claims_of(answered: Sequence[tuple[Target, Device]], current: Mapping[int, Mapping]) -> list[Claim]:
+    """One claim per NIC still without a machine whose device gave a sysName (its first answering address)."""
+    claims: dict[int, Claim] = {}
+    for target, device in answered:
+        row = current.get(target.nic_id)
+        name = system_facts(device.system).get("hostname", "").lower()
+        if row is None or row["machine_id"] is not None or not name or target.nic_id in claims:
+            continue
+        macs = frozenset(i.mac for i in device.interfaces.values() if i.mac)
+        claims[target.nic_id] = Claim(row, name, macs)
+    return list(claims.values())
+
+
+def same_device(macs: frozenset[str], held: Sequence[Mapping], machine_id: int) -> bool:
+    return any(row["machine_id"] == machine_id and row["mac"] in macs for row in held)
+
+
+async def place_claims(ctx: Context, claims: Sequence[Claim]) -> dict[int, int]:
+    """NIC id → machine: a machine with the device's name that already holds one of its MACs, else a new one.
+
+    A name alone never joins two devices: factory sysNames ("OpenWrt",
+    "switch") are shared by unrelated devices.
+    """
+    chosen: dict[int, int] = {}
+
+    async def work() -> None:
+        chosen.clear()
+        names = sorted({claim.name for claim in claims})
+        await ctx.store.fetch("lock_hostnames", names)
+        # reverse-lookup (or another agent) may have given some of them a machine since they were read
+        free = {row["id"] for row in await ctx.store.fetch("still_machineless", [c.nic["id"] for c in claims])}
+        open_claims = [claim for claim in claims if claim.nic["id"] in free]
+        named: dict[str, list[int]] = {}
+        for row in await ctx.store.fetch("machines_named", names):
+            named.setdefault(row["hostname"], []).append(row["id"])
+        held = await ctx.store.fetch("nics_with_mac_on_machines", sorted({i for ids in named.values() for i in ids}))
+        made: list[tuple[Claim, int]] = []  # machines created in this run, for a device seen twice
+        for claim in open_claims:
+            known = [m for m in named.get(claim.name, []) if same_device(claim.macs, held, m)]
+            known += [m for c, m in made if c.name == claim.name and c.macs & claim.macs]
+            if known:
+                chosen[claim.nic["id"]] = known[0]
+                continue
+            [row] = await ctx.store.fetch("create_named_machines", [claim.name], ctx.agent_id)
+            ctx.count(1)
+            chosen[claim.nic["id"]] = row["id"]
+            made.append((claim, row["id"]))
+        held = await ctx.store.fetch("nics_with_mac_on_machines", sorted(set(chosen.values())))
+        plan = plan_attachments([claim.nic for claim in open_claims], chosen, held)
+        if plan.attach:
+            ids, machines = zip(*plan.attach)
+            ctx.count(await ctx.store.execute("attach_nics", list(ids), list(machines), ctx.agent_id))
+        for nic_id, addresses in sorted(plan.addresses.items()):
+            ctx.count(await ctx.store.execute("set_nic_addresses", addresses, nic_id, ctx.agent_id))
+
+    await ctx.run_in_transaction(work)
+    return chosen
+
+
+async def give_machines(ctx: Context, answered: list[tuple[Target, Device]]) -> tuple[list[tuple[Target, Device]], int]:
+    """The answering targets with the machine each is recorded on, and how many have none.
+
+    A target whose NIC had no machine (reverse-lookup found no name) gets one
+    from its device's sysName (:func:`place_claims`), unless it got one while
+    the devices were asked (reverse-lookup runs alongside), which it keeps. A
+    device without a sysName is left alone.
+    """
+    if all(target.machine_id is not None for target, _ in answered):
+        return answered, 0
+    current = {row["id"]: row for row in await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())}
+    claims = claims_of(answered, current)
+    chosen = await place_claims(ctx, claims) if claims else {}
+    if any(claim.nic["id"] not in chosen for claim in claims):  # named by reverse-lookup meanwhile
+        current = {row["id"]: row for row in await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())}
+    placed, unplaced = [], 0
+    for target, device in answered:
+        machine_id = target.machine_id or chosen.get(target.nic_id)
+        if machine_id is None and target.nic_id in current:
+            machine_id = current[target.nic_id]["machine_id"]
+        if machine_id is None:
+            unplaced += 1
+        else:
+            placed.append((replace(target, machine_id=machine_id), device))
+    return placed, unplaced
+
+
+@module("snmp", depends=("arp",), options=OPTIONS, check=read_credentials)
 async def run(ctx: Context) -> None:
     """Interfaces, addresses, routes and system group of neighbour machines over SNMP (v1, v2c, v3)."""
     options = ctx.options
@@ -218,6 +325,8 @@ async def run(ctx: Context) -> None:
         answered = await query_all(ctx, client, targets)
     finally:
         client.close()
-    for target, device in answered:
+    placed, unplaced = await give_machines(ctx, answered)
+    for target, device in placed:
         await ctx.run_in_transaction(lambda: record(ctx, target, device, options["transport"], options["port"]))
-    ctx.log.info("SNMP agents queried", targets=len(targets), answered=len(answered))
+    ctx.log.info("SNMP agents queried", targets=len(targets), answered=len(answered),
+                 machineless=sum(1 for t in targets if t.machine_id is None), left_without_machine=unplaced)

@@ -1,7 +1,8 @@
 """tls: the certificate every TCP endpoint on a TLS port presents, into ``application_endpoints.tls``.
 
 Targets: stored TCP endpoints (of any machine, or none) on a TLS port —
-data.json's list by default, ``--tls-ports`` changes it (``443,8443,9000-9010``).
+data.json's list by default, ``--tls-ports`` changes it (``443,8443,9000-9010``;
+an option of kind ``ports``, so a bad value stops the agent at start).
 It runs after tcp-scan and netstat, whose endpoints it visits. With ``--discovery-scope attached``
 (the default) only endpoints on this host's NICs, on neighbours sharing one of
 its subnetworks, or that its applications talk to (netstat flows); with
@@ -30,33 +31,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from situation.errors import ConfigError
 from situation.module import Context, Option, Skip, module
 from situation.net.certificate import describe_certificate
+from situation.net.tcp import parse_ports
 from situation.net.tls_capture import Handshake, TlsFailure, Unreachable, handshake
 
 TLS_PORTS = (443, 465, 993, 995, 636, 3269, 990, 989, 853, 4433, 5671, 8883, 6697, 2484)  # data.json
 CONCURRENCY = 64
 DEFAULT_TIMEOUT = 5.0
-
-
-def parse_ports(text: str, *, flag: str = "--tls-ports") -> list[int]:
-    """``443,8443,9000-9010`` as a sorted list of ports; ConfigError names the bad item."""
-    ports: set[int] = set()
-    for item in (part.strip() for part in str(text).split(",")):
-        if not item:
-            continue
-        low, _, high = item.partition("-")
-        try:
-            first, last = int(low), int(high or low)
-        except ValueError:
-            raise ConfigError(f"{flag}: {item!r} is not a port or a range; write e.g. 443,8443,9000-9010") from None
-        if not 1 <= first <= last <= 65535:
-            raise ConfigError(f"{flag}: {item!r} is out of range; ports go from 1 to 65535, low-high")
-        ports.update(range(first, last + 1))
-    if not ports:
-        raise ConfigError(f"{flag}: no port given; write e.g. 443,8443 (the default is the spec's TLS list)")
-    return sorted(ports)
 
 
 @dataclass
@@ -121,14 +103,14 @@ async def handshake_all(ctx: Context, targets: Targets, timeout: float) -> tuple
     "tls",
     depends=("tcp-scan", "netstat"),
     options=(
-        Option("ports", ",".join(map(str, TLS_PORTS)), "str",
+        Option("ports", ",".join(map(str, TLS_PORTS)), "ports",
                "TCP ports whose endpoints get a TLS handshake (list and ranges, e.g. 443,8443,9000-9010)."),
         Option("timeout", DEFAULT_TIMEOUT, "duration", "Time allowed for each TLS connection and handshake."),
     ),
 )
 async def run(ctx: Context) -> None:
     """Certificates of TCP endpoints on TLS ports (subject, issuer, validity, fingerprints, DNS names)."""
-    ports = parse_ports(ctx.options.get("ports", ",".join(map(str, TLS_PORTS))))
+    ports = sorted(parse_ports(str(ctx.options.get("ports", ",".join(map(str, TLS_PORTS))))))
     rows = await ctx.store.fetch("tls_targets", ports, await scope_machine(ctx), False)
     targets = reachable_targets(rows, ctx.discovery.allows)
     if not targets.endpoints:

@@ -104,14 +104,14 @@ def check_credentials(credentials: Credentials) -> str | None:
     if credentials.version not in VERSIONS:
         return (f"--snmp-version {credentials.version} is not supported; use 0 (v1), 1 (v2c, the default) "
                 "or 3 (v3)")
+    if credentials.auth_protocol not in AUTH_PROTOCOLS:  # whatever the version: no version takes it
+        return f"--snmp-auth-protocol {credentials.auth_protocol!r} is not one of {', '.join(AUTH_PROTOCOLS)}"
+    if credentials.priv_protocol not in PRIV_PROTOCOLS:
+        return f"--snmp-priv-protocol {credentials.priv_protocol!r} is not one of {', '.join(PRIV_PROTOCOLS)}"
     if credentials.version != 3:
         return None
     if not credentials.user:
         return "--snmp-version 3 needs --snmp-user (the USM user name)"
-    if credentials.auth_protocol not in AUTH_PROTOCOLS:
-        return f"--snmp-auth-protocol must be one of {', '.join(AUTH_PROTOCOLS)}"
-    if credentials.priv_protocol not in PRIV_PROTOCOLS:
-        return f"--snmp-priv-protocol must be one of {', '.join(PRIV_PROTOCOLS)}"
     if credentials.priv_key is not None and credentials.auth_key is None:
         return "an SNMPv3 privacy key needs an authentication key too (SITUATION_SNMP_AUTH_KEY or --snmp-auth-key-file)"
     for key in (credentials.auth_key, credentials.priv_key):

@@ -57,6 +57,15 @@ JOIN machines m ON m.id = n.machine_id
 WHERE n.machine_id = ANY($1::bigint[]) AND n.mac IS NOT NULL
 ORDER BY n.id;
 
+-- name: still_machineless
+-- Which of the NICs $1 (ids) have no machine yet, locked until the transaction that
+-- attaches them ends: reverse-lookup and snmp (or two agents) never both give one a machine.
+SELECT id
+FROM network_interfaces
+WHERE id = ANY($1::bigint[]) AND machine_id IS NULL
+ORDER BY id
+FOR UPDATE;
+
 -- name: attach_nics
 -- $1 NIC ids, $2 their machines (same order), $3 agent id. A NIC another agent
 -- attached meanwhile is left where it is.

@@ -2,11 +2,11 @@
 -- Portable SQL for PostgreSQL and SQLite; unqualified table names.
 
 -- name: snmp_neighbour_nics
--- NICs of other machines sharing a subnetwork with a NIC of this host ($1, its machine id);
--- NICs without a machine are left out, as in the original.
-SELECT n.id, n.ip, n.machine_id
+-- NICs of other machines, or of none yet, sharing a subnetwork with a NIC of this host ($1,
+-- its machine id). The original left machine-less NICs out; an answering device names them.
+SELECT n.id, n.ip, n.mac, n.tag, n.machine_id
 FROM network_interfaces n
-WHERE n.machine_id IS NOT NULL AND n.machine_id <> $1
+WHERE (n.machine_id IS NULL OR n.machine_id <> $1)
   AND EXISTS (
     SELECT 1
     FROM network_interface_subnets l

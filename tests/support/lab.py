@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.netns import RUN_MODULE, GuardedNamespace, _ip
+from support.netns import RUN_MODULE, GuardedNamespace, _ip, netns_available
 
 NFT_COUNTERS = """
 table netdev lab {{
@@ -54,6 +54,16 @@ table inet lab_drop {
 
 def nft_available() -> bool:
     return shutil.which("nft") is not None
+
+
+def skip_without_lab() -> None:
+    """pytest.skip unless namespaces can be made here and nft is installed (every lab needs both)."""
+    import pytest
+
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    if not nft_available():
+        pytest.skip("nft is missing (apt-get install nftables)")
 
 
 @dataclass

@@ -121,5 +121,11 @@ def isolated_host_or_skip():
         host.destroy()
 
 
+# Every neighbour in a test namespace is asked over SNMP, and most run no agent: each
+# would hold a whole cycle for the default timeout and 3 retries (12 s). Tests of
+# snmp itself pass their own --snmp-timeout (a flag beats this).
+QUICK_SNMP = {"SITUATION_SNMP_TIMEOUT": "100ms"}
+
+
 def _guarded(env: dict[str, str]) -> dict[str, str]:
-    return {**env, "SITUATION_TEST_HOME_NETNS": str(home_namespace())}
+    return {**QUICK_SNMP, **env, "SITUATION_TEST_HOME_NETNS": str(home_namespace())}

@@ -24,6 +24,13 @@ JOIN machines m ON m.id = n.machine_id
 WHERE n.machine_id IN (SELECT value FROM json_each($1)) AND n.mac IS NOT NULL
 ORDER BY n.id;
 
+-- name: still_machineless
+-- No FOR UPDATE: the write transaction (BEGIN IMMEDIATE) already excludes every other writer.
+SELECT id
+FROM network_interfaces
+WHERE id IN (SELECT value FROM json_each($1)) AND machine_id IS NULL
+ORDER BY id;
+
 -- name: attach_nics
 UPDATE network_interfaces
 SET machine_id = v.machine_id, updated_at = CURRENT_TIMESTAMP, updated_by = $3
