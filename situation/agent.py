@@ -33,6 +33,7 @@ from situation.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
 from situation.logs import escape_controls
+from situation.metrics import NO_METRICS, serve_metrics
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
@@ -80,6 +81,7 @@ class AgentConfig:
     pool_size: int = 4
     statement_cache: bool = True
     summary: bool = False
+    metrics_address: tuple[str, int] | None = None  # where to serve Prometheus metrics, if anywhere
     # One policy, and so one packet budget, for every module of this process.
     discovery: Discovery = field(default_factory=Discovery)
 
@@ -105,6 +107,7 @@ class Agent:
         )
         self.root = HostRoot.from_environment()
         self.notifier = Notifier()
+        self.metrics = NO_METRICS
         self.stopping = asyncio.Event()
         self.store: Store | None = None
         self._database_up: bool | None = None
@@ -118,6 +121,8 @@ class Agent:
 
     async def run(self) -> int:
         self._install_signal_handlers()
+        if self.config.metrics_address is not None:  # first: a bad address ends the start before anything
+            self.metrics = await serve_metrics(self.config.metrics_address, self.config.agent_id)
         watchdog = asyncio.create_task(self._watchdog())
         # Ready as soon as the service runs: waiting for an unreachable database is part
         # of its normal life, and must not look to systemd like a start that hangs.
@@ -131,6 +136,7 @@ class Agent:
         finally:
             self.notifier.stopping()
             watchdog.cancel()
+            await self.metrics.close()
             if self.store is not None:
                 await self.store.close()
 
@@ -214,6 +220,7 @@ class Agent:
             except SituationError as exc:
                 if self.config.once or not _is_transient(exc):
                     raise
+                self.metrics.database_error("connect")
                 self._database_state(False, str(exc))
             if await self._sleep(_jittered(delay)):
                 return None
@@ -238,6 +245,7 @@ class Agent:
 
     def _database_state(self, up: bool, reason: str = "") -> None:
         """Log the database's state once per change, not once per retry."""
+        self.metrics.database_up(up)
         if up == self._database_up:
             return
         if up and self._database_up is False:
@@ -251,6 +259,7 @@ class Agent:
             await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
         except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
             self._database_problem = _one_line(exc)
+            self.metrics.database_error("health-check")
             self._database_state(False, self._database_problem)
             return False
         self._database_state(True)
@@ -275,13 +284,20 @@ class Agent:
         self._cycle_seconds = time.monotonic() - started
         healthy = await self._database_usable()
         self.notifier.status(_status_line(results, healthy))
+        self._record_metrics(results, healthy)
         return results, healthy
+
+    def _record_metrics(self, results: list[ModuleResult], healthy: bool) -> None:
+        failed_by_database = sum(1 for r in results if r.failed and isinstance(r.error, DATABASE_ERRORS))
+        self.metrics.database_error("module", failed_by_database)
+        succeeded = healthy and pass_failure(results, self.config.database) is None
+        self.metrics.cycle_finished(results, self._cycle_seconds, succeeded=succeeded)
 
     def _context(self, spec: ModuleSpec, host: HostMachine) -> Context:
         options = {o.name: o.default for o in spec.options}
         options.update(self.config.module_options.get(spec.name, {}))
         return Context(
-            store=self.store,
+            store=self.metrics.count_writes(self.store),
             log=structlog.get_logger(f"situation.modules.{spec.name}").bind(module=spec.name),
             agent_id=self.config.agent_id,
             options=options,

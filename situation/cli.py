@@ -321,6 +321,7 @@ def agent_config(dsn: str | None, values: dict, *, only=None):
         pool_size=settings["pool_size"],
         statement_cache=not settings["no_statement_cache"],
         summary=sys.stdout.isatty() if summary is None else summary,
+        metrics_address=settings["metrics_address"],
         discovery=discovery_policy(settings, only=only),
     )
 
