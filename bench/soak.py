@@ -89,7 +89,7 @@ def proc_status(pid: int) -> dict[str, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM", "Threads"):
+        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
             fields[name] = int(rest.split()[0])
     fields["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
     return fields
@@ -125,6 +125,20 @@ class LogFollower:
             self.errors.append(line.strip())
 
 
+def resident_by_mapping(pid: int, top: int = 8) -> list[tuple[str, float]]:
+    """The mappings holding the most resident memory, in MB: [heap], anonymous, each library."""
+    sizes: dict[str, int] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            name = Path(fields[5]).name if len(fields) > 5 else "[anonymous]"
+        elif fields[0] == "Rss:":
+            sizes[name] = sizes.get(name, 0) + int(fields[1])
+    ranked = sorted(sizes.items(), key=lambda item: -item[1])[:top]
+    return [(mapping, kb / 1024) for mapping, kb in ranked]
+
+
 def scrape(lab: Lab, env: dict[str, str]) -> str:
     code = ("import urllib.request; print(urllib.request.urlopen("
             f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=10).read().decode())")
@@ -157,7 +171,7 @@ def start_tls_server(lab: Lab, workdir: Path) -> subprocess.Popen:
 
 
 def daemon_argv(args, dsn: str) -> list[str]:
-    argv = ["--log-format", "json", "run", "--interval", "1s", "--db", dsn]
+    argv = ["--log-format", "json", "run", "--interval", "1s", "--db", dsn, *args.run_args]
     if args.metrics:
         argv += ["--metrics-address", f"127.0.0.1:{METRICS_PORT}"]
     if args.tracemalloc:
@@ -175,7 +189,9 @@ def soak(args) -> list[dict]:
         dsn, drop = database(args, workdir)
         cleanups.insert(0, drop)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO), "HOME": str(workdir),
-               "SITUATION_STATE_DIR": str(workdir / "state")}
+               "SITUATION_STATE_DIR": str(workdir / "state"),
+               # allocator settings to compare, passed on as given
+               **{k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "PYTHONMALLOC"))}}
         log_path = workdir / "agent.log"
         with log_path.open("w") as stderr:
             process = lab.popen(*daemon_argv(args, dsn), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -201,7 +217,7 @@ def follow(process: subprocess.Popen, log: LogFollower, lab: Lab, env: dict[str,
         wanted.append(args.cycles)
     reports: list[dict] = []
     started, previous = time.monotonic(), 0
-    print(f"{'cycle':>6} {'elapsed':>8} {'RSS MB':>7} {'peak MB':>8} {'fds':>4} {'threads':>7} "
+    print(f"{'cycle':>6} {'elapsed':>8} {'RSS MB':>7} {'anon MB':>8} {'peak MB':>8} {'fds':>4} {'threads':>7} "
           f"{'cycle ms (median)':>18} {'errors':>6}", flush=True)
     while wanted:
         if process.poll() is not None:
@@ -219,15 +235,20 @@ def follow(process: subprocess.Popen, log: LogFollower, lab: Lab, env: dict[str,
             scrape(lab, env)
         recent = log.cycle_ms[previous:] or log.cycle_ms[-1:]
         report = {"cycle": len(log.cycle_ms), "elapsed": time.monotonic() - started,
-                  "rss": status["VmRSS"] / 1024, "peak": status["VmHWM"] / 1024, "fds": status["fds"],
+                  "rss": status["VmRSS"] / 1024, "anon": status["RssAnon"] / 1024, "peak": status["VmHWM"] / 1024,
+                  "fds": status["fds"],
                   "threads": status["Threads"], "cycle_ms": statistics.median(recent), "errors": len(log.errors)}
         reports.append(report)
-        print(f"{report['cycle']:>6} {report['elapsed']:>7.0f}s {report['rss']:>7.1f} {report['peak']:>8.1f} "
+        print(f"{report['cycle']:>6} {report['elapsed']:>7.0f}s {report['rss']:>7.1f} {report['anon']:>8.1f} "
+              f"{report['peak']:>8.1f} "
               f"{report['fds']:>4} {report['threads']:>7} {report['cycle_ms']:>18.0f} {report['errors']:>6}",
               flush=True)
         previous = len(log.cycle_ms)
         while wanted and wanted[0] <= previous:
             wanted.pop(0)
+        if not wanted:
+            print("resident memory by mapping at the end, MB:",
+                  ", ".join(f"{name} {mb:.1f}" for name, mb in resident_by_mapping(process.pid)))
     for line in log.errors[:5]:
         print(f"  error in the log: {line[:300]}")
     return reports
@@ -263,6 +284,8 @@ def main() -> int:
     parser.add_argument("--metrics", action="store_true", help="serve (and scrape) the Prometheus metrics")
     parser.add_argument("--tracemalloc", metavar="FILE", help="write the largest allocation growths to FILE")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("run_args", nargs="*", metavar="-- RUN-ARGS",
+                        help="more `situation run` arguments, e.g. -- --no-module-dpkg")
     args = parser.parse_args()
     if args.cycles < 1 or args.every < 1 or args.hosts < 1:
         parser.error("--cycles, --every and --hosts must be at least 1")

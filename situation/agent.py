@@ -33,6 +33,7 @@ from situation.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
 from situation.logs import escape_controls
+from situation.memory import limit_arenas, release_free_memory
 from situation.metrics import NO_METRICS, serve_metrics
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
@@ -120,6 +121,7 @@ class Agent:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
+        limit_arenas()  # before the store's and the cycles' threads exist
         self._install_signal_handlers()
         if self.config.metrics_address is not None:  # first: a bad address ends the start before anything
             self.metrics = await serve_metrics(self.config.metrics_address, self.config.agent_id)
@@ -147,6 +149,7 @@ class Agent:
                 return await self._finish_pass(results, healthy)
             delay = self._next_delay(healthy)
             await asyncio.to_thread(self._write_health, results, healthy, delay)
+            await asyncio.to_thread(release_free_memory)
             if await self._sleep(delay):
                 return 0
 
