@@ -163,11 +163,11 @@ class CountingStore:
         return result
 
     @asynccontextmanager
-    async def transaction(self):
+    async def transaction(self, **options: Any):
         pending: dict[str, int] = {}
         token = _PENDING.set(pending)
         try:
-            async with self._store.transaction():
+            async with self._store.transaction(**options):
                 yield
         finally:
             _PENDING.reset(token)

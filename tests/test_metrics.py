@@ -264,6 +264,15 @@ async def test_rows_are_counted_when_committed_and_once(module_store):
     assert await store.execute("set_machine_chassis", "vm", module_store.machine_id, AGENT_ID) == 1
     assert recorded == {"users": 3, "machines": 1}  # a named write outside any unit counts at once
 
+    with pytest.raises(RuntimeError):
+        async with store.transaction():
+            await store.upsert("users", [{**users[0], "username": "renamed"}], key="machine_user")
+            raise RuntimeError("the block fails")
+    async with store.transaction():
+        await store.upsert("users", [{**users[1], "username": "renamed"}], key="machine_user")
+        assert recorded["users"] == 3
+    assert recorded == {"users": 4, "machines": 1}
+
 
 def test_every_named_write_names_a_table_of_the_schema():
     from situation.store import queries_for
