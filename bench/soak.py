@@ -262,6 +262,10 @@ def verdict(reports: list[dict]) -> list[str]:
     print(f"\nRSS between cycles: {reports[0]['rss']:.1f} MB after cycle 1, {reports[-1]['rss']:.1f} MB after "
           f"cycle {reports[-1]['cycle']}, highest {highest:.1f} MB (target ≤ {RSS_TARGET_MB:.0f}); "
           f"growth {growth:+.1f} MB (target ≤ {GROWTH_TARGET_MB:.0f}); peak {reports[-1]['peak']:.1f} MB")
+    if len(reports) > 2:  # after the warm-up: first-cycle writes, lazy imports, caches filled
+        settled = reports[1]
+        print(f"growth from cycle {settled['cycle']} to {reports[-1]['cycle']}: "
+              f"{reports[-1]['rss'] - settled['rss']:+.1f} MB")
     print(f"open fds: {', '.join(map(str, fds))} (target: constant)")
     if highest > RSS_TARGET_MB:
         failures.append(f"RSS {highest:.1f} MB over {RSS_TARGET_MB:.0f} MB")
