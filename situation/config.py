@@ -210,10 +210,10 @@ def _ports(setting: Setting, value: str) -> str:
 
 def _address(setting: Setting, value: str | None) -> tuple[str, int] | None:
     """HOST:PORT as (host, port); None stays None (the feature is off)."""
-    from situation.metrics import parse_listen_address
-
     if value is None or isinstance(value, tuple):
         return value
+    from situation.metrics import parse_listen_address
+
     try:
         return parse_listen_address(value)
     except ValueError as exc:
