@@ -4,8 +4,10 @@ Off by default, and then nothing here imports ``prometheus_client``: the agent
 talks to :data:`NO_METRICS`, whose methods do nothing. With an address the
 agent binds it before anything else (a bad address or a taken port ends the
 start with one line) and serves the text format on ``/metrics`` (and ``/``)
-from an asyncio handler on its own event loop; the exposition itself is
+from an asyncio handler on the agent's event loop; the exposition itself is
 rendered on a worker thread, since the process collector reads /proc.
+(prometheus_client's own ``start_http_server`` would add a serving thread and
+a reverse DNS lookup of the bind address at start, through http.server.)
 
 Every metric lives in a private registry:
 
