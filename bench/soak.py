@@ -22,7 +22,7 @@ after cycle 1 to the last ≤ 5 MB; the same number of fds at every report. Figu
 are information: exit 0 whatever they say, unless ``--check`` (exit 1 when a target
 is missed).
 
-``--tracemalloc FILE`` runs the daemon under tracemalloc (25 frames): at the
+``--tracemalloc FILE`` runs the daemon under tracemalloc (10 frames): at the
 report after cycle 1 a baseline snapshot is taken, and at exit the 30 largest
 allocation sites by growth since then are written to FILE. RSS figures of such a
 run are inflated by tracemalloc itself.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -48,6 +49,7 @@ from support.lab import Lab, make_hosts  # noqa: E402
 from support.netns import netns_available  # noqa: E402
 
 RSS_TARGET_MB, GROWTH_TARGET_MB = 60.0, 5.0
+FRAMES = 10  # tracemalloc's traceback depth: more makes every cycle much slower
 METRICS_PORT = 9464
 
 
@@ -59,7 +61,7 @@ def traced_daemon(output: str, argv: list[str]) -> None:
     import atexit
     import tracemalloc
 
-    tracemalloc.start(25)
+    tracemalloc.start(FRAMES)
     baseline: list[tracemalloc.Snapshot] = []
     signal.signal(signal.SIGUSR1, lambda *_: baseline.append(tracemalloc.take_snapshot()))
 
@@ -196,16 +198,19 @@ def soak(args) -> list[dict]:
         with log_path.open("w") as stderr:
             process = lab.popen(*daemon_argv(args, dsn), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            return follow(process, LogFollower(log_path), lab, env, args)
+            reports = follow(process, LogFollower(log_path), lab, env, args)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
-                status = process.wait(timeout=30)
+                status = process.wait(timeout=300 if args.tracemalloc else 30)  # the snapshot takes a while
             except subprocess.TimeoutExpired:
                 process.kill()
-                status = "killed after 30 s"
+                status = "killed"
             if status != 0:
                 print(f"the daemon did not stop cleanly ({status}); its log: {log_path}", file=sys.stderr)
+        if status == 0:
+            shutil.rmtree(workdir, ignore_errors=True)  # kept, with the log, when something went wrong
+        return reports
     finally:
         for cleanup in cleanups:
             cleanup()
