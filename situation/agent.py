@@ -34,6 +34,8 @@ from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed
 from situation.hostroot import HostRoot
 from situation.identity import HEALTH_FILE
 from situation.logs import escape_controls
+from situation.memory import release_free_memory, tune_allocator
+from situation.metrics import NO_METRICS, serve_metrics
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
 from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
@@ -81,6 +83,7 @@ class AgentConfig:
     pool_size: int = 4
     statement_cache: bool = True
     summary: bool = False
+    metrics_address: tuple[str, int] | None = None  # where to serve Prometheus metrics, if anywhere
     # One policy, and so one packet budget, for every module of this process.
     discovery: Discovery = field(default_factory=Discovery)
 
@@ -107,6 +110,7 @@ class Agent:
         self._check_module_options()
         self.root = HostRoot.from_environment()
         self.notifier = Notifier()
+        self.metrics = NO_METRICS
         self.stopping = asyncio.Event()
         self.store: Store | None = None
         self._database_up: bool | None = None
@@ -119,7 +123,10 @@ class Agent:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
+        tune_allocator()  # before the store's and the cycles' threads exist
         self._install_signal_handlers()
+        if self.config.metrics_address is not None:  # first: a bad address ends the start before anything
+            self.metrics = await serve_metrics(self.config.metrics_address, self.config.agent_id)
         watchdog = asyncio.create_task(self._watchdog())
         # Ready as soon as the service runs: waiting for an unreachable database is part
         # of its normal life, and must not look to systemd like a start that hangs.
@@ -133,6 +140,7 @@ class Agent:
         finally:
             self.notifier.stopping()
             watchdog.cancel()
+            await self.metrics.close()
             if self.store is not None:
                 await self.store.close()
 
@@ -143,6 +151,7 @@ class Agent:
                 return await self._finish_pass(results, healthy)
             delay = self._next_delay(healthy)
             await asyncio.to_thread(self._write_health, results, healthy, delay)
+            await asyncio.to_thread(release_free_memory)
             if await self._sleep(delay):
                 return 0
 
@@ -216,6 +225,7 @@ class Agent:
             except SituationError as exc:
                 if self.config.once or not _is_transient(exc):
                     raise
+                self.metrics.database_error("connect")
                 self._database_state(False, str(exc))
                 # Unhealthy while waiting, also to a health record left by an earlier run.
                 self.notifier.status("database unreachable, retrying")
@@ -243,6 +253,7 @@ class Agent:
 
     def _database_state(self, up: bool, reason: str = "") -> None:
         """Log the database's state once per change, not once per retry."""
+        self.metrics.database_up(up)
         if up == self._database_up:
             return
         if up and self._database_up is False:
@@ -261,6 +272,7 @@ class Agent:
                 await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
             except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
                 problem = exc
+                self.metrics.database_error("health-check")
         if problem is not None:
             self._database_problem = _one_line(problem)
             self._database_state(False, self._database_problem)
@@ -287,7 +299,14 @@ class Agent:
         self._cycle_seconds = time.monotonic() - started
         healthy = await self._database_usable(results)
         self.notifier.status(_status_line(results, healthy))
+        self._record_metrics(results, healthy)
         return results, healthy
+
+    def _record_metrics(self, results: list[ModuleResult], healthy: bool) -> None:
+        failed_by_database = sum(1 for r in results if r.failed and isinstance(r.error, DATABASE_ERRORS))
+        self.metrics.database_error("module", failed_by_database)
+        succeeded = healthy and pass_failure(results, self.config.database) is None
+        self.metrics.cycle_finished(results, self._cycle_seconds, succeeded=succeeded)
 
     def _module_options(self, spec: ModuleSpec) -> dict[str, Any]:
         options = {o.name: o.default for o in spec.options}
@@ -302,7 +321,7 @@ class Agent:
 
     def _context(self, spec: ModuleSpec, host: HostMachine) -> Context:
         return Context(
-            store=self.store,
+            store=self.metrics.count_writes(self.store),
             log=structlog.get_logger(f"situation.modules.{spec.name}").bind(module=spec.name),
             agent_id=self.config.agent_id,
             options=self._module_options(spec),

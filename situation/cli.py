@@ -288,10 +288,8 @@ class LazyOptionsCommand(click.Command):
 def run(dsn: str | None = None, **values) -> None:
     """Run the agent (the default command): a cycle every --interval, or one with --once."""
     from situation.agent import Agent
-    from situation.allocator import tune_allocator
 
     config = agent_config(dsn, values)
-    tune_allocator()  # large freed blocks go back to the system (glibc): lower peak RSS per cycle
     status = run_async(Agent(config).run())
     sys.exit(status)
 
@@ -323,6 +321,7 @@ def agent_config(dsn: str | None, values: dict, *, only=None):
         pool_size=settings["pool_size"],
         statement_cache=not settings["no_statement_cache"],
         summary=sys.stdout.isatty() if summary is None else summary,
+        metrics_address=settings["metrics_address"],
         discovery=discovery_policy(settings, only=only),
     )
 

@@ -31,7 +31,7 @@ class Setting:
     flag: str
     envs: tuple[str, ...]
     default: Any
-    kind: str  # str, int, bool, duration, path, number, choice, networks, ports
+    kind: str  # str, int, bool, duration, path, number, choice, networks, ports, address
     help: str
     module: str | None = None
     option: str | None = None
@@ -67,6 +67,8 @@ def core_settings() -> list[Setting]:
                 "Do not use prepared statements (for PgBouncer in transaction mode)."),
         Setting("summary", "summary", "--summary/--no-summary", ("SITUATION_SUMMARY",), None, "bool",
                 "Print what was recorded after --once (default: when stdout is a terminal)."),
+        Setting("metrics-address", "metrics_address", "--metrics-address", ("SITUATION_METRICS_ADDRESS",), None,
+                "address", "Serve Prometheus metrics over HTTP on HOST:PORT (e.g. 127.0.0.1:9464); off by default."),
         *discovery_settings(),
     ]
 
@@ -141,7 +143,7 @@ def _option_kwargs(setting: Setting) -> dict[str, Any]:
     kwargs["default"] = None
     kwargs["metavar"] = {
         "duration": "DURATION", "int": "N", "path": "PATH", "number": "N", "networks": "CIDR[,CIDR…]",
-        "choice": "|".join(setting.choices), "ports": "PORTS",
+        "choice": "|".join(setting.choices), "ports": "PORTS", "address": "HOST:PORT",
     }.get(setting.kind, "TEXT")
     return kwargs
 
@@ -161,6 +163,8 @@ def convert(setting: Setting, value: Any) -> Any:
         return _number(setting, value)
     if setting.kind == "ports":
         return _ports(setting, value)
+    if setting.kind == "address":
+        return _address(setting, value)
     if not isinstance(value, str) or setting.kind not in ("duration", "int"):
         return value
     try:
@@ -202,6 +206,18 @@ def _ports(setting: Setting, value: str) -> str:
     except ValueError as exc:
         raise ConfigError(f"{setting.flag}: {exc}") from None
     return value
+
+
+def _address(setting: Setting, value: str | None) -> tuple[str, int] | None:
+    """HOST:PORT as (host, port); None stays None (the feature is off)."""
+    if value is None or isinstance(value, tuple):
+        return value
+    from situation.metrics import parse_listen_address
+
+    try:
+        return parse_listen_address(value)
+    except ValueError as exc:
+        raise ConfigError(f"{setting.flag}: {exc}") from None
 
 
 def _number(setting: Setting, value: Any) -> float:

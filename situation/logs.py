@@ -111,7 +111,7 @@ def set_debug(debug: bool) -> None:
 
 def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     """Set up structlog once per process; logs go to stderr, command output to stdout."""
-    import structlog  # imported here: commands that never log start faster without it
+    structlog = _import_structlog()
 
     stream = stream or sys.stderr
     set_debug(level == "debug")
@@ -135,6 +135,26 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def _import_structlog():
+    """structlog, imported here (commands that never log start faster without it) and without rich.
+
+    structlog imports rich, when installed (textual, for `explore`, brings it), to
+    pretty-print tracebacks: with pygments that is ~5 MB of resident memory for the
+    whole life of the daemon. Tracebacks are shown only at debug level, and plain
+    ones do; `explore` imports rich itself.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog
+
+        return structlog
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError meanwhile
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
+    return structlog
 
 
 def _drop_exc_info(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -152,3 +152,11 @@ def test_a_hostile_sqlite_path_reaches_the_terminal_escaped(test_host, tmp_path)
     assert "recorded in SQLite" in output
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT count(*) FROM machines").fetchone()[0] == 1
+
+
+def test_logging_leaves_rich_unimported():
+    # rich (installed for `explore`) and pygments would cost the daemon ~5 MB of resident memory.
+    code = ("import sys; from situation import logs; logs.configure('debug', 'console'); "
+            "import structlog; structlog.get_logger().info('x'); print('rich' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
