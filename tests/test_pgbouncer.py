@@ -1,0 +1,218 @@
+"""The agent through a real PgBouncer in transaction pooling mode (issue 12, item 1).
+
+One PgBouncer (tests/support/pgbouncer.py, settings from deploy/pgbouncer.ini)
+runs inside a test-made network namespace, takes TLS from the agents
+(``sslmode=verify-full``) and SCRAM-authenticates them against secrets copied
+from pg_authid, and reaches the session's TLS cluster over its Unix socket.
+Every command here, including the whole ``run`` cycles, runs inside that
+namespace (support/netns.py), behind the guard that refuses the machine's own;
+the cycles read fixture host trees, one per agent, so that each agent is a
+host of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.cluster import Cluster, clean_environ
+from support.netns import IsolatedHost, netns_available
+from support.pgbouncer import Bouncer, pgbouncer_binary
+
+from situation.module import load_builtin_modules
+
+HOST_MODULES = {"fingerprint", "host-basic", "host-cpu", "host-disk", "host-gpu", "host-network", "chassis", "local-users"}
+AGENTS = 3
+MIGRATORS = 3
+PASSWORD = "Bouncer-test-pw1"
+
+pytestmark = pytest.mark.skipif(pgbouncer_binary() is None, reason="pgbouncer is not installed")
+
+
+@dataclass
+class Lab:
+    host: IsolatedHost
+    cluster: Cluster
+    bouncer: Bouncer
+    database: str
+    owner: str
+    agents: list[str]
+    plain: str  # a role made an agent without `situation grant`
+    ca_file: Path
+    work: Path
+
+    def dsn(self, role: str) -> str:
+        return (f"host=localhost port={self.bouncer.port} dbname={self.database} user={role} "
+                f"sslmode=verify-full sslrootcert={self.ca_file}")
+
+    def env(self, name: str, **extra: str) -> dict[str, str]:
+        home = self.work / name
+        home.mkdir(exist_ok=True)
+        return clean_environ(HOME=str(home), SITUATION_STATE_DIR=str(home / "state"), PGPASSWORD=PASSWORD, **extra)
+
+    def situation(self, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        return self.host.run(sys.executable, "-m", "situation", *args, env=env, timeout=120)
+
+    def popen(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+        with log.open("w") as stderr:
+            return self.host.popen(sys.executable, "-m", "situation", *args, env=env,
+                                   stdout=subprocess.PIPE, stderr=stderr)
+
+    def sql(self, query: str) -> str:
+        return self.cluster.psql(query, dbname=self.database)
+
+
+@pytest.fixture(scope="module")
+def lab(tls_cluster, certs):
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    suffix = uuid.uuid4().hex[:8]
+    owner, agents = f"pgb_owner_{suffix}", [f"pgb_agent{i}_{suffix}" for i in range(AGENTS)]
+    plain, database = f"pgb_plain_{suffix}", f"pgb_{suffix}"
+    tls_cluster.create_role(owner, PASSWORD, extra="CREATEROLE")
+    for agent in (*agents, plain):
+        tls_cluster.create_role(agent, PASSWORD)
+    tls_cluster.create_database(database, owner=owner)
+    host = IsolatedHost().create()
+    bouncer = Bouncer(Path(tempfile.mkdtemp(prefix="sit-pgb-", dir="/tmp")), tls_cluster, host.name,
+                      tls_cert=certs.server_crt, tls_key=certs.server_key)
+    try:
+        bouncer.add_users(owner, plain, *agents)
+        bouncer.start()
+        with tempfile.TemporaryDirectory(prefix="sit-pgb-work-") as work:
+            yield Lab(host, tls_cluster, bouncer, database, owner, agents, plain, certs.ca_crt, Path(work))
+    finally:
+        bouncer.destroy()
+        host.destroy()
+        tls_cluster.drop_database(database)
+        for role in (*agents, plain, owner):
+            tls_cluster.drop_role(role)
+
+
+def advisory_locks(lab: Lab) -> int:
+    return int(lab.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+
+
+@pytest.fixture(scope="module")
+def migrated(lab) -> list[subprocess.CompletedProcess]:
+    """Four `situation migrate` at once through the bouncer, then `situation grant` for each agent."""
+    env = lab.env("owner")
+    with ThreadPoolExecutor(MIGRATORS) as pool:
+        results = list(pool.map(lambda _: lab.situation("migrate", "--db", lab.dsn(lab.owner), env=env),
+                                range(MIGRATORS)))
+        grants = pool.map(lambda agent: lab.situation("grant", "--db", lab.dsn(lab.owner), agent, env=env), lab.agents)
+        assert [g.returncode for g in grants] == [0] * AGENTS, [g.stderr for g in grants]
+    # Made an agent by hand, without `situation grant`: no search_path on the role.
+    lab.sql(f"GRANT situation_agent TO {lab.plain}")
+    return results
+
+
+def test_migrations_run_through_the_bouncer_once(lab, migrated):
+    """Concurrent migrations through transaction pooling: one applies, none leaves a lock behind."""
+    assert [r.returncode for r in migrated] == [0] * MIGRATORS, [r.stderr for r in migrated]
+    assert sum("applied 0001_initial.sql" in r.stdout for r in migrated) == 1
+    assert lab.sql("SELECT string_agg(version::text, ',') FROM situation.schema_migrations") == "1"
+    assert advisory_locks(lab) == 0  # a session lock could have stayed on a pooled server connection
+
+
+def test_check_through_the_bouncer_says_what_the_server_sees(lab, migrated):
+    result = lab.situation("check", "--json", "--db", lab.dsn(lab.agents[0]), env=lab.env("check"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tls"] is True and report["verification"] == "chain and host name"
+    assert report["role"] == lab.agents[0] and report["can_change_schema"] is False
+    assert report["schema_version"] == report["expected_version"]
+    assert report["server_sees"] == "a Unix socket, without TLS"
+    assert any("pooler" in note for note in report["notes"])
+
+
+def host_tree(base: Path, n: int) -> Path:
+    """A small host of its own for agent ``n``: hostname, machine id, one NIC."""
+    files = {
+        "proc/sys/kernel/hostname": f"bounced-{n}\n",
+        "proc/uptime": "100.0 50.0\n",
+        "proc/cpuinfo": "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\n\n",
+        "proc/mounts": "/dev/vda1 / ext4 rw 0 0\n",
+        "etc/os-release": 'ID=debian\nVERSION_ID="12"\n',
+        "etc/machine-id": f"{n:032x}\n",
+        "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+        "sys/class/net/eth0/address": f"52:54:00:00:01:{n:02x}\n",
+        "sys/class/net/eth0/flags": "0x1043\n",
+        "sys/class/net/eth0/type": "1\n",
+        "situation-test/addresses.json": json.dumps({"eth0": [f"192.0.2.{10 + n}/24"]}),
+    }
+    for relative, content in files.items():
+        path = base / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return base
+
+
+def host_cycle_flags() -> list[str]:
+    return [f"--no-module-{name}" for name in sorted(load_builtin_modules()) if name not in HOST_MODULES]
+
+
+def agent_id(n: int) -> str:
+    return f"{0xb0 + n:02x}" * 16
+
+
+def test_agents_at_once_through_the_bouncer(lab, migrated):
+    """Several agents, each its own role and host, run one cycle at the same time."""
+    flags = host_cycle_flags()
+
+    def run(n: int) -> subprocess.CompletedProcess:
+        env = lab.env(f"agent{n}", SITUATION_HOST_ROOT=str(host_tree(lab.work / f"host{n}", n)))
+        return lab.situation("run", "--once", "--no-migration", "--no-statement-cache", "--agent-id", agent_id(n),
+                             "--db", lab.dsn(lab.agents[n]), *flags, env=env)
+
+    with ThreadPoolExecutor(AGENTS) as pool:
+        results = list(pool.map(run, range(AGENTS)))
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        statuses = {line["module"]: line["status"] for line in map(json.loads, result.stderr.splitlines())
+                    if line.get("event") == "module finished"}
+        assert set(statuses) == HOST_MODULES and "failed" not in statuses.values(), statuses
+    machines = lab.sql("SELECT string_agg(hostname || ' ' || agent, ',' ORDER BY hostname) FROM situation.machines")
+    assert machines.split(",") == [f"bounced-{n} {agent_id(n)}" for n in range(AGENTS)]
+    assert lab.sql("SELECT count(DISTINCT updated_by) FROM situation.network_interfaces") == str(AGENTS)
+    assert advisory_locks(lab) == 0
+
+
+def test_daemon_through_the_bouncer_is_healthy(lab, migrated):
+    env = lab.env("daemon", SITUATION_HOST_ROOT=str(host_tree(lab.work / "host-daemon", 0)))
+    log = lab.work / "daemon.log"
+    process = lab.popen("run", "--interval", "1h", "--no-migration", "--no-statement-cache", "--agent-id",
+                        agent_id(0), "--db", lab.dsn(lab.agents[0]), *host_cycle_flags(), env=env, log=log)
+    try:
+        health = lab.work / "daemon" / "state" / "health.json"
+        deadline = time.monotonic() + 60
+        while not health.exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        checked = lab.situation("health", env=env)
+        assert checked.returncode == 0 and checked.stdout.strip() == "healthy", checked.stderr
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert '"level": "error"' not in log.read_text()
+
+
+def test_a_role_without_the_search_path_is_refused_in_one_line(lab, migrated):
+    """PgBouncer drops the search_path the agent asks for: the role must carry it, or the agent says so."""
+    result = lab.situation("run", "--once", "--no-migration", "--no-statement-cache", "--db", lab.dsn(lab.plain),
+                           *host_cycle_flags(), env=lab.env("plain"))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f'schema situation is not on the search path of role "{lab.plain}"' in result.stderr
+    assert f"situation grant {lab.plain}" in result.stderr
