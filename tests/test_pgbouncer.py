@@ -3,7 +3,9 @@
 One PgBouncer (tests/support/pgbouncer.py, settings from deploy/pgbouncer.ini)
 runs inside a test-made network namespace, takes TLS from the agents
 (``sslmode=verify-full``) and SCRAM-authenticates them against secrets copied
-from pg_authid, and reaches the session's TLS cluster over its Unix socket.
+from pg_authid. It reaches a TLS cluster running in the same namespace over TCP,
+with TLS (verify-full) and SCRAM pass-through; the cluster's pg_hba.conf takes
+nothing else over the network.
 Every command here, including the whole ``run`` cycles, runs inside that
 namespace (support/netns.py), behind the guard that refuses the machine's own;
 the cycles read fixture host trees, one per agent, so that each agent is a
@@ -18,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,30 +73,29 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(tls_cluster, certs):
+def lab(certs):
     if not netns_available():
         pytest.skip("network namespaces need root and iproute2")
-    suffix = uuid.uuid4().hex[:8]
-    owner, agents = f"pgb_owner_{suffix}", [f"pgb_agent{i}_{suffix}" for i in range(AGENTS)]
-    plain, database = f"pgb_plain_{suffix}", f"pgb_{suffix}"
-    tls_cluster.create_role(owner, PASSWORD, extra="CREATEROLE")
-    for agent in (*agents, plain):
-        tls_cluster.create_role(agent, PASSWORD)
-    tls_cluster.create_database(database, owner=owner)
+    owner, agents, plain, database = "pgb_owner", [f"pgb_agent{i}" for i in range(AGENTS)], "pgb_plain", "pgb"
     host = IsolatedHost().create()
-    bouncer = Bouncer(Path(tempfile.mkdtemp(prefix="sit-pgb-", dir="/tmp")), tls_cluster, host.name,
-                      tls_cert=certs.server_crt, tls_key=certs.server_key)
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="sit-pg-pgb-", dir="/tmp")), tls=True, certs=certs,
+                      name="pgbouncer", namespace=host.name)
+    bouncer = Bouncer(Path(tempfile.mkdtemp(prefix="sit-pgb-", dir="/tmp")), cluster, host.name,
+                      tls_cert=certs.server_crt, tls_key=certs.server_key, ca_file=certs.ca_crt)
     try:
+        cluster.start()
+        cluster.create_role(owner, PASSWORD, extra="CREATEROLE")
+        for agent in (*agents, plain):
+            cluster.create_role(agent, PASSWORD)
+        cluster.create_database(database, owner=owner)
         bouncer.add_users(owner, plain, *agents)
         bouncer.start()
         with tempfile.TemporaryDirectory(prefix="sit-pgb-work-") as work:
-            yield Lab(host, tls_cluster, bouncer, database, owner, agents, plain, certs.ca_crt, Path(work))
+            yield Lab(host, cluster, bouncer, database, owner, agents, plain, certs.ca_crt, Path(work))
     finally:
         bouncer.destroy()
+        cluster.destroy()
         host.destroy()
-        tls_cluster.drop_database(database)
-        for role in (*agents, plain, owner):
-            tls_cluster.drop_role(role)
 
 
 def advisory_locks(lab: Lab) -> int:
@@ -131,7 +131,8 @@ def test_check_through_the_bouncer_says_what_the_server_sees(lab, migrated):
     assert report["tls"] is True and report["verification"] == "chain and host name"
     assert report["role"] == lab.agents[0] and report["can_change_schema"] is False
     assert report["schema_version"] == report["expected_version"]
-    assert report["server_sees"] == "a Unix socket, without TLS"
+    # PostgreSQL sees PgBouncer's own TLS connection, from its port.
+    assert report["server_sees"].startswith("TCP from port ") and report["server_sees"].endswith("with TLSv1.3")
     assert any("pooler" in note for note in report["notes"])
 
 

@@ -1,9 +1,11 @@
 """A throwaway PgBouncer in transaction pooling mode, inside a test-made network namespace.
 
 The bouncer listens for TLS clients on ``127.0.0.1:PORT`` inside the namespace
-(so the agents that use it run there too, rule 1) and reaches the test's TLS
-cluster over the cluster's Unix socket, which crosses namespaces. It also
-listens on a Unix socket in ``base_dir``, which tells us when it is ready.
+(so the agents that use it run there too, rule 1). A cluster running in the
+same namespace is reached over TCP with TLS (``server_tls_sslmode =
+verify-full``) and SCRAM pass-through, as in production; any other cluster over
+its Unix socket, which crosses namespaces. The bouncer also listens on a Unix
+socket in ``base_dir``, which tells us when it is ready.
 
 Its settings are deploy/pgbouncer.ini's, with the site's paths and ports
 replaced (:func:`settings_from_example`): the example is what the tests run.
@@ -46,12 +48,13 @@ def settings_from_example(example: Path = EXAMPLE) -> dict[str, str]:
 class Bouncer:
     """One pgbouncer process in namespace ``namespace`` in front of ``cluster``."""
 
-    def __init__(self, base_dir: Path, cluster: Cluster, namespace: str, *, tls_cert: Path, tls_key: Path):
+    def __init__(self, base_dir: Path, cluster: Cluster, namespace: str, *, tls_cert: Path, tls_key: Path,
+                 ca_file: Path):
         self.base_dir = Path(base_dir)
         self.cluster = cluster
         self.namespace = namespace
-        self.tls_cert = tls_cert
-        self.tls_key = tls_key
+        self.files = {"bouncer.crt": tls_cert, "bouncer.key": tls_key, "root.crt": ca_file}
+        self.server_over_tcp = cluster.namespace == namespace
         self.port = PORT
         self.config = self.base_dir / "pgbouncer.ini"
         self.auth_file = self.base_dir / "userlist.txt"
@@ -76,13 +79,19 @@ class Bouncer:
             auth_file=str(self.auth_file),
             client_tls_cert_file=str(self.base_dir / "bouncer.crt"),
             client_tls_key_file=str(self.base_dir / "bouncer.key"),
+            server_tls_ca_file=str(self.base_dir / "root.crt"),
             logfile=str(self.log_path),
             pidfile=str(self.base_dir / "pgbouncer.pid"),
         )
-        # The cluster is reached over its Unix socket (trust there): no TLS on that leg.
-        for key in [k for k in settings if k.startswith("server_tls_")]:
-            del settings[key]
+        if not self.server_over_tcp:  # the cluster's Unix socket: no TLS on that leg
+            for key in [k for k in settings if k.startswith("server_tls_")]:
+                del settings[key]
         return settings
+
+    def server(self) -> str:
+        """Where the bouncer finds PostgreSQL, as a [databases] connection string."""
+        host = self.cluster.host if self.server_over_tcp else self.cluster.socket_dir
+        return f"host={host} port={self.cluster.port}"
 
     def add_users(self, *roles: str) -> None:
         """Copy the roles' SCRAM secrets from pg_authid into auth_file (before :meth:`start`)."""
@@ -104,14 +113,11 @@ class Bouncer:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base_dir, 0o755)
         os.chown(self.base_dir, *self._owner)
-        shutil.copyfile(self.tls_cert, self.base_dir / "bouncer.crt")
-        shutil.copyfile(self.tls_key, self.base_dir / "bouncer.key")
-        for name in ("bouncer.crt", "bouncer.key"):
-            os.chmod(self.base_dir / name, 0o600)
-            os.chown(self.base_dir / name, *self._owner)
+        for name, source in self.files.items():
+            self._write(self.base_dir / name, Path(source).read_text())
         if not self.auth_file.exists():
             self._write(self.auth_file, "")
-        databases = f"* = host={self.cluster.socket_dir} port={self.cluster.port}\n"
+        databases = f"* = {self.server()}\n"
         body = "".join(f"{k} = {v}\n" for k, v in self.settings().items())
         self._write(self.config, f"[databases]\n{databases}\n[pgbouncer]\n{body}", 0o644)
         self.process = subprocess.Popen(
