@@ -246,23 +246,7 @@ async def _migration_lock(connection: asyncpg.Connection, holder: asyncpg.Connec
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
         return
-    held = None
-
-    async def try_lock() -> bool:
-        nonlocal held
-        transaction = holder.transaction()
-        await transaction.start()
-        # Held for the whole run: a server-wide idle_in_transaction_session_timeout must not end it.
-        if await holder.fetchval(
-            "SELECT pg_try_advisory_xact_lock($1) FROM set_config('idle_in_transaction_session_timeout', '0', true)",
-            LOCK_KEY,
-        ):
-            held = transaction
-            return True
-        await transaction.rollback()  # wait outside a transaction: a pooler's server connection stays free
-        return False
-
-    await _wait_for_lock(connection, lock_wait, try_lock)
+    held = await _locked_transaction(holder, lock_wait, connection)
     try:
         yield
     finally:
@@ -271,6 +255,46 @@ async def _migration_lock(connection: asyncpg.Connection, holder: asyncpg.Connec
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             # A lost connection released the lock already; the migrations' outcome stands.
             log.warning("could not end the migration lock's transaction", error=str(exc))
+
+
+@asynccontextmanager
+async def schema_lock(connection: asyncpg.Connection, lock_wait: float = 300.0):
+    """A transaction on ``connection`` holding the migration lock, for `situation grant`: changes to
+    roles and grants never overlap a migration or each other (PostgreSQL fails one of two updates of
+    the same catalog row with "tuple concurrently updated"). Committed when the block succeeds."""
+    transaction = await _locked_transaction(connection, lock_wait, connection)
+    try:
+        yield
+    except BaseException:
+        await transaction.rollback()
+        raise
+    await transaction.commit()
+
+
+async def _locked_transaction(connection: asyncpg.Connection, lock_wait: float, asker: asyncpg.Connection):
+    """A started transaction on ``connection`` that holds the migration lock (transaction-level).
+
+    It polls, and waits outside a transaction, so that a pooler's server connection
+    stays free meanwhile; ``asker`` looks up who holds the lock.
+    """
+    held = None
+
+    async def try_lock() -> bool:
+        nonlocal held
+        transaction = connection.transaction()
+        await transaction.start()
+        # Held as long as its holder wants: a server-wide idle_in_transaction_session_timeout must not end it.
+        if await connection.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1) FROM set_config('idle_in_transaction_session_timeout', '0', true)",
+            LOCK_KEY,
+        ):
+            held = transaction
+            return True
+        await transaction.rollback()
+        return False
+
+    await _wait_for_lock(asker, lock_wait, try_lock)
+    return held
 
 
 async def _wait_for_lock(connection: asyncpg.Connection, lock_wait: float, try_lock) -> None:
@@ -288,7 +312,7 @@ async def _wait_for_lock(connection: asyncpg.Connection, lock_wait: float, try_l
             announced = True
         if time.monotonic() > deadline:
             raise MigrationError(
-                f"another `situation migrate` has held the migration lock for over {lock_wait:.0f}s; "
+                f"another `situation migrate` or `situation grant` has held the migration lock for over {lock_wait:.0f}s; "
                 "wait for it to finish, or end that session"
             )
         await asyncio.sleep(LOCK_POLL_SECONDS)
