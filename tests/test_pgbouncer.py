@@ -15,6 +15,7 @@ host of its own.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from support.netns import IsolatedHost, netns_available
 from support.pgbouncer import Bouncer, pgbouncer_binary
 
 from situation.module import load_builtin_modules
+from situation.store import queries_for
 
 HOST_MODULES = {"fingerprint", "host-basic", "host-cpu", "host-disk", "host-gpu", "host-network", "chassis", "local-users"}
 AGENTS = 3
@@ -66,7 +68,7 @@ class Lab:
     def popen(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
         with log.open("w") as stderr:
             return self.host.popen(sys.executable, "-m", "situation", *args, env=env,
-                                   stdout=subprocess.PIPE, stderr=stderr)
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
 
     def sql(self, query: str) -> str:
         return self.cluster.psql(query, dbname=self.database)
@@ -109,7 +111,8 @@ def migrated(lab) -> list[subprocess.CompletedProcess]:
     with ThreadPoolExecutor(MIGRATORS) as pool:
         results = list(pool.map(lambda _: lab.situation("migrate", "--db", lab.dsn(lab.owner), env=env),
                                 range(MIGRATORS)))
-        grants = pool.map(lambda agent: lab.situation("grant", "--db", lab.dsn(lab.owner), agent, env=env), lab.agents)
+        grants = list(pool.map(lambda agent: lab.situation("grant", "--db", lab.dsn(lab.owner), agent, env=env),
+                               lab.agents))
         assert [g.returncode for g in grants] == [0] * AGENTS, [g.stderr for g in grants]
     # Made an agent by hand, without `situation grant`: no search_path on the role.
     lab.sql(f"GRANT situation_agent TO {lab.plain}")
@@ -166,25 +169,36 @@ def agent_id(n: int) -> str:
     return f"{0xb0 + n:02x}" * 16
 
 
+def module_statuses(result: subprocess.CompletedProcess) -> dict[str, str]:
+    return {line["module"]: line["status"] for line in map(json.loads, result.stderr.splitlines())
+            if line.get("event") == "module finished"}
+
+
 def test_agents_at_once_through_the_bouncer(lab, migrated):
-    """Several agents, each its own role and host, run one cycle at the same time."""
+    """Several agents, each its own role and host, run a cycle at the same time: the host modules
+    on fixture hosts, and every module (discovery, its locks) on the namespace's live host."""
     flags = host_cycle_flags()
+    whole = AGENTS - 1
 
     def run(n: int) -> subprocess.CompletedProcess:
-        env = lab.env(f"agent{n}", SITUATION_HOST_ROOT=str(host_tree(lab.work / f"host{n}", n)))
+        if n == whole:
+            env, only = lab.env("whole"), []
+        else:
+            env, only = lab.env(f"agent{n}", SITUATION_HOST_ROOT=str(host_tree(lab.work / f"host{n}", n))), flags
         return lab.situation("run", "--once", "--no-migration", "--no-statement-cache", "--agent-id", agent_id(n),
-                             "--db", lab.dsn(lab.agents[n]), *flags, env=env)
+                             "--db", lab.dsn(lab.agents[n]), *only, env=env)
 
     with ThreadPoolExecutor(AGENTS) as pool:
         results = list(pool.map(run, range(AGENTS)))
     for result in results:
         assert result.returncode == 0, result.stderr
-        statuses = {line["module"]: line["status"] for line in map(json.loads, result.stderr.splitlines())
-                    if line.get("event") == "module finished"}
-        assert set(statuses) == HOST_MODULES and "failed" not in statuses.values(), statuses
-    machines = lab.sql("SELECT string_agg(hostname || ' ' || agent, ',' ORDER BY hostname) FROM situation.machines")
-    assert machines.split(",") == [f"bounced-{n} {agent_id(n)}" for n in range(AGENTS)]
-    assert lab.sql("SELECT count(DISTINCT updated_by) FROM situation.network_interfaces") == str(AGENTS)
+        assert "failed" not in module_statuses(result).values(), module_statuses(result)
+    assert {"arp", "ping", "netstat", "tcp-scan", "reverse-lookup"} <= set(module_statuses(results[whole]))
+    assert all(set(module_statuses(r)) == HOST_MODULES for r in results[:whole])
+    machines = lab.sql("SELECT string_agg(hostname || ' ' || agent, ',' ORDER BY agent) FROM situation.machines "
+                       "WHERE agent IS NOT NULL")
+    assert machines.split(",")[:whole] == [f"bounced-{n} {agent_id(n)}" for n in range(whole)]
+    assert machines.split(",")[whole].endswith(agent_id(whole))
     assert advisory_locks(lab) == 0
 
 
@@ -217,3 +231,52 @@ def test_a_role_without_the_search_path_is_refused_in_one_line(lab, migrated):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert f'schema situation is not on the search path of role "{lab.plain}"' in result.stderr
     assert f"situation grant {lab.plain}" in result.stderr
+
+
+# What would tie a named query (one statement each) to one server session, which transaction pooling does not keep.
+SESSION_STATE = {
+    "session advisory lock": re.compile(r"pg_(try_)?advisory_(un)?lock(_shared)?\s*\(", re.IGNORECASE),
+    "SET outside a transaction": re.compile(r"^\s*(SET|RESET)\s+(?!LOCAL\b)", re.IGNORECASE),
+    "set_config for the session": re.compile(r"set_config\s*\([^)]*,\s*false\s*\)", re.IGNORECASE),
+    "temporary table": re.compile(r"\bCREATE\s+(GLOBAL\s+|LOCAL\s+)?TEMP(ORARY)?\b", re.IGNORECASE),
+    "LISTEN": re.compile(r"\b(UN)?LISTEN\b", re.IGNORECASE),
+    "SQL-level prepared statement": re.compile(r"^\s*(PREPARE|EXECUTE|DEALLOCATE)\b", re.IGNORECASE),
+    "cursor kept past its transaction": re.compile(r"\bWITH\s+HOLD\b", re.IGNORECASE),
+}
+
+
+def test_no_named_query_keeps_session_state():
+    found = [(name, what) for name, sql in queries_for("postgres").items()
+             for what, pattern in SESSION_STATE.items() if pattern.search(sql)]
+    assert found == []
+
+
+PREPARE_EVERY_QUERY = """
+import asyncio, json, sys
+from situation.connect import connect
+from situation.dsn import parse_dsn
+from situation.store import queries_for
+
+async def main():
+    connection = await connect(parse_dsn(sys.argv[1]), statement_cache_size=0)
+    failed = {}
+    async with connection.transaction():  # one server connection throughout, even through the bouncer
+        for name, sql in sorted(queries_for("postgres").items()):
+            try:
+                async with connection.transaction():  # a savepoint: one failure does not end the check
+                    await connection.prepare(sql)
+            except Exception as exc:
+                failed[name] = f"{type(exc).__name__}: {exc}"
+    await connection.close()
+    print(json.dumps(failed))
+
+asyncio.run(main())
+"""
+
+
+def test_every_named_query_is_valid_for_an_agent_through_the_bouncer(lab, migrated):
+    """Each one parses, resolves its tables on the role's search path and is permitted to the agent role."""
+    result = lab.host.run(sys.executable, "-c", PREPARE_EVERY_QUERY, lab.dsn(lab.agents[0]),
+                          env=lab.env("prepare"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {}
