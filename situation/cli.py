@@ -156,7 +156,7 @@ def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> N
     params = postgres_params(dsn)
 
     async def work(connection):
-        from situation.connect import direct_connection
+        from situation.connection.connect import direct_connection
 
         if status:
             return await migrations.status(connection)

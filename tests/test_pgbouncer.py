@@ -253,8 +253,8 @@ def test_no_named_query_keeps_session_state():
 
 PREPARE_EVERY_QUERY = """
 import asyncio, json, sys
-from situation.connect import connect
-from situation.dsn import parse_dsn
+from situation.connection.connect import connect
+from situation.connection.dsn import parse_dsn
 from situation.store import queries_for
 
 async def main():
