@@ -275,7 +275,7 @@ asyncio.run(main())
 
 
 def test_every_named_query_is_valid_for_an_agent_through_the_bouncer(lab, migrated):
-    """Each one parses, resolves its tables on the role's search path and is permitted to the agent role."""
+    """Each one parses and finds its tables and columns on the agent role's search path, through the bouncer."""
     result = lab.host.run(sys.executable, "-c", PREPARE_EVERY_QUERY, lab.dsn(lab.agents[0]),
                           env=lab.env("prepare"), timeout=120)
     assert result.returncode == 0, result.stderr
