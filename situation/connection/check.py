@@ -67,7 +67,11 @@ class CheckReport:
 async def inspect(params: ConnectParams) -> CheckReport:
     """Connect with the agent's exact settings and gather the facts."""
     tls = await asyncio.to_thread(ssl_context_for, params)
-    connection = await connect(params, tls=tls, server_settings={"application_name": "situation check"})
+    # No named prepared statements: through a PgBouncer in transaction mode, another session's
+    # statements of the same name may already sit on the server connection it is given.
+    connection = await connect(
+        params, tls=tls, server_settings={"application_name": "situation check"}, statement_cache_size=0
+    )
     try:
         return await _gather(connection, params, tls)
     finally:
