@@ -55,8 +55,6 @@ _DATABASE_HINTS = (
     ("not a database", "; the file is damaged: restore it from a backup, or point --db at a new file"),
     ("permission denied", "; have the owner run `situation grant` for this role"),
     ("disk is full", f"; {FREE_SPACE}"),
-    # asyncpg's named statements do not survive a pooler's transaction mode.
-    ("prepared statement", "; behind PgBouncer in transaction mode, run the agent with --no-statement-cache"),
 )
 DEFAULT_SQLITE_NAME = "situation.sqlite"
 

@@ -91,6 +91,8 @@ def lab(certs):
             cluster.create_role(agent, PASSWORD)
         cluster.create_database(database, owner=owner)
         bouncer.add_users(owner, plain, *agents)
+        # One server connection for this agent: its sessions' named statements are bound to meet there.
+        bouncer.users[agents[1]] = "max_user_connections=1"
         bouncer.start()
         with tempfile.TemporaryDirectory(prefix="sit-pgb-work-") as work:
             yield Lab(host, cluster, bouncer, database, owner, agents, plain, certs.ca_crt, Path(work))
@@ -283,3 +285,18 @@ def test_every_named_query_is_valid_for_an_agent_through_the_bouncer(lab, migrat
                           env=lab.env("prepare"), timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {}
+
+
+def test_an_agent_with_its_statement_cache_says_to_turn_it_off(lab, migrated):
+    """Without --no-statement-cache, named statements of two sessions meet on one server connection:
+    within a run (its pool's connections) or at the latest in the next one."""
+    env = lab.env("cached", SITUATION_HOST_ROOT=str(host_tree(lab.work / "host-cached", 1)))
+    for _ in range(2):
+        failed = lab.situation("run", "--once", "--no-migration", "--agent-id", agent_id(1), "--db",
+                               lab.dsn(lab.agents[1]), *host_cycle_flags(), env=env)
+        if failed.returncode != 0:
+            break
+    assert failed.returncode != 0
+    last = failed.stderr.splitlines()[-1]
+    assert 'prepared statement "__asyncpg_stmt_' in last and "run the agent with --no-statement-cache" in last
+    assert "HINT" not in last  # asyncpg's advice (its own pool, statement_cache_size) means nothing to a user

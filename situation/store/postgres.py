@@ -43,6 +43,9 @@ _TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
 )
+# asyncpg's cached (named) statements meeting another session's on a server connection
+# that a pooler in transaction mode shares between clients.
+_STATEMENT_CLASHES = (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError)
 _ARRAY_CASTS = {
     "bigint": "bigint[]",
     "integer": "integer[]",
@@ -94,6 +97,9 @@ class PostgresStore:
             async with pool.acquire() as connection:
                 await _require_search_path(connection)
                 columns, nullable = await _table_columns(connection)
+        except _STATEMENT_CLASHES as exc:
+            await pool.close()
+            raise _statement_clash(exc) from None
         except BaseException:
             await pool.close()
             raise
@@ -120,6 +126,8 @@ class PostgresStore:
             try:
                 async with self.pool.acquire() as connection:
                     return await work(connection)
+            except _STATEMENT_CLASHES as exc:
+                raise _statement_clash(exc) from None
             except (*_TRANSIENT, ConnectError) as exc:
                 if isinstance(exc, ConnectError) and not exc.transient:
                     raise
@@ -283,6 +291,13 @@ class PostgresStore:
         )
         rows = await self._with_connection(lambda c: c.fetch(union, self.agent_id))
         return {tables[r["t"]]: r["n"] for r in rows}
+
+
+def _statement_clash(exc: asyncpg.PostgresError) -> ConnectError:
+    return ConnectError(
+        f"{exc.message}: a pooler in transaction mode (PgBouncer) sits in front of the server, "
+        "where prepared statements do not last; run the agent with --no-statement-cache"
+    )
 
 
 async def _require_search_path(connection: asyncpg.Connection) -> None:

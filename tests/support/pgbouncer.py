@@ -55,6 +55,7 @@ class Bouncer:
         self.namespace = namespace
         self.files = {"bouncer.crt": tls_cert, "bouncer.key": tls_key, "root.crt": ca_file}
         self.server_over_tcp = cluster.namespace == namespace
+        self.users: dict[str, str] = {}  # [users] section: role -> its settings (pool_mode=..., max_user_connections=...)
         self.port = PORT
         self.config = self.base_dir / "pgbouncer.ini"
         self.auth_file = self.base_dir / "userlist.txt"
@@ -119,7 +120,8 @@ class Bouncer:
             self._write(self.auth_file, "")
         databases = f"* = {self.server()}\n"
         body = "".join(f"{k} = {v}\n" for k, v in self.settings().items())
-        self._write(self.config, f"[databases]\n{databases}\n[pgbouncer]\n{body}", 0o644)
+        users = "".join(f"{role} = {settings}\n" for role, settings in self.users.items())
+        self._write(self.config, f"[databases]\n{databases}\n[users]\n{users}\n[pgbouncer]\n{body}", 0o644)
         self.process = subprocess.Popen(
             ["ip", "netns", "exec", self.namespace, "runuser", "-u", RUN_AS, "--", binary, str(self.config)],
             stdin=subprocess.DEVNULL,
