@@ -156,9 +156,14 @@ def migrate(dsn: str | None, status: bool, dry_run: bool, lock_wait: float) -> N
     params = postgres_params(dsn)
 
     async def work(connection):
+        from situation.connection.connect import direct_connection
+
         if status:
             return await migrations.status(connection)
-        return await migrations.migrate(connection, dry_run=dry_run, lock_wait=lock_wait)
+        if dry_run:
+            return await migrations.migrate(connection, dry_run=True)
+        async with direct_connection(params, "migrate lock") as holder:
+            return await migrations.migrate(connection, lock_wait=lock_wait, lock_holder=holder)
 
     report = run_async(on_direct_connection(params, "migrate", work))
     if status:

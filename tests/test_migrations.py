@@ -173,6 +173,31 @@ async def test_lock_is_polled_and_released(db, tls_cluster):
     ) == 0
 
 
+async def test_a_lock_holder_keeps_the_lock_in_a_transaction_of_its_own(db, tls_cluster):
+    """The lock that holds through PgBouncer in transaction mode: transaction-level, on the holder."""
+    name = await db.fetchval("SELECT current_database()")
+    holder, other = await superuser(tls_cluster, name), await superuser(tls_cluster, name)
+    probe = extra(2, "lock_probe", "CREATE TABLE situation.lock_probe AS "
+                                   "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", migrations.LOCK_KEY)
+        with pytest.raises(MigrationError, match="held the migration lock"):
+            await migrations.migrate(db, lock_wait=0.3, lock_holder=holder)
+        assert not holder.is_in_transaction()  # it waited outside a transaction
+        await other.execute("SELECT pg_advisory_unlock($1)", migrations.LOCK_KEY)
+        report = await migrations.migrate(db, lock_holder=holder, migrations=[*migrations.load_migrations(), probe])
+        assert [m.version for m in report.applied] == [1, 2]
+        assert await db.fetchval("SELECT array_agg(pid) FROM situation.lock_probe") == [holder.get_server_pid()]
+        assert not holder.is_in_transaction()
+        assert await db.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        ) == 0
+    finally:
+        await holder.close()
+        await other.close()
+
+
 def test_six_concurrent_migrate_commands_apply_each_version_once(tls_cluster, fresh_database, tmp_path):
     name = fresh_database("conc")
     env = clean_environ(HOME=str(tmp_path))

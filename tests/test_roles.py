@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -170,3 +172,21 @@ async def test_no_migration_refuses_a_database_one_version_behind(migrated):
             await migrations.verify_agent_schema(owner)
     finally:
         migrations.load_migrations = original
+
+
+async def test_concurrent_grants_all_succeed(migrated, tls_cluster):
+    """Each grant rewrites the same catalog rows (schema and default ACLs): they take turns."""
+    name, _ = migrated
+    roles = [f"rl_many_{i}" for i in range(5)]
+    connections = []
+    try:
+        for role in roles:
+            tls_cluster.create_role(role, "many-pw")
+            connections.append(await as_superuser(tls_cluster, name))
+        results = await asyncio.gather(*(grant(c, r) for c, r in zip(connections, roles)), return_exceptions=True)
+        assert results == ["situation_agent"] * len(roles)
+    finally:
+        for connection in connections:
+            await connection.close()
+        for role in roles:
+            tls_cluster.psql(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role};", dbname=name)

@@ -50,6 +50,9 @@ class CheckReport:
     expected_version: int
     notes: list[str] = field(default_factory=list)
     service: str | None = None  # "NAME (FILE)" when the settings came from a service file
+    # How PostgreSQL sees this session arrive, when that is not this host's own link
+    # (a pooler such as PgBouncer, a proxy or address translation in between).
+    server_sees: str | None = None
 
     @property
     def can_change_schema(self) -> bool:
@@ -64,7 +67,11 @@ class CheckReport:
 async def inspect(params: ConnectParams) -> CheckReport:
     """Connect with the agent's exact settings and gather the facts."""
     tls = await asyncio.to_thread(ssl_context_for, params)
-    connection = await connect(params, tls=tls, server_settings={"application_name": "situation check"})
+    # No named prepared statements: through a PgBouncer in transaction mode, another session's
+    # statements of the same name may already sit on the server connection it is given.
+    connection = await connect(
+        params, tls=tls, server_settings={"application_name": "situation check"}, statement_cache_size=0
+    )
     try:
         return await _gather(connection, params, tls)
     finally:
@@ -73,7 +80,8 @@ async def inspect(params: ConnectParams) -> CheckReport:
 
 async def _gather(connection: asyncpg.Connection, params: ConnectParams, tls) -> CheckReport:
     ssl_row = await connection.fetchrow(
-        "SELECT ssl, version, cipher, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        "SELECT s.ssl, s.version, s.cipher, s.client_dn, a.client_port FROM pg_stat_ssl s "
+        "JOIN pg_stat_activity a USING (pid) WHERE s.pid = pg_backend_pid()"
     )
     who = await connection.fetchrow(
         "SELECT current_user AS role, session_user AS session, "
@@ -81,15 +89,16 @@ async def _gather(connection: asyncpg.Connection, params: ConnectParams, tls) ->
     )
     privileges = await connection.fetchrow(_PRIVILEGES)
     version, notes = await _schema_version(connection)
-    on_tls = bool(ssl_row and ssl_row["ssl"])
+    ours = _our_link(connection)
+    on_tls = ours.tls_version is not None
     policy = tls.policy if (tls is not None and on_tls) else None
     endpoint = _connected_endpoint(connection, params)
     report = CheckReport(
         server=endpoint + (f" ({who['address']})" if who["address"] else ""),
         server_version=who["version"],
         tls=on_tls,
-        tls_version=ssl_row["version"] if on_tls else None,
-        cipher=ssl_row["cipher"] if on_tls else None,
+        tls_version=ours.tls_version,
+        cipher=ours.cipher,
         sslmode=params.sslmode,
         verification=policy.verify if policy else VERIFY_NONE,
         root_certificates=policy.root if policy else None,
@@ -104,9 +113,43 @@ async def _gather(connection: asyncpg.Connection, params: ConnectParams, tls) ->
         expected_version=await asyncio.to_thread(latest_version),
         notes=notes,
         service=f"{params.service} ({params.service_file})" if params.service else None,
+        server_sees=_server_view(ssl_row, ours),
     )
     report.notes.extend(_advice(report, privileges))
     return report
+
+
+@dataclass(frozen=True)
+class _Link:
+    """This host's end of the connection: TLS version and cipher (None without TLS), local TCP port."""
+
+    tls_version: str | None
+    cipher: str | None
+    port: int | None  # None over a Unix socket
+
+
+def _our_link(connection: asyncpg.Connection) -> _Link:
+    transport = connection._transport  # asyncpg offers no public accessor for the socket or TLS object
+    ssl_object = transport.get_extra_info("ssl_object")
+    sockname = transport.get_extra_info("sockname")
+    port = sockname[1] if isinstance(sockname, tuple) else None
+    if ssl_object is None:
+        return _Link(None, None, port)
+    return _Link(ssl_object.version(), ssl_object.cipher()[0], port)
+
+
+def _server_view(ssl_row, ours: _Link) -> str | None:
+    """How the server sees the session arrive, when that differs from this host's link; else None.
+
+    Behind a pooler or proxy PostgreSQL describes the pooler's connection, which
+    may lack TLS, come over a Unix socket, or at least from another port.
+    """
+    server_tls = ssl_row["version"] if ssl_row and ssl_row["ssl"] else None
+    server_port = ssl_row["client_port"] if ssl_row and ssl_row["client_port"] not in (None, -1) else None
+    if (server_tls, server_port) == (ours.tls_version, ours.port):
+        return None
+    over = f"TCP from port {server_port}" if server_port is not None else "a Unix socket"
+    return f"{over}, {'with ' + server_tls if server_tls else 'without TLS'}"
 
 
 def _connected_endpoint(connection: asyncpg.Connection, params: ConnectParams) -> str:
@@ -142,6 +185,12 @@ def _schema_powers(privileges) -> list[str]:
 
 def _advice(report: CheckReport, privileges) -> list[str]:
     notes = []
+    if report.server_sees:
+        notes.append(
+            f"PostgreSQL sees this session arrive over {report.server_sees}: a pooler (such as PgBouncer), "
+            "proxy or address translation sits in between; tls describes only this host's link, so secure "
+            "the pooler's link to PostgreSQL too"
+        )
     if not report.tls:
         notes.append("the connection is NOT encrypted; use sslmode=verify-full")
     elif report.verification == VERIFY_NONE:
@@ -169,6 +218,8 @@ def format_report(report: CheckReport) -> str:
         ("tls", f"on, {report.tls_version}, {report.cipher}" if report.tls else "off"),
         ("verification", _verification_text(report)),
     ]
+    if report.server_sees:
+        rows.append(("server sees", report.server_sees))
     if report.server_certificate:
         cert = report.server_certificate
         rows.append(("server cert", f"{cert['subject']}, issued by {cert['issuer']}, expires {cert['not_after']}"))

@@ -211,7 +211,7 @@ async def _open(params, endpoint: Endpoint, context, settings, statement_cache_s
 @asynccontextmanager
 async def direct_connection(params: ConnectParams, purpose: str = "migrate"):
     """A connection of its own, outside any pool and without prepared statements:
-    for migrations (whose session advisory lock the pool's reset would drop) and grants."""
+    for migrations (and the transaction holding their lock) and grants."""
     connection = await connect(
         params, statement_cache_size=0, server_settings={"application_name": f"situation {purpose}"}
     )

@@ -2,8 +2,14 @@
 
 Files are ``sql/postgres/NNNN_description.sql``. Each runs in its own
 transaction with a ``lock_timeout`` on a dedicated connection (never the
-pool), under a session advisory lock taken by polling ``pg_try_advisory_lock``
-(a blocking wait would deadlock against ``CREATE INDEX CONCURRENTLY``).
+pool), under an advisory lock taken by polling (a blocking wait would deadlock
+against ``CREATE INDEX CONCURRENTLY``). The lock is transaction-level, held by
+an open transaction on a second connection (``lock_holder``) until the run
+ends, so that it also holds through a PgBouncer in transaction mode, where
+consecutive transactions of one client may run on different server sessions
+and a session-level lock would protect nothing and could outlive the run.
+Without a ``lock_holder`` the lock is session-level, which is only right on a
+connection straight to PostgreSQL.
 A file whose first line is ``-- situation:no-transaction`` holds exactly one
 statement and runs outside a transaction.
 
@@ -18,6 +24,7 @@ import asyncio
 import hashlib
 import re
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -205,16 +212,17 @@ async def migrate(
     dry_run: bool = False,
     lock_wait: float = 300.0,
     migrations: list[Migration] | None = None,
+    lock_holder: asyncpg.Connection | None = None,
 ) -> MigrationReport:
     """Bring the database to this build's version, on a connection of its own.
 
-    ``migrations`` replaces the build's files (tests use it to add versions).
+    ``lock_holder``, a second connection, holds the migration lock (see the module
+    docstring). ``migrations`` replaces the build's files (tests use it to add versions).
     """
     migrations = await asyncio.to_thread(load_migrations) if migrations is None else migrations
     if dry_run:
         return await status(connection, migrations)
-    await _acquire_lock(connection, lock_wait)
-    try:
+    async with _migration_lock(connection, lock_holder, lock_wait):
         await _bootstrap(connection)
         history = await read_history(connection) or []
         report = MigrationReport(history=history, pending=plan(migrations, history))
@@ -227,14 +235,72 @@ async def migrate(
             await apply_roles(connection)
         report.pending = []
         return report
+
+
+@asynccontextmanager
+async def _migration_lock(connection: asyncpg.Connection, holder: asyncpg.Connection | None, lock_wait: float):
+    if holder is None:
+        await _wait_for_lock(connection, lock_wait, lambda: connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY))
+        try:
+            yield
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+        return
+    held = await _locked_transaction(holder, lock_wait, connection)
+    try:
+        yield
     finally:
-        await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+        try:
+            await held.rollback()  # the transaction wrote nothing; ending it releases the lock
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # A lost connection released the lock already; the migrations' outcome stands.
+            log.warning("could not end the migration lock's transaction", error=str(exc))
 
 
-async def _acquire_lock(connection: asyncpg.Connection, lock_wait: float) -> None:
+@asynccontextmanager
+async def schema_lock(connection: asyncpg.Connection, lock_wait: float = 300.0):
+    """A transaction on ``connection`` holding the migration lock, for `situation grant`: changes to
+    roles and grants never overlap a migration or each other (PostgreSQL fails one of two updates of
+    the same catalog row with "tuple concurrently updated"). Committed when the block succeeds."""
+    transaction = await _locked_transaction(connection, lock_wait, connection)
+    try:
+        yield
+    except BaseException:
+        await transaction.rollback()
+        raise
+    await transaction.commit()
+
+
+async def _locked_transaction(connection: asyncpg.Connection, lock_wait: float, asker: asyncpg.Connection):
+    """A started transaction on ``connection`` that holds the migration lock (transaction-level).
+
+    It polls, and waits outside a transaction, so that a pooler's server connection
+    stays free meanwhile; ``asker`` looks up who holds the lock.
+    """
+    held = None
+
+    async def try_lock() -> bool:
+        nonlocal held
+        transaction = connection.transaction()
+        await transaction.start()
+        # Held as long as its holder wants: a server-wide idle_in_transaction_session_timeout must not end it.
+        if await connection.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1) FROM set_config('idle_in_transaction_session_timeout', '0', true)",
+            LOCK_KEY,
+        ):
+            held = transaction
+            return True
+        await transaction.rollback()
+        return False
+
+    await _wait_for_lock(asker, lock_wait, try_lock)
+    return held
+
+
+async def _wait_for_lock(connection: asyncpg.Connection, lock_wait: float, try_lock) -> None:
     deadline = time.monotonic() + lock_wait
     announced = False
-    while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+    while not await try_lock():
         if not announced:
             holder = await connection.fetchval(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -246,7 +312,7 @@ async def _acquire_lock(connection: asyncpg.Connection, lock_wait: float) -> Non
             announced = True
         if time.monotonic() > deadline:
             raise MigrationError(
-                f"another `situation migrate` has held the migration lock for over {lock_wait:.0f}s; "
+                f"another `situation migrate` or `situation grant` has held the migration lock for over {lock_wait:.0f}s; "
                 "wait for it to finish, or end that session"
             )
         await asyncio.sleep(LOCK_POLL_SECONDS)

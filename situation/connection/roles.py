@@ -6,7 +6,7 @@ import asyncpg
 
 from situation.connection.connect import IDLE_IN_TRANSACTION_TIMEOUT
 from situation.errors import ConfigError, MigrationError
-from situation.connection.migrations import apply_roles, schema_access, schema_version
+from situation.connection.migrations import apply_roles, schema_access, schema_lock, schema_version
 
 AGENT_GROUP = "situation_agent"
 READER_GROUP = "situation_reader"
@@ -31,7 +31,13 @@ async def grant(connection: asyncpg.Connection, role: str, *, reader: bool = Fal
         )
     if access is None or await schema_version(connection) == 0:
         raise MigrationError("the database has no situation schema yet; run `situation migrate` first")
-    await apply_roles(connection)
+    async with schema_lock(connection):
+        await apply_roles(connection)
+        await _grant_group(connection, role, reader)
+    return READER_GROUP if reader else AGENT_GROUP
+
+
+async def _grant_group(connection: asyncpg.Connection, role: str, reader: bool) -> None:
     group = READER_GROUP if reader else AGENT_GROUP
     if not await connection.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", group):
         raise MigrationError(
@@ -57,4 +63,3 @@ async def grant(connection: asyncpg.Connection, role: str, *, reader: bool = Fal
             f"the connected role may not change role {role} ({exc}); run `situation grant` as a superuser, "
             "or as an owner with CREATEROLE that created the role (PostgreSQL 16+ also needs ADMIN OPTION on it)"
         ) from None
-    return group

@@ -447,8 +447,8 @@ async def open_store(
 
     params = await asyncio.to_thread(parse_dsn, dsn)  # may read a service file
     if migrate:
-        async with direct_connection(params) as connection:
-            await migrations.migrate(connection)
+        async with direct_connection(params) as connection, direct_connection(params, "migrate lock") as holder:
+            await migrations.migrate(connection, lock_holder=holder)
     store = await PostgresStore.open(params, agent_id, max_size=max_size, statement_cache=statement_cache)
     if not migrate:
         try:

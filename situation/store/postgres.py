@@ -22,7 +22,7 @@ import structlog
 
 from situation.connection.connect import create_pool
 from situation.connection.dsn import ConnectParams
-from situation.errors import ConnectError, SituationError
+from situation.errors import ConnectError, MigrationError, SituationError
 from situation.store import JsonText, UpsertResult, clean_arguments, json_text, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
@@ -43,6 +43,9 @@ _TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
 )
+# asyncpg's cached (named) statements meeting another session's on a server connection
+# that a pooler in transaction mode shares between clients.
+_STATEMENT_CLASHES = (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError)
 _ARRAY_CASTS = {
     "bigint": "bigint[]",
     "integer": "integer[]",
@@ -92,7 +95,11 @@ class PostgresStore:
         pool = await create_pool(params, max_size=max_size, statement_cache=statement_cache, init=_init_connection)
         try:
             async with pool.acquire() as connection:
+                await _require_search_path(connection)
                 columns, nullable = await _table_columns(connection)
+        except _STATEMENT_CLASHES as exc:
+            await pool.close()
+            raise _statement_clash(exc) from None
         except BaseException:
             await pool.close()
             raise
@@ -119,6 +126,8 @@ class PostgresStore:
             try:
                 async with self.pool.acquire() as connection:
                     return await work(connection)
+            except _STATEMENT_CLASHES as exc:
+                raise _statement_clash(exc) from None
             except (*_TRANSIENT, ConnectError) as exc:
                 if isinstance(exc, ConnectError) and not exc.transient:
                     raise
@@ -282,6 +291,35 @@ class PostgresStore:
         )
         rows = await self._with_connection(lambda c: c.fetch(union, self.agent_id))
         return {tables[r["t"]]: r["n"] for r in rows}
+
+
+def _statement_clash(exc: asyncpg.PostgresError) -> ConnectError:
+    return ConnectError(
+        f"{exc.message}: a pooler in transaction mode (PgBouncer) sits in front of the server, "
+        "where prepared statements do not last; run the agent with --no-statement-cache"
+    )
+
+
+async def _require_search_path(connection: asyncpg.Connection) -> None:
+    """Named queries name tables without their schema: refuse a session whose search path lacks it.
+
+    The pool asks for ``search_path`` at start-up, but a PgBouncer drops that
+    parameter (``ignore_startup_parameters``); the role must then carry it.
+    A schema that is missing or not granted is left to the schema checks.
+    """
+    row = await connection.fetchrow(
+        "SELECT current_user AS role, current_setting('search_path') AS path, "
+        "CASE WHEN to_regnamespace($1::text) IS NULL OR NOT has_schema_privilege($1::text, 'USAGE') THEN true "
+        "ELSE $1::text = ANY(current_schemas(false)::text[]) END AS ok",
+        SCHEMA,
+    )
+    if not row["ok"]:
+        role = row["role"]
+        raise MigrationError(
+            f'schema {SCHEMA} is not on the search path of role "{role}" (search_path = {row["path"]}), '
+            "as when a pooler such as PgBouncer drops the one the agent asks for; set it on the role: "
+            f"`situation grant {role}` for an agent, or ALTER ROLE {quote_ident(role)} SET search_path = {SCHEMA}"
+        )
 
 
 async def _table_columns(connection: asyncpg.Connection) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
