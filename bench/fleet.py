@@ -1,0 +1,497 @@
+"""Many agents at once against one PostgreSQL: throughput, connections, duplicates, surfaced errors.
+
+Run it from the repository, as root (it builds a network namespace)::
+
+    .venv/bin/python bench/fleet.py [--agents 50 | --large] [--cycles 3] [--interval 1s]
+                                    [--max-alive N] [--wave 25] [--pool-size 4] [--neighbours 40] [--check]
+
+N agent daemons (``situation run --interval 1s``, 50 by default, 200 with
+``--large``) run in one test-made network namespace (support/netns.py:
+IsolatedHost; the guard refuses the initial one) against one throwaway
+PostgreSQL reached over its Unix socket. Each has its own agent id and state
+directory and reads its own fake host (bench/fleet_hosts.py, through
+``SITUATION_HOST_ROOT``): host name, DMI UUID, machine id, MACs, address,
+distribution, CPU, disks, users, dpkg packages. They share the network: every
+host's eth0 is on 198.18.0.0/22, and the namespace's one neighbour table, which
+every agent's ``arp`` reads, holds ``--neighbours`` lab neighbours (some named in
+every host's /etc/hosts, so every ``reverse-lookup`` wants the same machines)
+plus the first ``--peers`` fleet hosts themselves, so agents see each other.
+
+Modules that would send packets (ping, tcp-scan, snmp; tls and ja4 through
+tcp-scan) or read this machine's live state instead of the fake host (netstat
+and its followers, docker, rpm, zypper) are off; ``--ignore-missing-deps`` lets
+arp and dpkg run without ping and netstat. reverse-lookup sends its PTR queries
+to 127.0.0.1 inside the namespace, where nothing answers.
+
+Each agent is stopped (SIGTERM) after ``--cycles`` cycles. Printed:
+
+- cycles per second over the whole run, and the p50 / p99 of the agents' own
+  ``cycle finished`` durations, the first cycle (everything written) apart from
+  the later ones (nothing changed);
+- the peak number of server connections (``pg_stat_activity``, client backends
+  of the bench database, sampled every 100 ms) and of agents alive, and the
+  agents' peak total RSS;
+- duplicate rows under every key of sql/README.md (``DUPLICATES``; each must
+  be 0), and the machines per fleet host (must be 1);
+- deadlock, serialization and unique-violation errors that surfaced in the
+  agents' logs (must be 0), other error lines (failed modules), and for
+  information the same errors in the server's log (the store retries
+  deadlocks and serialization failures as a unit, so they may appear there
+  without surfacing).
+
+Memory: an agent daemon holds about 60 MB, so 200 need 12 GB. Agents start in
+waves: at most ``--wave`` are starting at once (until each has logged its first
+line), which also spreads the interpreter start-ups over the 2 cores, and at
+most ``--max-alive`` run at once (default: all N, lowered to what half the
+available memory holds).
+
+Exit status: 1 with ``--check`` when a duplicate or a surfaced error was found
+or an agent failed, else 0; 2 when it cannot run (not root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(Path(__file__).resolve().parent)]
+
+from fleet_hosts import SUBNET, FleetHost, fleet_host, neighbours, write_host_root  # noqa: E402
+from support.netns import GuardedNamespace, home_namespace  # noqa: E402
+
+OFF_MODULES = ("tcp-scan", "snmp", "tls", "ja4", "saas", "netstat", "standard-protocol", "docker", "rpm",
+               "zypper")
+AGENT_RSS_ESTIMATE = 80 * 2**20  # an agent daemon after a few cycles, with margin
+# Error text of a deadlock (40P01), a serialization failure (40001) or a unique violation (23505).
+CONFLICT_ERRORS = re.compile(r"deadlock|could not serialize|serializ|duplicate key|unique constraint|unique "
+                             r"violation|UniqueViolation|40P01|40001|23505", re.IGNORECASE)
+
+# Rows beyond the first under each key of sql/README.md ("Conflict targets"). Keys whose
+# NULLs mean "unknown" (NIC name, mac, machine_id; machines.agent, host_id) skip NULL rows,
+# as their unique constraints do; the NULL-safe keys group NULLs together, as their indexes do.
+_EXTRA = "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM situation.{table} {where} GROUP BY {key}) k"
+DUPLICATES = {
+    "subnetworks (network_cidr, tag)": _EXTRA.format(table="subnetworks", where="", key="network_cidr, tag"),
+    "machines (agent)": _EXTRA.format(table="machines", where="WHERE agent IS NOT NULL", key="agent"),
+    "machines (host_id)": _EXTRA.format(table="machines", where="WHERE host_id IS NOT NULL", key="host_id"),
+    "cpus (machine_id)": _EXTRA.format(table="cpus", where="", key="machine_id"),
+    "gpus (index, machine_id)": _EXTRA.format(table="gpus", where="", key='"index", machine_id'),
+    "disks (name, machine_id)": _EXTRA.format(table="disks", where="", key="name, machine_id"),
+    "network_interfaces (mac, tag, machine_id)": _EXTRA.format(
+        table="network_interfaces", where="WHERE mac IS NOT NULL AND machine_id IS NOT NULL", key="mac, tag, machine_id"),
+    "network_interfaces (name, machine_id)": _EXTRA.format(
+        table="network_interfaces", where="WHERE name IS NOT NULL AND machine_id IS NOT NULL", key="name, machine_id"),
+    # Neighbours have no key: one NIC per MAC on a subnetwork is what arp's lookup keeps.
+    "network_interfaces per (mac, subnetwork)":
+        "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(DISTINCT i.id) AS n FROM situation.network_interfaces i "
+        "JOIN situation.network_interface_subnets l ON l.network_interface_id = i.id WHERE i.mac IS NOT NULL "
+        "GROUP BY i.mac, l.subnetwork_id) k",
+    "machine-less network_interfaces per MAC (the lab has one subnetwork)": _EXTRA.format(
+        table="network_interfaces", where="WHERE mac IS NOT NULL AND machine_id IS NULL", key="mac"),
+    # A fleet host that others saw as a neighbour before its agent ran: its own NIC and the
+    # neighbour NIC must end up one row (or at least not both hold the MAC on the subnetwork).
+    "MACs both on an agent's machine and on a machine-less NIC":
+        "SELECT count(DISTINCT h.mac) FROM situation.network_interfaces h JOIN situation.machines m "
+        "ON m.id = h.machine_id AND m.agent IS NOT NULL JOIN situation.network_interfaces n "
+        "ON n.mac = h.mac AND n.machine_id IS NULL",
+    "network_interface_subnets (network_interface_id, subnetwork_id)": _EXTRA.format(
+        table="network_interface_subnets", where="", key="network_interface_id, subnetwork_id"),
+    "network_interface_subnets (mac_subnet)": _EXTRA.format(
+        table="network_interface_subnets", where="WHERE mac_subnet IS NOT NULL", key="mac_subnet"),
+    "packages (name, version, machine_id)": _EXTRA.format(table="packages", where="", key="name, version, machine_id"),
+    "applications (name, pid, machine_id)": _EXTRA.format(table="applications", where="", key="name, pid, machine_id"),
+    "application_endpoints (port, protocol, addr, network_interface_id)": _EXTRA.format(
+        table="application_endpoints", where="", key="port, protocol, addr, COALESCE(network_interface_id, 0)"),
+    "users (uid, machine_id)": _EXTRA.format(table="users", where="", key="uid, machine_id"),
+    "user_applications (user_id, application_id)": _EXTRA.format(
+        table="user_applications", where="", key="user_id, application_id"),
+    "flows (src_application_id, src_addr, dst_endpoint_id)": _EXTRA.format(
+        table="flows", where="", key="src_application_id, src_addr, dst_endpoint_id"),
+    "endpoint_policies (endpoint_id, action, src_endpoint_id, src_addr)": _EXTRA.format(
+        table="endpoint_policies", where="", key="endpoint_id, action, src_endpoint_id, src_addr"),
+    # reverse-lookup's promise: one machine per neighbour host name, however many agents name it.
+    "named machines (lower(hostname), no agent, no host_id)": _EXTRA.format(
+        table="machines", where="WHERE agent IS NULL AND host_id IS NULL", key="lower(hostname)"),
+}
+CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+               "AND datname = current_database() AND pid <> pg_backend_pid()")
+
+
+# -- the lab ------------------------------------------------------------------------------
+
+
+@dataclass
+class FleetNamespace(GuardedNamespace):
+    """One agent's network namespace: ``lan0`` (a veth pair inside it) and its neighbour table."""
+
+    name: str
+
+    def create(self, seen: list[tuple[str, str]]) -> FleetNamespace:
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        batch = ["link set lo up", "link add lan0 type veth peer name lan0p", "link set lan0p up", "link set lan0 up",
+                 *(f"neigh replace {ip} lladdr {mac} dev lan0 nud stale" for ip, mac in seen)]
+        subprocess.run(["ip", "-n", self.name, "-batch", "-"], input="\n".join(batch) + "\n", text=True,
+                       check=True, capture_output=True)
+        return self
+
+    def destroy(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+@dataclass
+class FleetLab:
+    """The agents' hosts, a namespace for each, and the fake host roots under ``workdir``."""
+
+    hosts: list[FleetHost]
+    workdir: Path
+    namespaces: dict[str, FleetNamespace] = field(default_factory=dict)  # host name → its namespace
+
+    def root(self, host: FleetHost) -> Path:
+        return self.workdir / "roots" / host.hostname
+
+    def state(self, host: FleetHost) -> Path:
+        return self.workdir / "state" / host.hostname
+
+    def log(self, host: FleetHost) -> Path:
+        return self.workdir / "logs" / f"{host.hostname}.log"
+
+    def destroy(self) -> None:
+        for namespace in self.namespaces.values():
+            namespace.destroy()
+
+
+def make_lab(count: int, workdir: Path, *, neighbour_count: int = 40, peers: int = 10) -> FleetLab:
+    """``count`` hosts, each in a namespace of its own whose neighbour table holds the shared
+    neighbours and the last ``peers`` fleet hosts (never the host itself). The last ones start
+    last, so the others record them as neighbours before their own agents report them."""
+    shared = neighbours(neighbour_count)
+    tag = os.getpid()
+    lab = FleetLab([fleet_host(index, run_tag=tag) for index in range(count)], workdir)
+    try:
+        for host in lab.hosts:
+            seen = [(str(n.ip), n.mac) for n in shared]
+            seen += [(str(peer.ip), peer.mac) for peer in lab.hosts[count - peers:] if peer is not host]
+            lab.namespaces[host.hostname] = FleetNamespace(f"fleet-{tag}-{host.index}")
+            lab.namespaces[host.hostname].create(seen)
+            write_host_root(lab.root(host), host, shared)
+    except BaseException:
+        lab.destroy()
+        raise
+    return lab
+
+
+# -- the agents ---------------------------------------------------------------------------
+
+
+@dataclass
+class AgentRun:
+    host: FleetHost
+    cycles: list[float] = field(default_factory=list)  # seconds, from "cycle finished"
+    errors: list[str] = field(default_factory=list)  # error-level lines and unparsable output
+    conflicts: list[str] = field(default_factory=list)  # lines (any level) naming a deadlock, … ; see CONFLICT_ERRORS
+    returncode: int | None = None
+    pid: int | None = None
+
+
+@dataclass
+class FleetRun:
+    agents: list[AgentRun]
+    seconds: float
+    peak_connections: int
+    peak_alive: int
+    peak_rss: int  # bytes, all agents together
+
+    @property
+    def cycles(self) -> int:
+        return sum(len(a.cycles) for a in self.agents)
+
+    def first_cycles(self) -> list[float]:
+        return [a.cycles[0] for a in self.agents if a.cycles]
+
+    def later_cycles(self) -> list[float]:
+        return [c for a in self.agents for c in a.cycles[1:]]
+
+    def conflicts(self) -> list[str]:
+        return [f"{a.host.hostname}: {line}" for a in self.agents for line in a.conflicts]
+
+    def errors(self) -> list[str]:
+        return [f"{a.host.hostname}: {line}" for a in self.agents for line in a.errors]
+
+    def failed_agents(self) -> list[str]:
+        return [f"{a.host.hostname} (exit {a.returncode}, {len(a.cycles)} cycles)" for a in self.agents
+                if a.returncode != 0]
+
+
+def agent_command(lab: FleetLab, host: FleetHost, dsn: str, *, interval: str, pool_size: int) -> list[str]:
+    off = [f"--no-module-{name}" for name in OFF_MODULES]
+    return lab.namespaces[host.hostname].command(
+        sys.executable, "-m", "situation", "--log-format", "json", "run", "--interval", interval, "--no-migration",
+        "--db", dsn, "--agent-id", host.agent_id, "--pool-size", str(pool_size), *off, "--ignore-missing-deps",
+        "--reverse-lookup-timeout", "200ms", "--discovery-exclude", str(SUBNET),
+        "--ping-timeout", "100ms")
+
+
+def agent_environment(lab: FleetLab, host: FleetHost) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(lab.workdir),
+            "SITUATION_HOST_ROOT": str(lab.root(host)), "SITUATION_STATE_DIR": str(lab.state(host)),
+            "SITUATION_TEST_HOME_NETNS": str(home_namespace())}
+
+
+def take_line(run: AgentRun, line: str) -> bool:
+    """Record one log line of ``run``; True when it ends a cycle."""
+    if CONFLICT_ERRORS.search(line):
+        run.conflicts.append(line)
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        run.errors.append(line)
+        return False
+    if entry.get("level") in ("error", "critical"):
+        run.errors.append(line)
+    if entry.get("event") == "cycle finished":
+        run.cycles.append(entry["duration_ms"] / 1000)
+        return True
+    return False
+
+
+async def run_agent(lab: FleetLab, host: FleetHost, dsn: str, *, cycles: int, interval: str, pool_size: int,
+                    starting: asyncio.Semaphore, alive: asyncio.Semaphore, live: dict[int, AgentRun],
+                    timeout: float) -> AgentRun:
+    """One agent daemon until it has logged ``cycles`` cycles (then SIGTERM), or ``timeout``."""
+    run = AgentRun(host)
+    async with alive:
+        await starting.acquire()
+        started = True
+        process = await asyncio.create_subprocess_exec(
+            *agent_command(lab, host, dsn, interval=interval, pool_size=pool_size),
+            env=agent_environment(lab, host), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, limit=2**20)
+        run.pid = process.pid
+        live[process.pid] = run
+        lab.log(host).parent.mkdir(exist_ok=True)
+        try:
+            async with asyncio.timeout(timeout):
+                with lab.log(host).open("wb") as log:
+                    while line := await process.stderr.readline():
+                        log.write(line)
+                        if started:
+                            starting.release()
+                            started = False
+                        if take_line(run, line.decode(errors="replace").rstrip("\n")) and len(run.cycles) == cycles:
+                            process.send_signal(signal.SIGTERM)
+                run.returncode = await process.wait()
+        except TimeoutError:
+            run.errors.append(f"no {cycles} cycles within {timeout:g} s: killed")
+            process.kill()
+            run.returncode = await process.wait()
+        finally:
+            if started:
+                starting.release()
+            live.pop(process.pid, None)
+    return run
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+async def run_fleet(lab: FleetLab, dsn: str, *, cycles: int = 3, interval: str = "1s", max_alive: int | None = None,
+                    wave: int = 25, pool_size: int = 4, timeout: float = 900) -> FleetRun:
+    """Every host's agent, ``wave`` starting at once and at most ``max_alive`` running at once."""
+    import asyncpg
+
+    live: dict[int, AgentRun] = {}
+    starting, alive = asyncio.Semaphore(wave), asyncio.Semaphore(max_alive or len(lab.hosts))
+    peaks = {"connections": 0, "alive": 0, "rss": 0}
+    sampler = await asyncpg.connect(dsn)
+    began = time.monotonic()
+    agents = asyncio.gather(*(
+        run_agent(lab, host, dsn, cycles=cycles, interval=interval, pool_size=pool_size, starting=starting,
+                  alive=alive, live=live, timeout=timeout) for host in lab.hosts))
+    try:
+        while not agents.done():
+            peaks["connections"] = max(peaks["connections"], await sampler.fetchval(CONNECTIONS))
+            peaks["alive"] = max(peaks["alive"], len(live))
+            peaks["rss"] = max(peaks["rss"], sum(_rss(pid) for pid in list(live)))
+            await asyncio.wait({agents}, timeout=0.1)
+        results = await agents
+    finally:
+        if not agents.done():
+            agents.cancel()
+        await sampler.close()
+    return FleetRun(results, time.monotonic() - began, peaks["connections"], peaks["alive"], peaks["rss"])
+
+
+# -- what the database holds --------------------------------------------------------------
+
+
+async def count_duplicates(dsn: str) -> dict[str, int]:
+    """Rows beyond the first under every key of ``DUPLICATES``."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        return {name: int(await connection.fetchval(sql)) for name, sql in DUPLICATES.items()}
+    finally:
+        await connection.close()
+
+
+async def machines_per_host(dsn: str, hosts: list[FleetHost]) -> dict[str, int]:
+    """Fleet hosts without exactly one machine row: host name → rows (0 when missing)."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        counts = {r["hostname"]: r["count"] for r in await connection.fetch(
+            "SELECT hostname, count(*) FROM situation.machines WHERE hostname = ANY($1::text[]) GROUP BY hostname",
+            [h.hostname for h in hosts])}
+    finally:
+        await connection.close()
+    return {h.hostname: counts.get(h.hostname, 0) for h in hosts if counts.get(h.hostname, 0) != 1}
+
+
+def server_conflicts(log_text: str) -> dict[str, int]:
+    """Deadlocks, serialization failures and unique violations the server logged (retried or not)."""
+    patterns = {"deadlock detected": "deadlock", "could not serialize": "serialization",
+                "duplicate key value violates unique constraint": "unique violation"}
+    found = {name: 0 for name in patterns.values()}
+    for line in log_text.splitlines():
+        for text, name in patterns.items():
+            if text in line and "ERROR:" in line:
+                found[name] += 1
+    return found
+
+
+# -- the bench ----------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (the value below which ``fraction`` of them lie)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
+
+
+def default_max_alive(count: int) -> int:
+    available = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemAvailable:")), 0)
+    return max(1, min(count, available // 2 // AGENT_RSS_ESTIMATE))
+
+
+def start_cluster(workdir: Path, max_connections: int, keep: bool = False):
+    from support.cluster import Cluster
+
+    for key in [k for k in os.environ if k.startswith("PG")]:
+        del os.environ[key]  # our own cluster: nothing of the caller's libpq setup applies
+    cluster = Cluster(workdir / "pg", tls=False, name="fleet", keep=keep).start()
+    try:
+        cluster.psql(f"ALTER SYSTEM SET max_connections = {int(max_connections)}")
+        cluster.restart()
+        cluster.create_database("fleet")
+        migrate(cluster.superuser_dsn("fleet"))
+    except BaseException:
+        cluster.destroy()
+        raise
+    return cluster
+
+
+def migrate(dsn: str) -> None:
+    """``situation migrate`` once, as an owner would before the fleet starts (agents run --no-migration)."""
+    result = subprocess.run([sys.executable, "-m", "situation", "migrate", "--db", dsn], capture_output=True,
+                            text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"situation migrate failed: {result.stderr.strip()}")
+
+
+def print_report(run: FleetRun, duplicates: dict[str, int], per_host: dict[str, int], server: dict[str, int]) -> None:
+    first, later = run.first_cycles(), run.later_cycles()
+    print(f"agents: {len(run.agents)} (peak alive {run.peak_alive}), cycles: {run.cycles} in {run.seconds:.1f} s "
+          f"= {run.cycles / run.seconds:.2f} cycles/s")
+    for label, values in (("first cycle", first), ("later cycles", later), ("all cycles", first + later)):
+        if values:
+            print(f"  {label:<13} p50 {percentile(values, 0.5) * 1000:7.0f} ms   p99 {percentile(values, 0.99) * 1000:7.0f} ms"
+                  f"   max {max(values) * 1000:7.0f} ms   mean {statistics.fmean(values) * 1000:7.0f} ms  (n={len(values)})")
+    print(f"server connections, peak: {run.peak_connections}; agents' RSS, peak total: {run.peak_rss / 2**30:.2f} GiB "
+          f"({run.peak_rss / max(run.peak_alive, 1) / 2**20:.0f} MiB per live agent)")
+    print("duplicate rows per key (must be 0):")
+    for name, count in duplicates.items():
+        print(f"  {count:>5}  {name}{'   <-- DUPLICATES' if count else ''}")
+    print(f"fleet hosts without exactly one machine row: {len(per_host)}"
+          + (f" {dict(list(per_host.items())[:10])}" if per_host else ""))
+    conflicts, errors = run.conflicts(), run.errors()
+    print(f"deadlock / serialization / unique-violation lines in agent logs (must be 0): {len(conflicts)}")
+    for line in conflicts[:10]:
+        print(f"  {line[:300]}")
+    print(f"other error lines in agent logs: {len(errors)}; agents that did not exit 0: {len(run.failed_agents())}")
+    for line in (errors + run.failed_agents())[:10]:
+        print(f"  {line[:300]}")
+    print("in the server log, retried or not: " + ", ".join(f"{name} {count}" for name, count in server.items()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=50, help="number of agents (default 50)")
+    parser.add_argument("--large", action="store_true", help="200 agents")
+    parser.add_argument("--cycles", type=int, default=3, help="cycles per agent before it is stopped (default 3)")
+    parser.add_argument("--interval", default="1s", help="the agents' --interval (default 1s)")
+    parser.add_argument("--max-alive", type=int, help="most agents running at once (default: all that half "
+                                                      "the available memory holds)")
+    parser.add_argument("--wave", type=int, default=25, help="most agents starting at once (default 25)")
+    parser.add_argument("--pool-size", type=int, default=4, help="the agents' --pool-size (default 4)")
+    parser.add_argument("--neighbours", type=int, default=40, help="shared lab neighbours (default 40)")
+    parser.add_argument("--peers", type=int, default=10, help="fleet hosts also in the neighbour table (default 10)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (host roots, cluster)")
+    parser.add_argument("--check", action="store_true", help="exit 1 on a duplicate, surfaced error or failed agent")
+    args = parser.parse_args()
+    count = 200 if args.large else args.agents
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        print("bench/fleet.py needs root and iproute2 (it builds a network namespace)", file=sys.stderr)
+        return 2
+    max_alive = args.max_alive or default_max_alive(count)
+    workdir = Path(tempfile.mkdtemp(prefix="sit-fleet-", dir="/tmp"))
+    os.chmod(workdir, 0o755)
+    print(f"{count} agents, {args.cycles} cycles each, --interval {args.interval}, --pool-size {args.pool_size}, "
+          f"at most {args.wave} starting and {max_alive} alive at once; {args.neighbours} shared neighbours + "
+          f"{min(args.peers, count)} fleet hosts in the neighbour table")
+    cluster = start_cluster(workdir, max_connections=count * args.pool_size + 20, keep=args.keep)
+    lab = None
+    try:
+        lab = make_lab(count, workdir, neighbour_count=args.neighbours, peers=args.peers)
+        dsn = cluster.superuser_dsn("fleet")
+        run = asyncio.run(run_fleet(lab, dsn, cycles=args.cycles, interval=args.interval, max_alive=max_alive,
+                                    wave=args.wave, pool_size=args.pool_size))
+        duplicates = asyncio.run(count_duplicates(dsn))
+        per_host = asyncio.run(machines_per_host(dsn, lab.hosts))
+        server = server_conflicts(cluster.log_path.read_text(errors="replace"))
+    finally:
+        if lab is not None:
+            lab.destroy()
+        cluster.destroy()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_report(run, duplicates, per_host, server)
+    bad = any(duplicates.values()) or per_host or run.conflicts() or run.errors() or run.failed_agents()
+    return 1 if bad and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
