@@ -42,8 +42,8 @@ Each agent is stopped (SIGTERM) after ``--cycles`` cycles. Printed:
 Memory: an agent daemon holds about 60 MB, so 200 need 12 GB. Agents start in
 waves: at most ``--wave`` are starting at once (until each has logged its first
 line), which also spreads the interpreter start-ups over the 2 cores, and at
-most ``--max-alive`` run at once (default: all N, lowered to what half the
-available memory holds).
+most ``--max-alive`` run at once (default: all N, lowered to what 60% of the
+available memory holds at 64 MiB per agent).
 
 Exit status: 1 with ``--check`` when a duplicate or a surfaced error was found
 or an agent failed, else 0; 2 when it cannot run (not root).
@@ -74,7 +74,8 @@ from support.netns import GuardedNamespace, home_namespace  # noqa: E402
 
 OFF_MODULES = ("tcp-scan", "snmp", "tls", "ja4", "saas", "netstat", "standard-protocol", "docker", "rpm",
                "zypper")
-AGENT_RSS_ESTIMATE = 80 * 2**20  # an agent daemon after a few cycles, with margin
+AGENT_NICENESS = 10
+AGENT_RSS_ESTIMATE = 64 * 2**20  # an agent daemon after a few cycles (55-60 MiB measured), with margin
 # Error text of a deadlock (40P01), a serialization failure (40001) or a unique violation (23505).
 CONFLICT_ERRORS = re.compile(r"deadlock|could not serialize|serializ|duplicate key|unique constraint|unique "
                              r"violation|UniqueViolation|40P01|40001|23505", re.IGNORECASE)
@@ -135,7 +136,7 @@ CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'clie
 
 @dataclass
 class FleetNamespace(GuardedNamespace):
-    """One agent's network namespace: ``lan0`` (a veth pair inside it) and its neighbour table."""
+    """A network namespace for agents: ``lan0`` (a veth pair inside it) and its neighbour table."""
 
     name: str
 
@@ -143,8 +144,11 @@ class FleetNamespace(GuardedNamespace):
         subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
         batch = ["link set lo up", "link add lan0 type veth peer name lan0p", "link set lan0p up", "link set lan0 up",
                  *(f"neigh replace {ip} lladdr {mac} dev lan0 nud stale" for ip, mac in seen)]
-        subprocess.run(["ip", "-n", self.name, "-batch", "-"], input="\n".join(batch) + "\n", text=True,
-                       check=True, capture_output=True)
+        made = subprocess.run(["ip", "-n", self.name, "-batch", "-"], input="\n".join(batch) + "\n", text=True,
+                              capture_output=True)
+        if made.returncode != 0:
+            self.destroy()
+            raise RuntimeError(f"ip -n {self.name} -batch: {made.stderr.strip()}")
         return self
 
     def destroy(self) -> None:
@@ -153,11 +157,23 @@ class FleetNamespace(GuardedNamespace):
 
 @dataclass
 class FleetLab:
-    """The agents' hosts, a namespace for each, and the fake host roots under ``workdir``."""
+    """The agents' hosts, the namespaces they run in, and the fake host roots under ``workdir``.
+
+    Two namespaces: the peers (the last hosts) run in one whose neighbour table holds the
+    shared neighbours; every other host runs in one whose table also holds the peers. So no
+    host sees itself as its neighbour, and the kernel's neighbour table, shared by every
+    namespace of the machine (``gc_thresh3``: 1,024 entries by default), holds only a
+    hundred of the fleet's entries, not one table per agent.
+    """
 
     hosts: list[FleetHost]
+    peers: list[FleetHost]
     workdir: Path
-    namespaces: dict[str, FleetNamespace] = field(default_factory=dict)  # host name → its namespace
+    tag: int
+    namespaces: dict[str, FleetNamespace] = field(default_factory=dict)  # "hosts" / "peers"
+
+    def namespace(self, host: FleetHost) -> FleetNamespace:
+        return self.namespaces["peers" if host in self.peers else "hosts"]
 
     def root(self, host: FleetHost) -> Path:
         return self.workdir / "roots" / host.hostname
@@ -174,18 +190,18 @@ class FleetLab:
 
 
 def make_lab(count: int, workdir: Path, *, neighbour_count: int = 40, peers: int = 10) -> FleetLab:
-    """``count`` hosts, each in a namespace of its own whose neighbour table holds the shared
-    neighbours and the last ``peers`` fleet hosts (never the host itself). The last ones start
-    last, so the others record them as neighbours before their own agents report them."""
+    """``count`` hosts on ``SUBNET`` sharing ``neighbour_count`` neighbours; the last ``peers``
+    hosts are also neighbours of the others. They start last, so the others record them as
+    neighbours before their own agents report them."""
     shared = neighbours(neighbour_count)
     tag = os.getpid()
-    lab = FleetLab([fleet_host(index, run_tag=tag) for index in range(count)], workdir)
+    hosts = [fleet_host(index, run_tag=tag) for index in range(count)]
+    lab = FleetLab(hosts, hosts[count - min(peers, count - 1):] if peers else [], workdir, tag)
+    seen = [(str(n.ip), n.mac) for n in shared]
     try:
-        for host in lab.hosts:
-            seen = [(str(n.ip), n.mac) for n in shared]
-            seen += [(str(peer.ip), peer.mac) for peer in lab.hosts[count - peers:] if peer is not host]
-            lab.namespaces[host.hostname] = FleetNamespace(f"fleet-{tag}-{host.index}")
-            lab.namespaces[host.hostname].create(seen)
+        lab.namespaces["hosts"] = FleetNamespace(f"fleet-{tag}").create(seen + [(str(p.ip), p.mac) for p in lab.peers])
+        lab.namespaces["peers"] = FleetNamespace(f"fleet-{tag}-peers").create(seen)
+        for host in hosts:
             write_host_root(lab.root(host), host, shared)
     except BaseException:
         lab.destroy()
@@ -200,19 +216,51 @@ def make_lab(count: int, workdir: Path, *, neighbour_count: int = 40, peers: int
 class AgentRun:
     host: FleetHost
     cycles: list[float] = field(default_factory=list)  # seconds, from "cycle finished"
+    ended: list[float] = field(default_factory=list)  # time.monotonic() when each cycle was logged
     errors: list[str] = field(default_factory=list)  # error-level lines and unparsable output
     conflicts: list[str] = field(default_factory=list)  # lines (any level) naming a deadlock, … ; see CONFLICT_ERRORS
     returncode: int | None = None
-    pid: int | None = None
+
+
+@dataclass
+class Pace:
+    """When agents stop. With every agent alive at once, the measured window opens once all of
+    them have finished their first cycle, and each agent stops after ``cycles`` cycles ended
+    inside it. When ``max_alive`` keeps some waiting, there is no such moment: each agent stops
+    after ``cycles`` cycles of its own."""
+
+    agents: int
+    cycles: int
+    all_at_once: bool
+    window_opened: float | None = None
+    cycled: int = 0  # agents with a first cycle
+
+    def cycle_ended(self, run: AgentRun) -> bool:
+        """Note ``run``'s latest cycle; True when the agent has done its share."""
+        if len(run.cycles) == 1:
+            self.cycled += 1
+            if self.cycled == self.agents and self.all_at_once:
+                self.window_opened = run.ended[-1]
+        if not self.all_at_once:
+            return len(run.cycles) >= self.cycles
+        return self.window_opened is not None and len(self.in_window(run)) >= self.cycles
+
+    def in_window(self, run: AgentRun) -> list[float]:
+        if self.window_opened is None:
+            return []
+        return [d for d, t in zip(run.cycles[1:], run.ended[1:]) if t > self.window_opened]
 
 
 @dataclass
 class FleetRun:
     agents: list[AgentRun]
-    seconds: float
+    pace: Pace
+    seconds: float  # first start to last exit
+    ended: float  # time.monotonic() at the last exit
     peak_connections: int
     peak_alive: int
     peak_rss: int  # bytes, all agents together
+    server_cpu: float | None = None  # CPU seconds PostgreSQL spent over the run
 
     @property
     def cycles(self) -> int:
@@ -222,7 +270,16 @@ class FleetRun:
         return [a.cycles[0] for a in self.agents if a.cycles]
 
     def later_cycles(self) -> list[float]:
-        return [c for a in self.agents for c in a.cycles[1:]]
+        """The cycles of the measured window (every agent alive, each past its first cycle);
+        without one, every cycle after each agent's first."""
+        if self.pace.window_opened is None:
+            return [c for a in self.agents for c in a.cycles[1:]]
+        return [c for a in self.agents for c in self.pace.in_window(a)]
+
+    def cycles_per_second(self) -> float:
+        if self.pace.window_opened is None:
+            return self.cycles / self.seconds
+        return len(self.later_cycles()) / (self.ended - self.pace.window_opened)
 
     def conflicts(self) -> list[str]:
         return [f"{a.host.hostname}: {line}" for a in self.agents for line in a.conflicts]
@@ -237,11 +294,10 @@ class FleetRun:
 
 def agent_command(lab: FleetLab, host: FleetHost, dsn: str, *, interval: str, pool_size: int) -> list[str]:
     off = [f"--no-module-{name}" for name in OFF_MODULES]
-    return lab.namespaces[host.hostname].command(
+    return lab.namespace(host).command(
         sys.executable, "-m", "situation", "--log-format", "json", "run", "--interval", interval, "--no-migration",
         "--db", dsn, "--agent-id", host.agent_id, "--pool-size", str(pool_size), *off, "--ignore-missing-deps",
-        "--reverse-lookup-timeout", "200ms", "--discovery-exclude", str(SUBNET),
-        "--ping-timeout", "100ms")
+        "--reverse-lookup-timeout", "200ms", "--discovery-exclude", str(SUBNET), "--ping-timeout", "100ms")
 
 
 def agent_environment(lab: FleetLab, host: FleetHost) -> dict[str, str]:
@@ -263,45 +319,59 @@ def take_line(run: AgentRun, line: str) -> bool:
         run.errors.append(line)
     if entry.get("event") == "cycle finished":
         run.cycles.append(entry["duration_ms"] / 1000)
+        run.ended.append(time.monotonic())
         return True
     return False
 
 
-async def run_agent(lab: FleetLab, host: FleetHost, dsn: str, *, cycles: int, interval: str, pool_size: int,
-                    starting: asyncio.Semaphore, alive: asyncio.Semaphore, live: dict[int, AgentRun],
-                    timeout: float) -> AgentRun:
-    """One agent daemon until it has logged ``cycles`` cycles (then SIGTERM), or ``timeout``."""
+@dataclass
+class Gates:
+    starting: asyncio.Semaphore  # agents between their start and their first log line
+    alive: asyncio.Semaphore
+    live: dict[int, AgentRun] = field(default_factory=dict)  # pid → its run
+
+
+async def run_agent(lab: FleetLab, host: FleetHost, dsn: str, *, pace: Pace, gates: Gates, interval: str,
+                    pool_size: int, timeout: float) -> AgentRun:
+    """One agent daemon until ``pace`` says it is done (then SIGTERM), or ``timeout``."""
     run = AgentRun(host)
-    async with alive:
-        await starting.acquire()
-        started = True
+    async with gates.alive:
+        await gates.starting.acquire()
+        starting = True
         process = await asyncio.create_subprocess_exec(
             *agent_command(lab, host, dsn, interval=interval, pool_size=pool_size),
             env=agent_environment(lab, host), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, limit=2**20)
-        run.pid = process.pid
-        live[process.pid] = run
+            stderr=subprocess.PIPE, limit=2**20, preexec_fn=_lower_priority)
+        gates.live[process.pid] = run
         lab.log(host).parent.mkdir(exist_ok=True)
         try:
             async with asyncio.timeout(timeout):
                 with lab.log(host).open("wb") as log:
                     while line := await process.stderr.readline():
                         log.write(line)
-                        if started:
-                            starting.release()
-                            started = False
-                        if take_line(run, line.decode(errors="replace").rstrip("\n")) and len(run.cycles) == cycles:
+                        if starting:
+                            gates.starting.release()
+                            starting = False
+                        if take_line(run, line.decode(errors="replace").rstrip("\n")) and pace.cycle_ended(run):
                             process.send_signal(signal.SIGTERM)
                 run.returncode = await process.wait()
         except TimeoutError:
-            run.errors.append(f"no {cycles} cycles within {timeout:g} s: killed")
+            run.errors.append(f"not done within {timeout:g} s ({len(run.cycles)} cycles): killed")
             process.kill()
             run.returncode = await process.wait()
         finally:
-            if started:
-                starting.release()
-            live.pop(process.pid, None)
+            if starting:
+                gates.starting.release()
+            gates.live.pop(process.pid, None)
+            if process.returncode is None:  # interrupted: no agent outlives the bench
+                process.kill()
     return run
+
+
+def _lower_priority() -> None:
+    # Agents yield the CPU to PostgreSQL (which on a real fleet has a machine of its own) and
+    # to whatever else shares this one.
+    os.nice(AGENT_NICENESS)
 
 
 def _rss(pid: int) -> int:
@@ -311,31 +381,57 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def server_cpu_seconds(postmaster: int) -> float:
+    """CPU time of a PostgreSQL server so far: the postmaster, its reaped and its live children."""
+    import psutil
+
+    try:
+        server = psutil.Process(postmaster)
+        times = server.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in server.children():
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass  # reaped meanwhile: counted in children_* from the next sample on
+        return total
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
 async def run_fleet(lab: FleetLab, dsn: str, *, cycles: int = 3, interval: str = "1s", max_alive: int | None = None,
-                    wave: int = 25, pool_size: int = 4, timeout: float = 900) -> FleetRun:
-    """Every host's agent, ``wave`` starting at once and at most ``max_alive`` running at once."""
+                    wave: int = 25, pool_size: int = 4, timeout: float = 1800,
+                    server_pid: int | None = None) -> FleetRun:
+    """Every host's agent, ``wave`` starting at once and at most ``max_alive`` running at once;
+    ``server_pid``, the postmaster's, to measure the server's CPU time."""
     import asyncpg
 
-    live: dict[int, AgentRun] = {}
-    starting, alive = asyncio.Semaphore(wave), asyncio.Semaphore(max_alive or len(lab.hosts))
+    count = len(lab.hosts)
+    max_alive = min(max_alive or count, count)
+    pace = Pace(count, cycles, all_at_once=max_alive == count)
+    gates = Gates(asyncio.Semaphore(wave), asyncio.Semaphore(max_alive))
     peaks = {"connections": 0, "alive": 0, "rss": 0}
     sampler = await asyncpg.connect(dsn)
+    cpu_before = server_cpu_seconds(server_pid) if server_pid else None
     began = time.monotonic()
     agents = asyncio.gather(*(
-        run_agent(lab, host, dsn, cycles=cycles, interval=interval, pool_size=pool_size, starting=starting,
-                  alive=alive, live=live, timeout=timeout) for host in lab.hosts))
+        run_agent(lab, host, dsn, pace=pace, gates=gates, interval=interval, pool_size=pool_size, timeout=timeout)
+        for host in lab.hosts))
     try:
         while not agents.done():
             peaks["connections"] = max(peaks["connections"], await sampler.fetchval(CONNECTIONS))
-            peaks["alive"] = max(peaks["alive"], len(live))
-            peaks["rss"] = max(peaks["rss"], sum(_rss(pid) for pid in list(live)))
+            peaks["alive"] = max(peaks["alive"], len(gates.live))
+            peaks["rss"] = max(peaks["rss"], sum(_rss(pid) for pid in list(gates.live)))
             await asyncio.wait({agents}, timeout=0.1)
         results = await agents
     finally:
         if not agents.done():
             agents.cancel()
         await sampler.close()
-    return FleetRun(results, time.monotonic() - began, peaks["connections"], peaks["alive"], peaks["rss"])
+    ended = time.monotonic()
+    server_cpu = server_cpu_seconds(server_pid) - cpu_before if server_pid else None
+    return FleetRun(results, pace, ended - began, ended, peaks["connections"], peaks["alive"], peaks["rss"],
+                    server_cpu)
 
 
 # -- what the database holds --------------------------------------------------------------
@@ -392,7 +488,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def default_max_alive(count: int) -> int:
     available = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                       if line.startswith("MemAvailable:")), 0)
-    return max(1, min(count, available // 2 // AGENT_RSS_ESTIMATE))
+    return max(1, min(count, available * 6 // 10 // AGENT_RSS_ESTIMATE))
 
 
 def start_cluster(workdir: Path, max_connections: int, keep: bool = False):
@@ -422,14 +518,20 @@ def migrate(dsn: str) -> None:
 
 def print_report(run: FleetRun, duplicates: dict[str, int], per_host: dict[str, int], server: dict[str, int]) -> None:
     first, later = run.first_cycles(), run.later_cycles()
-    print(f"agents: {len(run.agents)} (peak alive {run.peak_alive}), cycles: {run.cycles} in {run.seconds:.1f} s "
-          f"= {run.cycles / run.seconds:.2f} cycles/s")
-    for label, values in (("first cycle", first), ("later cycles", later), ("all cycles", first + later)):
+    window = (f"measured window: {run.ended - run.pace.window_opened:.1f} s, from the moment every agent had "
+              f"finished its first cycle" if run.pace.window_opened is not None
+              else "no moment with every agent alive: the whole run")
+    print(f"agents: {len(run.agents)} (peak alive {run.peak_alive}), cycles: {run.cycles} in {run.seconds:.1f} s; "
+          f"{window}: {run.cycles_per_second():.2f} cycles/s")
+    for label, values in (("first cycle", first), ("later cycles", later)):
         if values:
             print(f"  {label:<13} p50 {percentile(values, 0.5) * 1000:7.0f} ms   p99 {percentile(values, 0.99) * 1000:7.0f} ms"
                   f"   max {max(values) * 1000:7.0f} ms   mean {statistics.fmean(values) * 1000:7.0f} ms  (n={len(values)})")
     print(f"server connections, peak: {run.peak_connections}; agents' RSS, peak total: {run.peak_rss / 2**30:.2f} GiB "
           f"({run.peak_rss / max(run.peak_alive, 1) / 2**20:.0f} MiB per live agent)")
+    if run.server_cpu is not None:
+        print(f"PostgreSQL CPU over the run: {run.server_cpu:.1f} s, {run.server_cpu / max(run.cycles, 1) * 1000:.0f} ms "
+              f"per agent cycle ({run.cycles} cycles, the first ones included)")
     print("duplicate rows per key (must be 0):")
     for name, count in duplicates.items():
         print(f"  {count:>5}  {name}{'   <-- DUPLICATES' if count else ''}")
@@ -445,14 +547,21 @@ def print_report(run: FleetRun, duplicates: dict[str, int], per_host: dict[str, 
     print("in the server log, retried or not: " + ", ".join(f"{name} {count}" for name, count in server.items()))
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the finally blocks: agents killed, namespaces and cluster removed
+
+
 def main() -> int:
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=50, help="number of agents (default 50)")
     parser.add_argument("--large", action="store_true", help="200 agents")
-    parser.add_argument("--cycles", type=int, default=3, help="cycles per agent before it is stopped (default 3)")
+    parser.add_argument("--cycles", type=int, default=3,
+                        help="cycles per agent in the measured window, after its first (default 3)")
     parser.add_argument("--interval", default="1s", help="the agents' --interval (default 1s)")
-    parser.add_argument("--max-alive", type=int, help="most agents running at once (default: all that half "
-                                                      "the available memory holds)")
+    parser.add_argument("--max-alive", type=int, help="most agents running at once (default: all that 60%% "
+                                                      "of the available memory holds)")
     parser.add_argument("--wave", type=int, default=25, help="most agents starting at once (default 25)")
     parser.add_argument("--pool-size", type=int, default=4, help="the agents' --pool-size (default 4)")
     parser.add_argument("--neighbours", type=int, default=40, help="shared lab neighbours (default 40)")
@@ -467,19 +576,22 @@ def main() -> int:
     max_alive = args.max_alive or default_max_alive(count)
     workdir = Path(tempfile.mkdtemp(prefix="sit-fleet-", dir="/tmp"))
     os.chmod(workdir, 0o755)
-    print(f"{count} agents, {args.cycles} cycles each, --interval {args.interval}, --pool-size {args.pool_size}, "
-          f"at most {args.wave} starting and {max_alive} alive at once; {args.neighbours} shared neighbours + "
-          f"{min(args.peers, count)} fleet hosts in the neighbour table")
     cluster = start_cluster(workdir, max_connections=count * args.pool_size + 20, keep=args.keep)
     lab = None
     try:
         lab = make_lab(count, workdir, neighbour_count=args.neighbours, peers=args.peers)
+        print(f"{count} agents, {args.cycles} cycles each after the first, --interval {args.interval}, --pool-size "
+              f"{args.pool_size}, at most {args.wave} starting and {max_alive} alive at once; {args.neighbours} shared "
+              f"neighbours, and {len(lab.peers)} fleet hosts also in the others' neighbour table", flush=True)
         dsn = cluster.superuser_dsn("fleet")
         run = asyncio.run(run_fleet(lab, dsn, cycles=args.cycles, interval=args.interval, max_alive=max_alive,
-                                    wave=args.wave, pool_size=args.pool_size))
+                                    wave=args.wave, pool_size=args.pool_size, server_pid=cluster.postmaster_pid()))
         duplicates = asyncio.run(count_duplicates(dsn))
         per_host = asyncio.run(machines_per_host(dsn, lab.hosts))
         server = server_conflicts(cluster.log_path.read_text(errors="replace"))
+    except KeyboardInterrupt:
+        print("interrupted: agents killed, lab and cluster removed", file=sys.stderr)
+        return 130
     finally:
         if lab is not None:
             lab.destroy()
