@@ -64,6 +64,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,8 @@ sys.path[:0] = [str(REPO / "tests"), str(Path(__file__).resolve().parent)]
 
 from fleet_hosts import SUBNET, FleetHost, fleet_host, neighbours, write_host_root  # noqa: E402
 from support.netns import GuardedNamespace, home_namespace  # noqa: E402
+
+from situation.module import parse_duration  # noqa: E402
 
 OFF_MODULES = ("tcp-scan", "snmp", "tls", "ja4", "saas", "netstat", "standard-protocol", "docker", "rpm",
                "zypper")
@@ -224,26 +227,47 @@ class AgentRun:
 
 @dataclass
 class Pace:
-    """When agents stop. With every agent alive at once, the measured window opens once all of
-    them have finished their first cycle, and each agent stops after ``cycles`` cycles ended
-    inside it. When ``max_alive`` keeps some waiting, there is no such moment: each agent stops
-    after ``cycles`` cycles of its own."""
+    """When agents pause and stop.
+
+    With every agent alive at once, an agent that has finished its first cycle is parked
+    (SIGSTOP, between two cycles) until the last one has finished its own; then all are
+    continued at once (SIGCONT), which opens the measured window: N agents starting their
+    next cycle together. Parking keeps the early agents from taking the CPU the later ones
+    need to start. An agent is parked only when its "cycle finished" line is read well within
+    the interval (so it is asleep, holding no lock); one read too late goes on cycling. Each
+    agent stops (SIGTERM) after ``cycles`` cycles ended inside the window. When ``max_alive``
+    keeps some waiting there is no such window: nobody is parked, and each agent stops after
+    ``cycles`` cycles of its own.
+    """
 
     agents: int
     cycles: int
     all_at_once: bool
+    interval: float  # seconds
     window_opened: float | None = None
     cycled: int = 0  # agents with a first cycle
+    parked: list[asyncio.subprocess.Process] = field(default_factory=list)
 
-    def cycle_ended(self, run: AgentRun) -> bool:
-        """Note ``run``'s latest cycle; True when the agent has done its share."""
-        if len(run.cycles) == 1:
-            self.cycled += 1
-            if self.cycled == self.agents and self.all_at_once:
-                self.window_opened = run.ended[-1]
+    def cycle_ended(self, run: AgentRun, process: asyncio.subprocess.Process, lag: float) -> bool:
+        """Note ``run``'s latest cycle (its line read ``lag`` seconds after it was logged);
+        True when the agent has done its share."""
         if not self.all_at_once:
             return len(run.cycles) >= self.cycles
+        if len(run.cycles) == 1:
+            self.cycled += 1
+            if self.cycled == self.agents:
+                self._open_window()
+            elif lag < self.interval / 2:
+                process.send_signal(signal.SIGSTOP)
+                self.parked.append(process)
         return self.window_opened is not None and len(self.in_window(run)) >= self.cycles
+
+    def _open_window(self) -> None:
+        self.window_opened = time.monotonic()
+        for process in self.parked:
+            if process.returncode is None:
+                process.send_signal(signal.SIGCONT)
+        self.parked.clear()
 
     def in_window(self, run: AgentRun) -> list[float]:
         if self.window_opened is None:
@@ -324,6 +348,15 @@ def take_line(run: AgentRun, line: str) -> bool:
     return False
 
 
+def lag_of(line: str) -> float:
+    """Seconds since ``line``'s JSON timestamp (infinite when it has none)."""
+    try:
+        logged = datetime.fromisoformat(json.loads(line)["timestamp"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+    return (datetime.now(timezone.utc) - logged).total_seconds()
+
+
 @dataclass
 class Gates:
     starting: asyncio.Semaphore  # agents between their start and their first log line
@@ -352,7 +385,8 @@ async def run_agent(lab: FleetLab, host: FleetHost, dsn: str, *, pace: Pace, gat
                         if starting:
                             gates.starting.release()
                             starting = False
-                        if take_line(run, line.decode(errors="replace").rstrip("\n")) and pace.cycle_ended(run):
+                        text = line.decode(errors="replace").rstrip("\n")
+                        if take_line(run, text) and pace.cycle_ended(run, process, lag_of(text)):
                             process.send_signal(signal.SIGTERM)
                 run.returncode = await process.wait()
         except TimeoutError:
@@ -399,7 +433,7 @@ def server_cpu_seconds(postmaster: int) -> float:
         return float("nan")
 
 
-async def run_fleet(lab: FleetLab, dsn: str, *, cycles: int = 3, interval: str = "1s", max_alive: int | None = None,
+async def run_fleet(lab: FleetLab, dsn: str, *, cycles: int = 3, interval: str = "5s", max_alive: int | None = None,
                     wave: int = 25, pool_size: int = 4, timeout: float = 1800,
                     server_pid: int | None = None) -> FleetRun:
     """Every host's agent, ``wave`` starting at once and at most ``max_alive`` running at once;
@@ -408,7 +442,7 @@ async def run_fleet(lab: FleetLab, dsn: str, *, cycles: int = 3, interval: str =
 
     count = len(lab.hosts)
     max_alive = min(max_alive or count, count)
-    pace = Pace(count, cycles, all_at_once=max_alive == count)
+    pace = Pace(count, cycles, all_at_once=max_alive == count, interval=parse_duration(interval))
     gates = Gates(asyncio.Semaphore(wave), asyncio.Semaphore(max_alive))
     peaks = {"connections": 0, "alive": 0, "rss": 0}
     sampler = await asyncpg.connect(dsn)
@@ -559,7 +593,7 @@ def main() -> int:
     parser.add_argument("--large", action="store_true", help="200 agents")
     parser.add_argument("--cycles", type=int, default=3,
                         help="cycles per agent in the measured window, after its first (default 3)")
-    parser.add_argument("--interval", default="1s", help="the agents' --interval (default 1s)")
+    parser.add_argument("--interval", default="5s", help="the agents' --interval (default 5s)")
     parser.add_argument("--max-alive", type=int, help="most agents running at once (default: all that 60%% "
                                                       "of the available memory holds)")
     parser.add_argument("--wave", type=int, default=25, help="most agents starting at once (default 25)")
