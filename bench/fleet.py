@@ -1,36 +1,40 @@
 """Many agents at once against one PostgreSQL: throughput, connections, duplicates, surfaced errors.
 
-Run it from the repository, as root (it builds a network namespace)::
+Run it from the repository, as root (it builds network namespaces)::
 
-    .venv/bin/python bench/fleet.py [--agents 50 | --large] [--cycles 3] [--interval 1s]
-                                    [--max-alive N] [--wave 25] [--pool-size 4] [--neighbours 40] [--check]
+    .venv/bin/python bench/fleet.py [--agents 50 | --large] [--cycles 3] [--interval 5s] [--max-alive N]
+                                    [--wave 25] [--pool-size 4] [--neighbours 40] [--peers 10] [--keep] [--check]
 
-N agent daemons (``situation run --interval 1s``, 50 by default, 200 with
-``--large``) run in one test-made network namespace (support/netns.py:
-IsolatedHost; the guard refuses the initial one) against one throwaway
+N agent daemons (``situation run --interval 5s``, 50 by default, 200 with
+``--large``) run in test-made network namespaces (the guard of
+support/isolated_exec.py refuses the initial one) against one throwaway
 PostgreSQL reached over its Unix socket. Each has its own agent id and state
 directory and reads its own fake host (bench/fleet_hosts.py, through
 ``SITUATION_HOST_ROOT``): host name, DMI UUID, machine id, MACs, address,
 distribution, CPU, disks, users, dpkg packages. They share the network: every
-host's eth0 is on 198.18.0.0/22, and the namespace's one neighbour table, which
-every agent's ``arp`` reads, holds ``--neighbours`` lab neighbours (some named in
-every host's /etc/hosts, so every ``reverse-lookup`` wants the same machines)
-plus the first ``--peers`` fleet hosts themselves, so agents see each other.
+host's eth0 is on 198.18.0.0/22, and the neighbour table every agent's ``arp``
+reads holds ``--neighbours`` lab neighbours (some named in every host's
+/etc/hosts, so every ``reverse-lookup`` wants the same machines) and the last
+``--peers`` fleet hosts, so agents see each other (see FleetLab).
 
-Modules that would send packets (ping, tcp-scan, snmp; tls and ja4 through
-tcp-scan) or read this machine's live state instead of the fake host (netstat
-and its followers, docker, rpm, zypper) are off; ``--ignore-missing-deps`` lets
-arp and dpkg run without ping and netstat. reverse-lookup sends its PTR queries
-to 127.0.0.1 inside the namespace, where nothing answers.
+Modules that would probe lab addresses no one answers on (tcp-scan, snmp; tls,
+ja4 and saas after it) or read this machine's live state instead of the fake
+host (netstat and its followers, docker, rpm, zypper) are off;
+``--ignore-missing-deps`` lets dpkg run without netstat. ping runs with the lab
+subnetwork excluded (it sends nothing there, but keeps arp after host-network);
+reverse-lookup sends its PTR queries to 127.0.0.1 inside the namespace, where
+nothing answers.
 
-Each agent is stopped (SIGTERM) after ``--cycles`` cycles. Printed:
+Agents start in waves (at most ``--wave`` between their launch and their first
+log line), are parked after their first cycle until all have done theirs, and
+then run ``--cycles`` more cycles together (see Pace). Printed:
 
-- cycles per second over the whole run, and the p50 / p99 of the agents' own
-  ``cycle finished`` durations, the first cycle (everything written) apart from
-  the later ones (nothing changed);
+- cycles per second in that window, and the p50 / p99 of the agents' own
+  ``cycle finished`` durations, the first cycle (everything written) apart
+  from the window's (nothing changed);
 - the peak number of server connections (``pg_stat_activity``, client backends
-  of the bench database, sampled every 100 ms) and of agents alive, and the
-  agents' peak total RSS;
+  of the bench database, sampled every 100 ms), of agents alive, and the
+  agents' peak total RSS; PostgreSQL's CPU time per agent cycle;
 - duplicate rows under every key of sql/README.md (``DUPLICATES``; each must
   be 0), and the machines per fleet host (must be 1);
 - deadlock, serialization and unique-violation errors that surfaced in the
@@ -39,14 +43,13 @@ Each agent is stopped (SIGTERM) after ``--cycles`` cycles. Printed:
   deadlocks and serialization failures as a unit, so they may appear there
   without surfacing).
 
-Memory: an agent daemon holds about 60 MB, so 200 need 12 GB. Agents start in
-waves: at most ``--wave`` are starting at once (until each has logged its first
-line), which also spreads the interpreter start-ups over the 2 cores, and at
-most ``--max-alive`` run at once (default: all N, lowered to what 60% of the
-available memory holds at 64 MiB per agent).
+Memory: an agent daemon holds about 60 MB, so 200 need 12 GB. At most
+``--max-alive`` run at once (default: all N, lowered to what 60% of the
+available memory holds at 64 MiB per agent); agents run at nice 10.
 
 Exit status: 1 with ``--check`` when a duplicate or a surfaced error was found
-or an agent failed, else 0; 2 when it cannot run (not root).
+or an agent failed, else 0; 2 when it cannot run (not root); 130 when
+interrupted (agents killed, namespaces and cluster removed).
 """
 
 from __future__ import annotations
@@ -231,8 +234,8 @@ class Pace:
 
     With every agent alive at once, an agent that has finished its first cycle is parked
     (SIGSTOP, between two cycles) until the last one has finished its own; then all are
-    continued at once (SIGCONT), which opens the measured window: N agents starting their
-    next cycle together. Parking keeps the early agents from taking the CPU the later ones
+    continued (SIGCONT) within one interval, which opens the measured window: N agents
+    cycling together. Parking keeps the early agents from taking the CPU the later ones
     need to start. An agent is parked only when its "cycle finished" line is read well within
     the interval (so it is asleep, holding no lock); one read too late goes on cycling. Each
     agent stops (SIGTERM) after ``cycles`` cycles ended inside the window. When ``max_alive``
@@ -247,6 +250,7 @@ class Pace:
     window_opened: float | None = None
     cycled: int = 0  # agents with a first cycle
     parked: list[asyncio.subprocess.Process] = field(default_factory=list)
+    resuming: asyncio.Future | None = None
 
     def cycle_ended(self, run: AgentRun, process: asyncio.subprocess.Process, lag: float) -> bool:
         """Note ``run``'s latest cycle (its line read ``lag`` seconds after it was logged);
@@ -264,10 +268,17 @@ class Pace:
 
     def _open_window(self) -> None:
         self.window_opened = time.monotonic()
-        for process in self.parked:
+        self.resuming = asyncio.ensure_future(self._resume(list(self.parked)))
+        self.parked.clear()
+
+    async def _resume(self, parked: list[asyncio.subprocess.Process]) -> None:
+        """SIGCONT the parked agents spread over one interval, as their schedules' jitter spreads
+        a real fleet: continued all at once, agents at nice 10 on 2 busy cores wait so long for
+        the CPU that their own 10 s database ping times out ("database unreachable")."""
+        for process in parked:
             if process.returncode is None:
                 process.send_signal(signal.SIGCONT)
-        self.parked.clear()
+            await asyncio.sleep(self.interval / max(len(parked), 1))
 
     def in_window(self, run: AgentRun) -> list[float]:
         if self.window_opened is None:
