@@ -322,6 +322,9 @@ class FleetRun:
     def errors(self) -> list[str]:
         return [f"{a.host.hostname}: {line}" for a in self.agents for line in a.errors]
 
+    def failed_modules(self) -> list[str]:
+        return [line for line in self.errors() if '"module finished"' in line]
+
     def failed_agents(self) -> list[str]:
         return [f"{a.host.hostname} (exit {a.returncode}, {len(a.cycles)} cycles)" for a in self.agents
                 if a.returncode != 0]
@@ -586,7 +589,8 @@ def print_report(run: FleetRun, duplicates: dict[str, int], per_host: dict[str, 
     print(f"deadlock / serialization / unique-violation lines in agent logs (must be 0): {len(conflicts)}")
     for line in conflicts[:10]:
         print(f"  {line[:300]}")
-    print(f"other error lines in agent logs: {len(errors)}; agents that did not exit 0: {len(run.failed_agents())}")
+    print(f"other error lines in agent logs: {len(errors)}, of which failed modules: {len(run.failed_modules())}; "
+          f"agents that did not exit 0: {len(run.failed_agents())}")
     for line in (errors + run.failed_agents())[:10]:
         print(f"  {line[:300]}")
     print("in the server log, retried or not: " + ", ".join(f"{name} {count}" for name, count in server.items()))
@@ -646,7 +650,7 @@ def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print_report(run, duplicates, per_host, server)
-    bad = any(duplicates.values()) or per_host or run.conflicts() or run.errors() or run.failed_agents()
+    bad = any(duplicates.values()) or per_host or run.conflicts() or run.failed_modules() or run.failed_agents()
     return 1 if bad and args.check else 0
 
 
