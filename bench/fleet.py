@@ -394,7 +394,7 @@ async def run_agent(lab: FleetLab, host: FleetHost, dsn: str, *, pace: Pace, gat
         lab.log(host).parent.mkdir(exist_ok=True)
         try:
             async with asyncio.timeout(timeout):
-                with lab.log(host).open("wb") as log:
+                with lab.log(host).open("wb", buffering=0) as log:
                     while line := await process.stderr.readline():
                         log.write(line)
                         if starting:
