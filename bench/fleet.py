@@ -68,7 +68,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,6 +77,7 @@ sys.path[:0] = [str(REPO / "tests"), str(Path(__file__).resolve().parent)]
 from fleet_hosts import SUBNET, FleetHost, fleet_host, neighbours, write_host_root  # noqa: E402
 from support.netns import GuardedNamespace, home_namespace  # noqa: E402
 
+from situation.agent import HEALTH_FILE  # noqa: E402
 from situation.module import parse_duration  # noqa: E402
 
 OFF_MODULES = ("tcp-scan", "snmp", "tls", "ja4", "saas", "netstat", "standard-protocol", "docker", "rpm",
@@ -237,8 +238,9 @@ class Pace:
     (SIGSTOP, between two cycles) until the last one has finished its own; then all are
     continued (SIGCONT) within one interval, which opens the measured window: N agents
     cycling together. Parking keeps the early agents from taking the CPU the later ones
-    need to start. An agent is parked only when its "cycle finished" line is read well within
-    the interval (so it is asleep, holding no lock); one read too late goes on cycling. Each
+    need to start. An agent is parked only once it has written its health file after that
+    cycle (so it is asleep, holding no lock and no timer), within half an interval; one seen
+    too late goes on cycling. Each
     agent stops (SIGTERM) after ``cycles`` cycles ended inside the window. When ``max_alive``
     keeps some waiting there is no such window: nobody is parked, and each agent stops after
     ``cycles`` cycles of its own.
@@ -251,21 +253,38 @@ class Pace:
     window_opened: float | None = None
     cycled: int = 0  # agents with a first cycle
     parked: list[asyncio.subprocess.Process] = field(default_factory=list)
+    parking: set[asyncio.Future] = field(default_factory=set)
+    parked_total: int = 0
     resuming: asyncio.Future | None = None
 
-    def cycle_ended(self, run: AgentRun, process: asyncio.subprocess.Process, lag: float) -> bool:
-        """Note ``run``'s latest cycle (its line read ``lag`` seconds after it was logged);
-        True when the agent has done its share."""
+    def cycle_ended(self, run: AgentRun, process: asyncio.subprocess.Process, logged: float, health: Path) -> bool:
+        """Note ``run``'s latest cycle (logged at ``logged``, wall clock); True when the agent has
+        done its share. ``health`` is the agent's health file, written when it goes to sleep."""
         if not self.all_at_once:
             return len(run.cycles) >= self.cycles
         if len(run.cycles) == 1:
             self.cycled += 1
             if self.cycled == self.agents:
                 self._open_window()
-            elif lag < self.interval / 2:
-                process.send_signal(signal.SIGSTOP)
-                self.parked.append(process)
+            else:
+                self.parking.add(asyncio.ensure_future(self._park_when_asleep(process, logged, health)))
         return self.window_opened is not None and len(self.in_window(run)) >= self.cycles
+
+    async def _park_when_asleep(self, process: asyncio.subprocess.Process, logged: float, health: Path) -> None:
+        """SIGSTOP ``process`` once it has written its health file after the cycle logged at
+        ``logged``: after "cycle finished" the agent still pings the database (a 10 s timeout
+        that would expire while parked), then writes the file and sleeps, holding nothing."""
+        deadline = time.monotonic() + self.interval / 2
+        while time.monotonic() < deadline and self.window_opened is None and process.returncode is None:
+            try:
+                if health.stat().st_mtime >= logged:
+                    process.send_signal(signal.SIGSTOP)
+                    self.parked.append(process)
+                    self.parked_total += 1
+                    return
+            except FileNotFoundError:
+                pass
+            await asyncio.sleep(0.02)
 
     def _open_window(self) -> None:
         self.window_opened = time.monotonic()
@@ -363,13 +382,12 @@ def take_line(run: AgentRun, line: str) -> bool:
     return False
 
 
-def lag_of(line: str) -> float:
-    """Seconds since ``line``'s JSON timestamp (infinite when it has none)."""
+def logged_at(line: str) -> float:
+    """``line``'s JSON timestamp as a Unix time (now when it has none)."""
     try:
-        logged = datetime.fromisoformat(json.loads(line)["timestamp"])
+        return datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
     except (ValueError, KeyError, TypeError):
-        return float("inf")
-    return (datetime.now(timezone.utc) - logged).total_seconds()
+        return time.time()
 
 
 @dataclass
@@ -401,7 +419,8 @@ async def run_agent(lab: FleetLab, host: FleetHost, dsn: str, *, pace: Pace, gat
                             gates.starting.release()
                             starting = False
                         text = line.decode(errors="replace").rstrip("\n")
-                        if take_line(run, text) and pace.cycle_ended(run, process, lag_of(text)):
+                        if take_line(run, text) and pace.cycle_ended(run, process, logged_at(text),
+                                                                     lab.state(host) / HEALTH_FILE):
                             process.send_signal(signal.SIGTERM)
                 run.returncode = await process.wait()
         except TimeoutError:
@@ -568,7 +587,7 @@ def migrate(dsn: str) -> None:
 def print_report(run: FleetRun, duplicates: dict[str, int], per_host: dict[str, int], server: dict[str, int]) -> None:
     first, later = run.first_cycles(), run.later_cycles()
     window = (f"measured window: {run.ended - run.pace.window_opened:.1f} s, from the moment every agent had "
-              f"finished its first cycle" if run.pace.window_opened is not None
+              f"finished its first cycle ({run.pace.parked_total} parked meanwhile)" if run.pace.window_opened is not None
               else "no moment with every agent alive: the whole run")
     print(f"agents: {len(run.agents)} (peak alive {run.peak_alive}), cycles: {run.cycles} in {run.seconds:.1f} s; "
           f"{window}: {run.cycles_per_second():.2f} cycles/s")
