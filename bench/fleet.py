@@ -85,8 +85,9 @@ OFF_MODULES = ("tcp-scan", "snmp", "tls", "ja4", "saas", "netstat", "standard-pr
 AGENT_NICENESS = 10
 AGENT_RSS_ESTIMATE = 64 * 2**20  # an agent daemon after a few cycles (55-60 MiB measured), with margin
 # Error text of a deadlock (40P01), a serialization failure (40001) or a unique violation (23505).
+# SQLSTATEs as whole words: a timestamp such as 09:17:38.400019 is not one.
 CONFLICT_ERRORS = re.compile(r"deadlock|could not serialize|serializ|duplicate key|unique constraint|unique "
-                             r"violation|UniqueViolation|40P01|40001|23505", re.IGNORECASE)
+                             r"violation|UniqueViolation|\b(?:40P01|40001|23505)\b", re.IGNORECASE)
 
 # Rows beyond the first under each key of sql/README.md ("Conflict targets"). Keys whose
 # NULLs mean "unknown" (NIC name, mac, machine_id; machines.agent, host_id) skip NULL rows,
