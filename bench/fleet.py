@@ -178,7 +178,6 @@ class FleetLab:
     hosts: list[FleetHost]
     peers: list[FleetHost]
     workdir: Path
-    tag: int
     namespaces: dict[str, FleetNamespace] = field(default_factory=dict)  # "hosts" / "peers"
 
     def namespace(self, host: FleetHost) -> FleetNamespace:
@@ -205,7 +204,7 @@ def make_lab(count: int, workdir: Path, *, neighbour_count: int = 40, peers: int
     shared = neighbours(neighbour_count)
     tag = os.getpid()
     hosts = [fleet_host(index, run_tag=tag) for index in range(count)]
-    lab = FleetLab(hosts, hosts[count - min(peers, count - 1):] if peers else [], workdir, tag)
+    lab = FleetLab(hosts, hosts[count - min(peers, count - 1):] if peers else [], workdir)
     seen = [(str(n.ip), n.mac) for n in shared]
     try:
         lab.namespaces["hosts"] = FleetNamespace(f"fleet-{tag}").create(seen + [(str(p.ip), p.mac) for p in lab.peers])
