@@ -7,9 +7,12 @@ table the test seeds with ``ip neigh add`` (DEVELOPERS.md, rule 1).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import subprocess
 import sys
+import time
 
 import pytest
 from support.cluster import clean_environ
@@ -142,11 +145,32 @@ def seed_pinged_nic(db) -> int:
     return int(nic_id)
 
 
-def run_arp(host, db, tmp_path) -> dict:
+def run_arp(host, db, tmp_path, timeout: float = 120) -> dict:
     result = host.run_module("--db", db.dsn, "--agent", AGENT_ID, "--host-lookup", "arp",
-                             env=clean_environ(HOME=str(tmp_path)))
+                             env=clean_environ(HOME=str(tmp_path)), timeout=timeout)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def subnet_locks_held(db):
+    """On PostgreSQL, another session holding every subnetwork's neighbour lock meanwhile."""
+    if not db.table_prefix:
+        yield
+        return
+    sql = ("SELECT count(pg_advisory_lock(hashtextextended('situation.subnet-neighbours:' || id, 0))) "
+           "FROM situation.subnetworks; SELECT pg_sleep(300);")
+    holder = subprocess.Popen([str(db.cluster.psql_path), "-X", "-q", "-d", db.dsn, "-c", sql],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        deadline = time.monotonic() + 30
+        while int(db.query(query)[0][0]) == 0:
+            assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not get the locks"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def record_host(host, db, tmp_path) -> None:
@@ -179,7 +203,9 @@ def test_neighbour_table_into_nics(test_host, database, tmp_path):
     assert first["rows"]["arp"] > 0
 
     counts = database.query(f"SELECT count(*) FROM {database.table_prefix}network_interfaces")
-    second = run_arp(test_host, database, tmp_path)
+    # Nothing to write: the steady state does not wait for the subnetwork lock (issue 12, a fleet).
+    with subnet_locks_held(database):
+        second = run_arp(test_host, database, tmp_path, timeout=60)
     assert second["rows"]["arp"] == 0
     assert database.query(f"SELECT count(*) FROM {database.table_prefix}network_interfaces") == counts
     assert neighbour_nics(database).get(SEEN_TWICE) == (twice_id, twice_ips)

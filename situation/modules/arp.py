@@ -177,18 +177,26 @@ async def run(ctx: Context) -> None:
         raise SituationError(f"cannot read the neighbour table over netlink: {exc}") from None
     machine_id = ctx.host_id()
 
-    async def write() -> list[Change]:
+    async def plan(locked: bool) -> list[Change]:
         subnets = await load_subnets(ctx, machine_id)
         found = sightings(entries, subnets)
         subnet_ids = sorted({s for sighting in found for s in sighting.subnets})
-        await ctx.store.fetch("lock_subnet_neighbours", subnet_ids)
-        stored = await load_nics(ctx, subnet_ids)
-        changes = plan_changes(found, stored, machine_id, subnets)
+        if locked:
+            await ctx.store.fetch("lock_subnet_neighbours", subnet_ids)
+        return plan_changes(found, await load_nics(ctx, subnet_ids), machine_id, subnets)
+
+    async def write() -> list[Change]:
+        changes = await plan(locked=True)
         for change in changes:
             await apply(ctx, change)
         return changes
 
-    changes = await ctx.run_in_transaction(write)
+    # The steady state (every neighbour already stored as seen) writes nothing: found without
+    # the subnetwork lock, so that the many agents of one subnetwork do not queue on it each
+    # cycle. Nothing is inserted on this path, so it cannot duplicate a neighbour.
+    changes = await plan(locked=False)
+    if any(change.nic is None or change.rewrite or change.links for change in changes):
+        changes = await ctx.run_in_transaction(write)
     ctx.log.info(
         "neighbour table read",
         entries=len(entries),
