@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from support.cluster import clean_environ
-from support.lab import Lab, LabHost, nft_available
+from support.lab import Lab, LabHost
 from support.neighbour_table import database  # noqa: F401 (fixture)
-from support.netns import netns_available
-from support.snmpd import AUTH_KEY, COMMUNITY, PRIV_KEY, SYS_NAME, USER, snmpd_available, start_snmpd
+from support.snmpd import (AUTH_KEY, COMMUNITY, PRIV_KEY, SYS_NAME, USER, name_and_route, skip_unless_snmp_lab,
+                           start_snmpd)
 
 from situation.net import snmp
 
@@ -35,19 +35,11 @@ V2C = ("--option", f"snmp.community={COMMUNITY}", "--option", "snmp.timeout=1s")
 
 @pytest.fixture
 def lab(tmp_path):
-    if not netns_available():
-        pytest.skip("network namespaces need root and iproute2")
-    if not nft_available():
-        pytest.skip("nft is missing (apt-get install nftables)")
-    if not snmpd_available():
-        pytest.skip("snmpd is missing (apt-get install snmpd)")
+    skip_unless_snmp_lab()
     made = Lab(hosts=[LabHost(h.address, h.mac) for h in (SWITCH, SILENT, FENCED)]).create()
     agents = []
     try:
-        (Path("/etc/netns") / made.name / "hosts").write_text(
-            "".join(f"{h.ip} {name}.lab.example\n" for h, name in zip(made.hosts, ("switch", "silent", "fenced"))))
-        for host in made.hosts:
-            subprocess_ip(host.namespace, "route", "add", "default", "via", made.scanner_ip)
+        name_and_route(made, ["switch", "silent", "fenced"])
         for host in (made.hosts[0], made.hosts[2]):
             agents.append(start_snmpd(host.namespace, host.ip, tmp_path / host.namespace))
         made.agents = agents
@@ -56,12 +48,6 @@ def lab(tmp_path):
         for agent in agents:
             agent.stop()
         made.destroy()
-
-
-def subprocess_ip(namespace: str, *args: str) -> None:
-    import subprocess
-
-    subprocess.run(["ip", "-n", namespace, *args], check=True, capture_output=True)
 
 
 def run(lab: Lab, db: str, *args: str, **env: str) -> tuple[dict, str]:

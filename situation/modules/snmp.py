@@ -4,7 +4,10 @@ Targets: the NICs of other machines, or of no machine yet, that share a
 subnetwork with this host's NICs; each of their
 addresses that is not loopback, link-local, multicast or unspecified and that
 ``ctx.discovery`` allows. At most ``CONCURRENCY`` targets are queried at once,
-through one pysnmp engine, every request drawn from the shared rate limit.
+through one pysnmp engine, every request drawn from the shared rate limit;
+each device is written, in a transaction of its own, as soon as it has
+answered, and may send at most ``--snmp-max-rows`` rows (its walks stop
+there), so a huge or slow device cannot cost the others their rows.
 A target first gets ``GET 0.0``; without an answer (``--snmp-timeout`` per
 try, 3 retries) nothing more is sent to it. Bad credentials (a v3 report) are
 logged as a warning, and nothing is recorded for that target.
@@ -49,6 +52,7 @@ from situation.errors import ConfigError
 from situation.module import Context, Option, module
 from situation.modules.reverse_lookup import plan_attachments
 from situation.net.snmp import (
+    MAX_DEVICE_ROWS,
     Credentials,
     Device,
     DeviceNic,
@@ -78,6 +82,8 @@ OPTIONS = (
                                        "(or set SITUATION_SNMP_AUTH_KEY)."),
     Option("priv-protocol", "aes", "str", "SNMPv3 privacy: des, 3des, aes, aes192 or aes256."),
     Option("priv-key-file", "", "str", "File holding the SNMPv3 privacy passphrase (or set SITUATION_SNMP_PRIV_KEY)."),
+    Option("max-rows", MAX_DEVICE_ROWS, "int", "Rows one device may send per cycle, all its tables together; "
+                                              "its walks stop there and what it said so far is recorded."),
 )
 
 
@@ -104,6 +110,8 @@ def read_credentials(options: Mapping[str, Any]) -> Credentials:
         raise ConfigError(f"--snmp-transport {options['transport']!r} is not supported; use udp")
     if not 0 < options["port"] < 65536:
         raise ConfigError(f"--snmp-port {options['port']} is not a port number (1-65535)")
+    if options["max-rows"] < 1:
+        raise ConfigError(f"--snmp-max-rows {options['max-rows']} must be at least 1 (default {MAX_DEVICE_ROWS})")
     credentials = Credentials(
         version=options["version"],
         community=options["community"],
@@ -119,32 +127,58 @@ def read_credentials(options: Mapping[str, Any]) -> Credentials:
     return credentials
 
 
-async def query_all(ctx: Context, client: SnmpClient, targets: Sequence[Target]) -> list[tuple[Target, Device]]:
-    gate = asyncio.Semaphore(CONCURRENCY)
+async def query_and_record(ctx: Context, client: SnmpClient, targets: Sequence[Target]) -> tuple[int, int]:
+    """Query every target, ``CONCURRENCY`` at a time, and write each device as soon as it has answered.
 
-    async def one(target: Target) -> tuple[Target, Device] | None:
+    Each device is written on its own, one at a time (its machine found or
+    made, then its rows, in transactions of their own): a device that is still
+    being walked when the module's time runs out loses only its own rows.
+    Returns how many targets answered, and how many of those were left without a machine.
+    """
+    gate, writing = asyncio.Semaphore(CONCURRENCY), asyncio.Lock()
+
+    async def one(target: Target) -> tuple[bool, bool]:
         async with gate:
-            try:
-                device = await read_device(client, target.address)
-            except Refused as exc:
-                ctx.log.warning("SNMP agent refused the request", address=str(target.address), reason=str(exc))
-                return None
-            except NoAnswer:
-                return None
-            except Exception as exc:  # pysnmp raising on a malformed exchange: this target only
-                ctx.log.warning("SNMP query failed", address=str(target.address), error=str(exc))
-                return None
-        return (target, device) if device is not None else None
+            device = await query(ctx, client, target)
+        if device is None:
+            return False, False
+        if device.over_budget:
+            ctx.log.warning("SNMP agent sent more rows than its budget; keeping what it said so far",
+                            address=str(target.address), max_rows=client.max_rows)
+        async with writing:
+            placed, unplaced = await give_machines(ctx, [(target, device)])
+            for placed_target, placed_device in placed:
+                await ctx.run_in_transaction(lambda: record(ctx, placed_target, placed_device))
+        return True, unplaced > 0
 
-    results = await asyncio.gather(*(one(t) for t in targets))
-    return [r for r in results if r is not None]
+    try:
+        async with asyncio.TaskGroup() as group:  # a failed write cancels the rest
+            tasks = [group.create_task(one(t)) for t in targets]
+    except* Exception as failed:
+        raise failed.exceptions[0] from None  # the store's own error, not a group around it
+    outcomes = [task.result() for task in tasks]
+    return sum(answered for answered, _ in outcomes), sum(unplaced for _, unplaced in outcomes)
+
+
+async def query(ctx: Context, client: SnmpClient, target: Target) -> Device | None:
+    """What one target says, or None (no answer, refused, or a malformed exchange: this target only)."""
+    try:
+        return await read_device(client, target.address)
+    except Refused as exc:
+        ctx.log.warning("SNMP agent refused the request", address=str(target.address), reason=str(exc))
+    except NoAnswer:
+        pass
+    except Exception as exc:  # pysnmp raising on a malformed exchange
+        ctx.log.warning("SNMP query failed", address=str(target.address), error=str(exc))
+    return None
 
 
 # -- writing ---------------------------------------------------------------------------
 
 
-async def record(ctx: Context, target: Target, device: Device, transport: str, port: int) -> None:
+async def record(ctx: Context, target: Target, device: Device) -> None:
     """Everything one device said, written for the target's machine."""
+    transport, port = ctx.options["transport"], ctx.options["port"]
     nics = await ctx.store.fetch("snmp_machine_nics", target.machine_id)
     links = await ctx.store.fetch("snmp_machine_links", target.machine_id)
     for found in device_nics(device):
@@ -320,13 +354,10 @@ async def run(ctx: Context) -> None:
         ctx.log.info("no SNMP target", neighbour_nics=len(rows))
         return
     client = SnmpClient(credentials, port=options["port"], timeout=options["timeout"], retries=RETRIES,
-                        rate=ctx.discovery.rate)
+                        rate=ctx.discovery.rate, max_rows=options["max-rows"])
     try:
-        answered = await query_all(ctx, client, targets)
+        answered, unplaced = await query_and_record(ctx, client, targets)
     finally:
         client.close()
-    placed, unplaced = await give_machines(ctx, answered)
-    for target, device in placed:
-        await ctx.run_in_transaction(lambda: record(ctx, target, device, options["transport"], options["port"]))
-    ctx.log.info("SNMP agents queried", targets=len(targets), answered=len(answered),
+    ctx.log.info("SNMP agents queried", targets=len(targets), answered=answered,
                  machineless=sum(1 for t in targets if t.machine_id is None), left_without_machine=unplaced)

@@ -14,6 +14,10 @@ range are the MIB's (a huge Counter64 where TimeTicks belong is no uptime);
 addresses encoded in OIDs are parsed as integers and refused when a part is
 not a byte (the original's table lacked 255, so any ``ff`` byte decoded as
 0); walks stop after ``MAX_ROWS`` rows or at an OID that does not increase.
+Each device also has a row budget for all its walks together
+(``SnmpClient(max_rows=...)``, every variable binding it sends counts):
+decoding costs CPU on the event loop, so one device that claims 100,000
+interfaces must not take the time every other device needs.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ IP_FORWARD_TYPE = oid("1.3.6.1.2.1.4.24.2.1.6")
 PROBE = (0, 0)  # GET 0.0: any answer, even "no such object", means an agent is there
 
 MAX_ROWS = 2048  # per walked column: a device cannot keep us walking forever
+# Per device, all walks together (the snmp module's --snmp-max-rows default): the six
+# interface columns at their full MAX_ROWS, and 4096 rows left for addresses and routes.
+MAX_DEVICE_ROWS = 8 * MAX_ROWS
 MAX_REPETITIONS = 25
 MAX_NAME = 255
 MAX_DESCR = 1024
@@ -161,13 +168,18 @@ Rows = list[tuple[Oid, Any]]  # (index under the walked column, plain value)
 
 
 class SnmpClient:
-    """One pysnmp engine for every target; ``timeout`` per try, ``retries`` more tries."""
+    """One pysnmp engine for every target; ``timeout`` per try, ``retries`` more tries.
 
-    def __init__(self, credentials: Credentials, *, port: int, timeout: float, retries: int, rate: RateLimiter):
+    ``max_rows``: the variable bindings one device may send before its walks stop.
+    """
+
+    def __init__(self, credentials: Credentials, *, port: int, timeout: float, retries: int, rate: RateLimiter,
+                 max_rows: int = MAX_DEVICE_ROWS):
         from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
 
         self.credentials = credentials
         self.port, self.timeout, self.retries, self.rate = port, timeout, retries, rate
+        self.max_rows = max_rows
         self.engine = SnmpEngine()
         self._auth = auth_data(credentials)
 
@@ -183,10 +195,15 @@ class SnmpClient:
 
 
 class Session:
-    """Requests to one device."""
+    """Requests to one device, and what is left of its row budget."""
 
     def __init__(self, client: SnmpClient, target: Any):
         self.client, self.target = client, target
+        self.rows_left = client.max_rows
+
+    @property
+    def over_budget(self) -> bool:
+        return self.rows_left <= 0
 
     async def _send(self, command, *args) -> tuple[int, list[tuple[Oid, Any]]]:
         from pysnmp.hlapi.v3arch.asyncio import ContextData
@@ -200,6 +217,7 @@ class Session:
             raise NoAnswer(str(indication))
         if indication:
             raise Refused(str(indication))
+        self.rows_left -= len(varbinds)
         return int(status), [(tuple(name), plain(value)) for name, value in varbinds]
 
     async def get(self, oids: Sequence[Oid]) -> dict[Oid, Any]:
@@ -217,12 +235,12 @@ class Session:
         return {name: value for name, value in varbinds if value is not None}
 
     async def walk(self, column: Oid) -> Rows:
-        """Every (index, value) under ``column``, at most ``MAX_ROWS``."""
+        """Every (index, value) under ``column``, at most ``MAX_ROWS``; nothing more once over budget."""
         from pysnmp.hlapi.v3arch.asyncio import ObjectIdentity, ObjectType, bulk_cmd, next_cmd
 
         rows: Rows = []
         current = column
-        while len(rows) < MAX_ROWS:
+        while len(rows) < MAX_ROWS and not self.over_budget:
             request = ObjectType(ObjectIdentity(current))
             if self.client.credentials.version == 0:
                 status, varbinds = await self._send(next_cmd, request)
@@ -465,6 +483,7 @@ class Device:
     interfaces: dict[int, Interface] = field(default_factory=dict)
     addresses: list[tuple[int, IpInterface]] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    over_budget: bool = False  # its walks stopped at the row budget: what it said is incomplete
 
 
 def interface_flags(interface: Interface) -> dict[str, bool]:
@@ -557,8 +576,8 @@ def chassis_from_services(services: int) -> str:
 async def read_device(client: SnmpClient, address: IpAddress) -> Device | None:
     """Everything §4.16 asks of one address; None when nothing answers the probe.
 
-    Refused propagates (bad credentials); a device that stops answering midway
-    keeps what it already said.
+    Refused propagates (bad credentials); a device that stops answering midway,
+    or that runs through its row budget, keeps what it already said.
     """
     session = await client.session(address)
     try:
@@ -575,6 +594,7 @@ async def read_device(client: SnmpClient, address: IpAddress) -> Device | None:
         device.routes = await _routes(session)
     except NoAnswer:
         pass
+    device.over_budget = session.over_budget
     return device
 
 

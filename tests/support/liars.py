@@ -3,8 +3,9 @@
     liars.py dns ADDRESS IP=HEX…       PTR answers: the reverse name of IP gets the raw
                                        RDATA HEX (any bytes, so labels DNS cannot carry);
                                        every other question NXDOMAIN
-    liars.py snmp ADDRESS MAC          an SNMP v1/v2c agent (any community) whose MIB lies:
-                                       wrong types, huge counters, ifNumber = 100,000
+    liars.py snmp ADDRESS MAC [DELAY]  an SNMP v1/v2c agent (any community) whose MIB lies:
+                                       wrong types, huge counters, ifNumber = 100,000;
+                                       DELAY seconds before each answer (a slow device)
     liars.py tls ADDRESS GARBAGE STALL TCP ports: GARBAGE answers a ClientHello with random
                                        bytes and closes; STALL reads it and never answers
     liars.py hold ADDRESS PORT ARG…    a TCP listener whose command line carries ARG…
@@ -22,6 +23,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__)
@@ -70,17 +72,19 @@ def dns_answer(query: bytes, answers: dict[str, bytes]) -> bytes:
     return header + query[12:end] + answer
 
 
-def serve_udp(address: str, port: int, answer) -> None:
-    """Answer every datagram with ``answer(datagram)``; one it cannot parse gets silence."""
+def serve_udp(address: str, port: int, answer, delay: float = 0.0) -> None:
+    """Answer every datagram with ``answer(datagram)``, ``delay`` seconds late; one it cannot parse gets silence."""
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind((address, port))
     print("ready", flush=True)
     while True:
         request, peer = server.recvfrom(65535)
         try:
-            server.sendto(answer(request), peer)
+            response = answer(request)
         except (ValueError, IndexError):
             continue  # not a request this liar understands (SNMPv3 discovery, say)
+        time.sleep(delay)
+        server.sendto(response, peer)
 
 
 def serve_dns(address: str, pairs: list[str]) -> None:
@@ -266,8 +270,8 @@ class LyingMib:
         return tlv(SEQUENCE, tlv(INTEGER, version) + tlv(OCTETS, community) + tlv(RESPONSE, body))
 
 
-def serve_snmp(address: str, mac: str) -> None:
-    serve_udp(address, 161, LyingMib(bytes.fromhex(mac.replace(":", "")), address).answer)
+def serve_snmp(address: str, mac: str, delay: float = 0.0) -> None:
+    serve_udp(address, 161, LyingMib(bytes.fromhex(mac.replace(":", "")), address).answer, delay)
 
 
 # -- TLS that is not ---------------------------------------------------------------------------
@@ -311,7 +315,7 @@ def main() -> None:
     if command == "dns":
         serve_dns(address, rest)
     elif command == "snmp":
-        serve_snmp(address, rest[0])
+        serve_snmp(address, rest[0], float(rest[1]) if len(rest) > 1 else 0.0)
     elif command == "tls":
         serve_tls_liars(address, int(rest[0]), int(rest[1]))
     elif command == "hold":

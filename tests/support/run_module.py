@@ -5,10 +5,12 @@ test-made network namespace, behind the guard (``IsolatedHost.run_module``,
 which goes through ``isolated_exec.py``); it checks again itself.
 
     run_module.py --db PATH_OR_DSN --agent HEX [--option module.name=value]...
-                  [--exclude CIDR,...] [--rate PPS] [--only CIDR,...] [--scope attached|database] MODULE...
+                  [--exclude CIDR,...] [--rate PPS] [--only CIDR,...] [--scope attached|database]
+                  [--timeout SECONDS] MODULE...
 
 Prints one JSON object: ``{"rows": {module: rows_written}}``. A module that
-raises Skip is reported as ``{"skipped": {module: reason}}``.
+raises Skip is reported as ``{"skipped": {module: reason}}``; one stopped by
+``--timeout`` (as the scheduler stops it) as ``{"timeout": [module]}``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ async def _main(arguments: argparse.Namespace) -> dict:
     store = await open_store(arguments.db, arguments.agent)
     host = HostMachine(id=await store.fetchval("machine_by_agent", arguments.agent)
                        if arguments.host_lookup else None)
-    report: dict = {"rows": {}, "skipped": {}}
+    report: dict = {"rows": {}, "skipped": {}, "timeout": []}
     try:
         for name in arguments.modules:
             spec = REGISTRY[name]
@@ -68,9 +70,12 @@ async def _main(arguments: argparse.Namespace) -> dict:
             ctx = Context(store=store, log=structlog.get_logger().bind(module=name), agent_id=arguments.agent,
                           options=options, root=HostRoot.under("/"), host=host, discovery=discovery)
             try:
-                await spec.run(ctx)
+                async with asyncio.timeout(arguments.timeout):
+                    await spec.run(ctx)
             except Skip as reason:
                 report["skipped"][name] = str(reason)
+            except TimeoutError:
+                report["timeout"].append(name)
             report["rows"][name] = ctx.rows_written
     finally:
         await store.close()
@@ -87,6 +92,7 @@ def main() -> None:
     parser.add_argument("--only", default="")
     parser.add_argument("--scope", default="attached", choices=("attached", "database"))
     parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--timeout", type=float, default=None, help="stop each module after SECONDS")
     parser.add_argument("--host-lookup", action="store_true", help="resolve the host machine by agent id first")
     parser.add_argument("modules", nargs="+")
     arguments = parser.parse_args()

@@ -5,7 +5,8 @@ user with SHA authentication and AES privacy, a fixed system group), gives
 it a persistent directory of its own (where snmpd keeps the localized USM
 keys and engine boots) and starts it in the foreground, logging to stdout,
 listening only on the host's lab address. ``requests`` counts the packets it
-logged, to prove what a run sent.
+logged, to prove what a run sent. ``skip_unless_snmp_lab`` and
+``name_and_route`` prepare a namespace lab (support/lab.py) for the snmp tests.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 COMMUNITY = "lab-community"
 USER, AUTH_KEY, PRIV_KEY = "labuser", "lab-auth-secret", "lab-priv-secret"
@@ -34,6 +37,28 @@ sysservices 4
 
 def snmpd_available() -> bool:
     return shutil.which("snmpd") is not None or Path("/usr/sbin/snmpd").exists()
+
+
+def skip_unless_snmp_lab() -> None:
+    from support.lab import nft_available
+    from support.netns import netns_available
+
+    if not netns_available():
+        pytest.skip("network namespaces need root and iproute2")
+    if not nft_available():
+        pytest.skip("nft is missing (apt-get install nftables)")
+    if not snmpd_available():
+        pytest.skip("snmpd is missing (apt-get install snmpd)")
+
+
+def name_and_route(lab, names: list[str]) -> None:
+    """Names for the lab's hosts in the scanner's hosts file (for reverse-lookup), and a default route
+    via the scanner on each (so their interface has a gateway worth recording)."""
+    (Path("/etc/netns") / lab.name / "hosts").write_text(
+        "".join(f"{host.ip} {name}.lab.example\n" for host, name in zip(lab.hosts, names)))
+    for host in lab.hosts:
+        subprocess.run(["ip", "-n", host.namespace, "route", "add", "default", "via", lab.scanner_ip], check=True,
+                       capture_output=True)
 
 
 @dataclass
