@@ -33,7 +33,7 @@ from situation.connection.dsn import parse_dsn, redact_dsn
 from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
 from situation.hostroot import HostRoot
 from situation.identity import HEALTH_FILE
-from situation.logs import escape_controls
+from situation.logs import terminal_text
 from situation.memory import release_free_memory, tune_allocator
 from situation.metrics import NO_METRICS, serve_metrics
 from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modules
@@ -421,7 +421,7 @@ def _status_line(results: list[ModuleResult], healthy: bool) -> str:
 
 def _describe_database(database: str) -> str:
     if not is_postgres_dsn(database):
-        return f"SQLite {escape_controls(redact_dsn(database))}"
+        return f"SQLite {terminal_text(redact_dsn(database))}"
     return "PostgreSQL " + parse_dsn(database).redacted()
 
 

@@ -621,5 +621,5 @@ def _fail(message: str, code: int) -> None:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-    click.echo(f"situation: error: {logs.escape_controls(message)}", err=True)
+    click.echo(f"situation: error: {logs.terminal_text(message)}", err=True)
     sys.exit(code)

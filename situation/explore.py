@@ -33,6 +33,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, OptionList, Static
 
+from situation.logs import terminal_text
 from situation.store.reader import Reader
 
 ZONE_LIMIT = 10_000
@@ -51,14 +52,7 @@ def shown(value: Any, limit: int = MAX_CELL) -> str:
     separators become U+FFFD. Rich markup needs nothing here: callers wrap the result in
     ``Text``, which is never parsed as markup.
     """
-    if value is None:
-        return ""
-    text = str(value)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    if not text.isprintable():
-        text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
-    return text
+    return "" if value is None else terminal_text(str(value), replacement="\ufffd", width=limit)
 
 
 # -- rows as shown ---------------------------------------------------------------------

@@ -5,8 +5,9 @@ DSNs are shown with their password replaced.
 
 Nothing from outside reaches a terminal raw: on the console every key and value
 (the event text too) goes through :func:`console_value` or
-:func:`escape_controls`, which write control characters (ESC, BEL, NUL, DEL,
-C1, line separators) the way ``repr`` does. JSON lines need nothing: the
+:func:`terminal_text`, which write control characters (ESC, BEL, NUL, DEL,
+C1, line separators) the way ``repr`` does. :func:`terminal_text` is also what
+``scan``, ``explore`` and error messages use for untrusted text. JSON lines need nothing: the
 encoder writes every such character as a ``\\u`` escape.
 """
 
@@ -49,14 +50,26 @@ def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
     return event
 
 
-def escape_controls(text: str, keep: str = "") -> str:
-    """``text`` with every character that is not printable written as ``repr`` writes it (ESC as ``\\x1b``).
+def terminal_text(text: str, *, replacement: str | None = None, width: int | None = None, keep: str = "",
+                  ellipsis: str = "…") -> str:
+    """Untrusted ``text`` made safe to write to a terminal: the one sanitiser for every screen.
 
-    Characters in ``keep`` (the newlines of a traceback) are left as they are.
+    Every character that is not printable (control characters such as ESC, BEL,
+    NUL, DEL and C1; format characters such as bidi overrides; line and
+    paragraph separators) is written as ``repr`` writes it (ESC as ``\\x1b``),
+    or becomes ``replacement`` when one is given. Characters in ``keep`` (the
+    newlines of a traceback) are left as they are. With ``width``, longer
+    text is cut to ``width`` characters, the last of them ``ellipsis``.
     """
-    if text.isprintable():
-        return text  # the common case, checked cheaply
-    return "".join(ch if ch.isprintable() or ch in keep else repr(ch)[1:-1] for ch in text)
+    cut = width is not None and len(text) > width
+    if cut:
+        text = text[:width]  # nothing past it could be shown: no need to clean it
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() or ch in keep else
+                       repr(ch)[1:-1] if replacement is None else replacement for ch in text)
+    if width is not None and (cut or len(text) > width):
+        text = text[: width - len(ellipsis)] + ellipsis
+    return text
 
 
 _NEEDS_QUOTES = frozenset(" =\"'")
@@ -66,7 +79,7 @@ def console_value(value: Any) -> str:
     """A log value as the console shows it: a plain word as is, any other text quoted and escaped by ``repr``."""
     if isinstance(value, str) and value.isprintable() and not _NEEDS_QUOTES.intersection(value):
         return value
-    return escape_controls(repr(value))  # a custom __repr__ could still hold raw control characters
+    return terminal_text(repr(value))  # a custom __repr__ could still hold raw control characters
 
 
 class _Shown:
@@ -95,11 +108,11 @@ def escape_for_console(_logger: Any, _method: str, event: dict[str, Any]) -> dic
         if key in _OWN_FIELDS:
             shown[key] = value
         elif key in _TRACEBACK_FIELDS and isinstance(value, str):
-            shown[key] = escape_controls(value, keep="\n")
+            shown[key] = terminal_text(value, keep="\n")
         elif key in _PLAIN_FIELDS:
-            shown[key] = escape_controls(str(value))
+            shown[key] = terminal_text(str(value))
         else:
-            shown[escape_controls(str(key))] = _Shown(console_value(value))
+            shown[terminal_text(str(key))] = _Shown(console_value(value))
     return shown
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from situation.discovery import WIDEST_PREFIX, IPNetwork, parse_networks
 from situation.errors import ConfigError
+from situation.logs import terminal_text
 from situation.module import ModuleSpec
 
 # What a scan runs, when registered, with everything these depend on. tls, ja4 and saas join
@@ -159,16 +160,15 @@ async def found_hosts(store, agent_id: str, targets: Sequence[IPNetwork]) -> lis
 HEADERS = ("ADDRESS", "MAC", "VENDOR", "NAME", "FOUND BY", "OPEN TCP PORTS", "CERT EXPIRES", "SAAS")
 
 
-def _printable(text: str, width: int = 60) -> str:
+def _cell(text: str) -> str:
     """Names and vendors come from the network: no control characters on the terminal."""
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return cleaned if len(cleaned) <= width else cleaned[: width - 1] + "…"
+    return terminal_text(text, replacement="?", width=60)
 
 
 def format_table(found: Sequence[Found], targets: Sequence[IPNetwork]) -> str:
     cells = [HEADERS] + [
-        (*(_printable(v) for v in (f.address, f.mac, f.vendor, f.name, f.how)), f.ports,
-         _printable(f.expires), _printable(f.saas))
+        (*(_cell(v) for v in (f.address, f.mac, f.vendor, f.name, f.how)), f.ports,
+         _cell(f.expires), _cell(f.saas))
         for f in found
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]

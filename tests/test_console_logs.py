@@ -118,9 +118,18 @@ def test_console_value(value, shown):
     assert logs.console_value(value) == shown
 
 
-def test_escape_controls_keeps_what_it_is_told_to():
-    assert logs.escape_controls("a\nb\x1b", keep="\n") == "a\nb\\x1b"
-    assert logs.escape_controls("ok") == "ok"
+def test_terminal_text_keeps_what_it_is_told_to():
+    assert logs.terminal_text("a\nb\x1b", keep="\n") == "a\nb\\x1b"
+    assert logs.terminal_text("ok") == "ok"
+
+
+def test_terminal_text_replaces_or_escapes_then_cuts_to_the_width():
+    hostile = "evil\x1b[2J\u202ename"
+    assert logs.terminal_text(hostile, replacement="?") == "evil?[2J?name"
+    assert logs.terminal_text(hostile, replacement="\ufffd", width=8) == "evil\ufffd[2…"
+    assert logs.terminal_text(hostile, width=10, ellipsis="...") == "evil\\x1..."  # escapes count towards it
+    assert logs.terminal_text("x" * 10_000, width=5) == "xxxx…"
+    assert logs.terminal_text("short", width=5) == "short"
 
 
 def read_all(fd: int) -> bytes:

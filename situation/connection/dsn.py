@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote_to_bytes
 import structlog
 
 from situation.errors import DsnError
+from situation.logs import terminal_text
 
 log = structlog.get_logger("situation.dsn")
 
@@ -300,8 +301,7 @@ def _uri_host(endpoint: Endpoint) -> str:
 
 def _escape(value: str, limit: int) -> str:
     """Control characters escaped and long text cut, so a message stays on one line."""
-    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in value)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+    return terminal_text(value, width=limit, ellipsis="...")
 
 
 def _quoted(value: str, limit: int = 80) -> str:
