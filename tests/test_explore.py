@@ -212,7 +212,7 @@ async def test_reader_never_writes(lab):
                 await reader._connection.execute("DELETE FROM flows")
         else:
             with pytest.raises(sqlite3.OperationalError, match="readonly|read-only|query_only"):
-                reader._db.execute("DELETE FROM flows")
+                reader._sqlite.connection.execute("DELETE FROM flows")
             assert hashlib.sha256(open(dsn, "rb").read()).hexdigest() == before
     finally:
         await reader.close()

@@ -2,7 +2,8 @@
 
 The store (situation/store/__init__.py) is built for writing: it migrates or checks the schema,
 cleans what it writes and retries units. A reader does none of that. It opens the
-database so that writing is impossible rather than merely avoided:
+database so that writing is impossible rather than merely avoided, as readonly.py does
+(situation/store/readonly_open.py, which both use):
 
 - SQLite: a ``file:…?mode=ro`` URI (the file must exist; nothing is created) with
   ``PRAGMA query_only``, on a worker thread of its own;
@@ -20,13 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from situation.errors import ConfigError
 from situation.store import is_postgres_dsn, query_text, queries_for, sqlite_path
+from situation.store.readonly_open import SqliteThread, connect_read_only
 
 # Result columns that hold JSON (text on SQLite, json/jsonb/arrays on PostgreSQL).
 JSON_FIELDS = frozenset({"ips", "tls", "application_protocols"})
@@ -50,50 +49,28 @@ def decode_json_fields(row: dict[str, Any]) -> dict[str, Any]:
 class SqliteReader:
     dialect = "sqlite"
 
-    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor, path: str):
-        self._db = connection
-        self._executor = executor
+    def __init__(self, sqlite: SqliteThread, path: str):
+        self._sqlite = sqlite
         self.path = path
         self.where = f"SQLite {path}"
 
     @classmethod
     async def open(cls, path: str) -> SqliteReader:
-        if path == ":memory:":
-            raise ConfigError("an in-memory database is empty; give --db the SQLite file or PostgreSQL DSN to read")
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="situation-reader")
-        loop = asyncio.get_running_loop()
-        try:
-            connection = await loop.run_in_executor(executor, _open_sqlite_read_only, path)
-        except (sqlite3.Error, OSError) as exc:
-            executor.shutdown(wait=False)
-            raise ConfigError(
-                f'cannot open SQLite database "{path}" read-only ({exc}); check that the file exists and is readable'
-            ) from None
-        return cls(connection, executor, path)
+        return cls(await SqliteThread.open(path, setup=_rows_as_dicts, thread_name="situation-reader"), path)
 
     async def fetch(self, name: str, *args: Any) -> list[dict[str, Any]]:
         from situation.store.sqlite import to_sqlite_placeholders
 
         sql = to_sqlite_placeholders(query_text("sqlite", name))
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(self._executor, _sqlite_rows, self._db, sql, args)
+        rows = await self._sqlite.run(_sqlite_rows, sql, args)
         return [decode_json_fields(row) for row in rows]
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._db.close)
-        self._executor.shutdown(wait=False)
+        await self._sqlite.close()
 
 
-def _open_sqlite_read_only(path: str) -> sqlite3.Connection:
-    if not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    uri = "file:" + quote(str(Path(path).expanduser().resolve())) + "?mode=ro"
-    connection = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+def _rows_as_dicts(connection: sqlite3.Connection) -> None:
     connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA query_only = ON")
-    connection.execute("PRAGMA busy_timeout = 2000")
-    return connection
 
 
 def _sqlite_rows(db: sqlite3.Connection, sql: str, args: tuple) -> list[dict[str, Any]]:
@@ -109,17 +86,10 @@ class PostgresReader:
 
     @classmethod
     async def open(cls, dsn: str, purpose: str) -> PostgresReader:
-        from situation.connection.connect import connect
         from situation.connection.dsn import parse_dsn
 
         params = parse_dsn(dsn)
-        settings = {
-            "application_name": params.application_name or f"situation {purpose}",
-            "search_path": "situation",
-            "default_transaction_read_only": "on",
-        }
-        connection = await connect(params, server_settings=settings)
-        return cls(connection, f"PostgreSQL {params.redacted()}")
+        return cls(await connect_read_only(params, purpose), f"PostgreSQL {params.redacted()}")
 
     async def fetch(self, name: str, *args: Any) -> list[dict[str, Any]]:
         rows = await self._connection.fetch(query_text("postgres", name), *args)

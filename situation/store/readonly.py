@@ -2,7 +2,8 @@
 
 Read-only is enforced by the database, not by inspecting the SQL text:
 
-- SQLite: the file is opened ``mode=ro`` with ``PRAGMA query_only``, and an
+- SQLite: the file is opened ``mode=ro`` with ``PRAGMA query_only`` (as
+  reader.py opens it: situation/store/readonly_open.py), and an
   authorizer allows reading only (SELECT, reads, functions, a list of
   informational pragmas). It denies ATTACH, which ``mode=ro`` alone does not
   stop from creating a file anywhere the user may write (``VACUUM INTO`` goes
@@ -30,15 +31,14 @@ import json
 import math
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from situation.connection.dsn import redact_dsn
 from situation.errors import ConfigError, MigrationError, SituationError
+from situation.store.readonly_open import SqliteThread, connect_read_only
 
 log = structlog.get_logger("situation.readonly")
 
@@ -126,24 +126,11 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
     return sqlite3.SQLITE_DENY
 
 
-def open_sqlite_readonly(path: str) -> sqlite3.Connection:
-    """``path`` opened read-only, with the authorizer; the file must exist."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f'SQLite database "{redact_dsn(path)}" does not exist; give --db the file the agent writes')
-    connection = sqlite3.connect(
-        file.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-    )
-    try:
-        connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
-        connection.execute("PRAGMA query_only = ON")
-        connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        connection.execute("PRAGMA busy_timeout = 5000")
-        connection.set_authorizer(_authorize)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+def lock_down(connection: sqlite3.Connection) -> None:
+    """What readonly adds to a read-only SQLite connection: no ATTACH, the authorizer, text never refused."""
+    connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    connection.set_authorizer(_authorize)  # last: from here on, not even query_only could be set
 
 
 def _sqlite_query(connection: sqlite3.Connection, sql: str, timeout: float, max_rows: int) -> QueryResult:
@@ -173,27 +160,24 @@ def _sqlite_has_schema(connection: sqlite3.Connection) -> bool:
 class SqliteReader:
     dialect = "sqlite"
 
-    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor, timeout: float, max_rows: int):
-        self._db = connection
-        self._executor = executor
+    def __init__(self, sqlite: SqliteThread, timeout: float, max_rows: int):
+        self._sqlite = sqlite
         self.timeout = timeout
         self.max_rows = max_rows
         self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str, *, timeout: float, max_rows: int) -> SqliteReader:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="situation-sqlite-ro")
-        loop = asyncio.get_running_loop()
+        sqlite = await SqliteThread.open(path, setup=lock_down, thread_name="situation-sqlite-ro")
+        reader = cls(sqlite, timeout, max_rows)
         try:
-            connection = await loop.run_in_executor(executor, open_sqlite_readonly, path)
-            has_schema = await loop.run_in_executor(executor, _sqlite_has_schema, connection)
+            has_schema = await reader._sqlite.run(_sqlite_has_schema)
         except sqlite3.Error as exc:
-            executor.shutdown(wait=False)
+            await reader.close()
             raise ConfigError(f'cannot read SQLite database "{redact_dsn(path)}" ({exc}); check the path and its permissions') from None
         except BaseException:
-            executor.shutdown(wait=False)
+            await reader.close()
             raise
-        reader = cls(connection, executor, timeout, max_rows)
         if not has_schema:
             await reader.close()
             raise MigrationError(f'SQLite database "{redact_dsn(path)}" has no situation tables; run `situation run --once --db …` first')
@@ -201,13 +185,10 @@ class SqliteReader:
 
     async def query(self, sql: str) -> QueryResult:
         async with self._lock:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, _sqlite_query, self._db, sql, self.timeout, self.max_rows
-            )
+            return await self._sqlite.run(_sqlite_query, sql, self.timeout, self.max_rows)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
-        await asyncio.to_thread(self._executor.shutdown, True)
+        await self._sqlite.close()
 
 
 # -- PostgreSQL -------------------------------------------------------------------
@@ -262,17 +243,7 @@ class PostgresReader:
         return reader
 
     async def _connect(self):
-        from situation.connection.connect import connect
-
-        connection = await connect(
-            self._params,
-            statement_cache_size=0,
-            server_settings={
-                "application_name": self._params.application_name or "situation mcp",
-                "search_path": "situation",
-                "default_transaction_read_only": "on",
-            },
-        )
+        connection = await connect_read_only(self._params, "mcp", statement_cache_size=0)
         await connection.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
         await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
         return connection
