@@ -23,6 +23,7 @@ interfaces must not take the time every other device needs.
 from __future__ import annotations
 
 import ipaddress
+import platform
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,6 +168,22 @@ class Refused(Exception):
 Rows = list[tuple[Oid, Any]]  # (index under the walked column, plain value)
 
 
+def _new_engine(engine_class):
+    """A pysnmp engine, whatever this host's name.
+
+    pysnmp's SNMP-FRAMEWORK-MIB, loaded with every engine, derives a default
+    engine ID from ``ord()`` of each character of ``platform.node()`` and fails
+    on any character above U+00FF (a non-UTF-8 or non-Latin host name). While the
+    engine is made, that function returns the name with such characters as '?'.
+    """
+    real_node = platform.node
+    platform.node = lambda: "".join(c if ord(c) < 256 else "?" for c in real_node())
+    try:
+        return engine_class()
+    finally:
+        platform.node = real_node
+
+
 class SnmpClient:
     """One pysnmp engine for every target; ``timeout`` per try, ``retries`` more tries.
 
@@ -180,7 +197,7 @@ class SnmpClient:
         self.credentials = credentials
         self.port, self.timeout, self.retries, self.rate = port, timeout, retries, rate
         self.max_rows = max_rows
-        self.engine = SnmpEngine()
+        self.engine = _new_engine(SnmpEngine)
         self._auth = auth_data(credentials)
 
     def close(self) -> None:
