@@ -3,7 +3,8 @@
 Targets: the NICs of other machines, or of no machine yet, that share a
 subnetwork with this host's NICs; each of their
 addresses that is not loopback, link-local, multicast or unspecified and that
-``ctx.discovery`` allows. At most ``CONCURRENCY`` targets are queried at once,
+``ctx.discovery`` allows. At most ``PROBES`` targets are probed and
+``CONCURRENCY`` answering devices walked at once,
 through one pysnmp engine, every request drawn from the shared rate limit;
 each device is written, in a transaction of its own, as soon as it has
 answered, and may send at most ``--snmp-max-rows`` rows (its walks stop
@@ -66,7 +67,8 @@ from situation.net.snmp import (
     system_facts,
 )
 
-CONCURRENCY = 32
+CONCURRENCY = 32  # devices walked at once
+PROBES = 256  # targets probed at once: a silent one costs a timeout per try and nothing else
 RETRIES = 3  # fixed, as in the original
 MACHINE_COLUMNS = ("hostname", "platform", "distribution", "distribution_family", "arch", "uptime", "chassis")
 
@@ -135,11 +137,11 @@ async def query_and_record(ctx: Context, client: SnmpClient, targets: Sequence[T
     being walked when the module's time runs out loses only its own rows.
     Returns how many targets answered, and how many of those were left without a machine.
     """
-    gate, writing = asyncio.Semaphore(CONCURRENCY), asyncio.Lock()
+    probing, walking, writing = asyncio.Semaphore(PROBES), asyncio.Semaphore(CONCURRENCY), asyncio.Lock()
 
     async def one(target: Target) -> tuple[bool, bool]:
-        async with gate:
-            device = await query(ctx, client, target)
+        async with probing:
+            device = await query(ctx, client, target, walking)
         if device is None:
             return False, False
         if device.over_budget:
@@ -160,10 +162,10 @@ async def query_and_record(ctx: Context, client: SnmpClient, targets: Sequence[T
     return sum(answered for answered, _ in outcomes), sum(unplaced for _, unplaced in outcomes)
 
 
-async def query(ctx: Context, client: SnmpClient, target: Target) -> Device | None:
+async def query(ctx: Context, client: SnmpClient, target: Target, walking: asyncio.Semaphore) -> Device | None:
     """What one target says, or None (no answer, refused, or a malformed exchange: this target only)."""
     try:
-        return await read_device(client, target.address)
+        return await read_device(client, target.address, walking)
     except Refused as exc:
         ctx.log.warning("SNMP agent refused the request", address=str(target.address), reason=str(exc))
     except NoAnswer:

@@ -22,10 +22,12 @@ interfaces must not take the time every other device needs.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import platform
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -590,9 +592,12 @@ def chassis_from_services(services: int) -> str:
 # -- one device --------------------------------------------------------------------------
 
 
-async def read_device(client: SnmpClient, address: IpAddress) -> Device | None:
+async def read_device(client: SnmpClient, address: IpAddress,
+                      walking: AbstractAsyncContextManager[Any] | None = None) -> Device | None:
     """Everything §4.16 asks of one address; None when nothing answers the probe.
 
+    ``walking`` (a semaphore) is held from the probe's answer to the end, so that
+    many silent targets can be probed at once while few devices are walked at once.
     Refused propagates (bad credentials); a device that stops answering midway,
     or that runs through its row budget, keeps what it already said.
     """
@@ -601,6 +606,11 @@ async def read_device(client: SnmpClient, address: IpAddress) -> Device | None:
         await session.get([PROBE])
     except NoAnswer:
         return None
+    async with walking or contextlib.nullcontext():
+        return await _read_answering(session, address)
+
+
+async def _read_answering(session: Session, address: IpAddress) -> Device:
     device = Device(address)
     try:
         device.system = await session.get([SYS_DESCR, SYS_UPTIME, SYS_NAME, SYS_SERVICES])
