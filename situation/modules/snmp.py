@@ -327,11 +327,11 @@ async def give_machines(ctx: Context, answered: list[tuple[Target, Device]]) -> 
     """
     if all(target.machine_id is not None for target, _ in answered):
         return answered, 0
-    current = {row["id"]: row for row in await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())}
+    current = {row["id"]: row for row in await ctx.store.fetch("attached_neighbour_nics", ctx.host_id())}
     claims = claims_of(answered, current)
     chosen = await place_claims(ctx, claims) if claims else {}
     if any(claim.nic["id"] not in chosen for claim in claims):  # named by reverse-lookup meanwhile
-        current = {row["id"]: row for row in await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())}
+        current = {row["id"]: row for row in await ctx.store.fetch("attached_neighbour_nics", ctx.host_id())}
     placed, unplaced = [], 0
     for target, device in answered:
         machine_id = target.machine_id or chosen.get(target.nic_id)
@@ -349,7 +349,7 @@ async def run(ctx: Context) -> None:
     """Interfaces, addresses, routes and system group of neighbour machines over SNMP (v1, v2c, v3)."""
     options = ctx.options
     credentials = await asyncio.to_thread(read_credentials, options)
-    rows = await ctx.store.fetch("snmp_neighbour_nics", ctx.host_id())
+    rows = await ctx.store.fetch("attached_neighbour_nics", ctx.host_id())
     targets = [Target(row["id"], row["machine_id"], address)
                for row in rows for address in neighbour_addresses(row["ip"], ctx.discovery.allows)]
     if not targets:

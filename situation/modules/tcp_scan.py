@@ -74,7 +74,7 @@ def endpoint_rows(open_ports: Iterable[tuple[IPAddress, int]], nic_of: Mapping[I
 async def load_targets(ctx: Context) -> dict[IPAddress, int]:
     host_id = ctx.host_id()
     widely = ctx.discovery.only is not None or ctx.discovery.scope == "database"
-    nics = await ctx.store.fetch("tcp_scan_linked_nics" if widely else "tcp_scan_neighbour_nics", host_id)
+    nics = await ctx.store.fetch("tcp_scan_linked_nics" if widely else "attached_neighbour_nics", host_id)
     own = {ip for row in await ctx.store.fetch("tcp_scan_host_addresses", host_id) for ip in row["ip"] or []}
     return probe_addresses(nics, own, ctx.discovery.allows)
 

@@ -1,4 +1,4 @@
--- Named queries of the active discovery modules (situation/modules/ping.py).
+-- Named queries shared by the active discovery modules (ping, arp, tcp-scan, snmp).
 -- Portable SQL for PostgreSQL and SQLite; unqualified table names.
 
 -- name: ping_host_ipv4_subnets
@@ -45,3 +45,19 @@ WHERE id = $1 AND mac IS NULL AND machine_id IS NULL;
 SELECT count(pg_advisory_xact_lock(k))
 FROM (SELECT DISTINCT hashtextextended('situation.subnet-neighbours:' || id, 0) AS k
       FROM unnest($1::bigint[]) AS id ORDER BY k) AS keys;
+
+-- name: attached_neighbour_nics
+-- Every NIC, with or without a machine, that is not this host's ($1, its machine id) and is
+-- linked to a subnetwork one of this host's NICs is linked to (the original's GetNeighorNICS;
+-- tcp-scan and snmp with --discovery-scope attached).
+SELECT n.id, n.ip, n.mac, n.tag, n.machine_id
+FROM network_interfaces n
+WHERE (n.machine_id IS NULL OR n.machine_id <> $1)
+  AND EXISTS (
+    SELECT 1
+    FROM network_interface_subnets l
+    JOIN network_interface_subnets h ON h.subnetwork_id = l.subnetwork_id
+    JOIN network_interfaces hn ON hn.id = h.network_interface_id
+    WHERE l.network_interface_id = n.id AND hn.machine_id = $1
+  )
+ORDER BY n.id;

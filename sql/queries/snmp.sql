@@ -1,21 +1,6 @@
 -- Named queries of the snmp module (situation/modules/snmp.py).
 -- Portable SQL for PostgreSQL and SQLite; unqualified table names.
 
--- name: snmp_neighbour_nics
--- NICs of other machines, or of none yet, sharing a subnetwork with a NIC of this host ($1,
--- its machine id). The original left machine-less NICs out; an answering device names them.
-SELECT n.id, n.ip, n.mac, n.tag, n.machine_id
-FROM network_interfaces n
-WHERE (n.machine_id IS NULL OR n.machine_id <> $1)
-  AND EXISTS (
-    SELECT 1
-    FROM network_interface_subnets l
-    JOIN network_interface_subnets h ON h.subnetwork_id = l.subnetwork_id
-    JOIN network_interfaces hn ON hn.id = h.network_interface_id
-    WHERE l.network_interface_id = n.id AND hn.machine_id = $1
-  )
-ORDER BY n.id;
-
 -- name: snmp_machine
 SELECT id, agent, hostname, platform, distribution, distribution_family, arch, uptime, chassis
 FROM machines
