@@ -29,8 +29,8 @@ import gzip
 import os
 import time
 from collections.abc import Iterable, Iterator, Set
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from situation.hostroot import HostRoot, in_range, lines, read_text
