@@ -31,13 +31,13 @@ async def run(ctx: Context) -> None:
 
     database: dpkg.Database | None = None
 
-    async def read(_distribution: Distribution) -> Iterator[Package]:
+    async def read(_distribution: Distribution, wanted: frozenset[str]) -> Iterator[Package]:
         nonlocal database
         try:
             database = await asyncio.to_thread(dpkg.open_database, ctx.root)
         except OSError as exc:
             raise Skip(f"no dpkg database: cannot read {dpkg.STATUS}: {exc.strerror or exc}") from None
-        return dpkg.iter_packages(ctx.root, database)  # read one package at a time, in record's worker thread
+        return dpkg.scan_packages(ctx.root, database, wanted)  # streamed one list at a time, in record's thread
 
     def reload(packages: list[Package]) -> dict[tuple[str, str], tuple[str, ...]]:
         return dpkg.files_of(database, (p.key for p in packages))

@@ -1,20 +1,46 @@
 """The kernel's neighbour table (ARP for IPv4, NDP for IPv6) read over netlink.
 
-Passive: one ``RTM_GETNEIGH`` dump through pyroute2's asyncio API, no packet
-on the wire. Only entries the kernel currently believes in are kept (states
+Passive: one ``RTM_GETNEIGH`` dump on an ``AF_NETLINK`` socket, no packet on
+the wire. Only entries the kernel currently believes in are kept (states
 REACHABLE, STALE, DELAY, PROBE) and only addresses a neighbour can own: global
 unicast (private ranges included; loopback, link-local, multicast and
 unspecified addresses are not), and no IPv4 address ending in .0 or .255.
+
+Why the netlink exchange is written here with the standard library rather than
+through pyroute2 (the developers' guide prefers a library): memory. Importing
+pyroute2 costs the daemon 8.5 MB for its whole life (184 modules, unittest,
+multiprocessing and pickle among them), an eighth of its 60 MB idle budget
+(bench/README.md, soak.py), for this one dump per cycle; and its asyncio socket
+cannot run on uvloop, so it needed an event loop of its own in a thread. The
+request is a fixed 28 bytes and the reply three structures (``nlmsghdr``,
+``ndmsg``, ``rtattr``, see netlink(7) and rtnetlink(7)), read in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
+import os
+import socket
+import struct
 from dataclasses import dataclass
 
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# netlink(7), rtnetlink(7), <linux/neighbour.h>
+NLMSG_ERROR, NLMSG_DONE, RTM_NEWNEIGH, RTM_GETNEIGH = 2, 3, 28, 30
+NLM_F_REQUEST, NLM_F_DUMP = 0x01, 0x300
+NDA_DST, NDA_LLADDR = 1, 2
+NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+NDMSG = struct.Struct("=BxxxiHBB")  # family, (padding), interface index, state, flags, type
+RTATTR = struct.Struct("=HH")  # length, type
+ERRNO = struct.Struct("=i")
+RECEIVE_BYTES = 65536  # the kernel fills a dump datagram up to 32 KiB
+TIMEOUT_SECONDS = 5.0
+ADDRESS_BYTES = {socket.AF_INET: 4, socket.AF_INET6: 16}
+_sequences = itertools.count(1)
 
 NUD_REACHABLE = 0x02
 NUD_STALE = 0x04
@@ -82,31 +108,81 @@ def freshest(entries: list[Neighbour]) -> list[Neighbour]:
     return sorted(best.values(), key=lambda n: (n.ip.version, n.ip))
 
 
-async def _dump() -> list[Neighbour]:
-    # Imported here, in the worker thread: pyroute2 takes most of a second and ~25 MB to
-    # import, which commands that never read the table (version, check, defaults) need not pay.
-    from pyroute2 import AsyncIPRoute
+def dump_neighbours() -> list[Neighbour]:
+    """The usable entries, from one ``RTM_GETNEIGH`` dump (blocking). OSError: netlink failed or answered nonsense."""
+    sequence = next(_sequences)
+    request = NLMSGHDR.pack(NLMSGHDR.size + NDMSG.size, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0)
+    request += NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    entries: list[Neighbour] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(TIMEOUT_SECONDS)
+        sock.bind((0, 0))
+        sock.sendto(request, (0, 0))
+        while True:
+            done = False
+            for kind, payload in _messages(sock.recv(RECEIVE_BYTES), sequence):
+                if kind == NLMSG_DONE:
+                    done = True
+                elif kind == NLMSG_ERROR:
+                    _raise_error(payload)
+                elif kind == RTM_NEWNEIGH:
+                    entry = _neighbour(payload)
+                    if entry is not None:
+                        entries.append(entry)
+            if done:
+                return freshest(entries)
 
-    entries = []
-    async with AsyncIPRoute() as ipr:
-        async for message in await ipr.neigh("dump"):
-            entry = neighbour_from(message["state"], message.get("dst"), message.get("lladdr"))
-            if entry is not None:
-                entries.append(entry)
-    return freshest(entries)
+
+def _messages(datagram: bytes, sequence: int) -> list[tuple[int, memoryview]]:
+    """(type, payload) of each netlink message of one datagram that answers ``sequence``."""
+    found = []
+    view = memoryview(datagram)
+    offset = 0
+    while offset + NLMSGHDR.size <= len(view):
+        length, kind, _flags, seq, _port = NLMSGHDR.unpack_from(view, offset)
+        if length < NLMSGHDR.size or offset + length > len(view):
+            raise OSError("malformed netlink reply (a message overruns its datagram)")
+        if seq == sequence:
+            found.append((kind, view[offset + NLMSGHDR.size:offset + length]))
+        offset += (length + 3) & ~3
+    return found
 
 
-def _dump_on_own_loop() -> list[Neighbour]:
-    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
-        return runner.run(_dump())
+def _raise_error(payload: memoryview) -> None:
+    if len(payload) < ERRNO.size:
+        raise OSError("malformed netlink reply (a short error message)")
+    error = -ERRNO.unpack_from(payload)[0]
+    if error:  # 0 is an acknowledgement, which a dump does not ask for
+        raise OSError(error, f"RTM_GETNEIGH: {os.strerror(error)}")
+
+
+def _neighbour(payload: memoryview) -> Neighbour | None:
+    """One ``RTM_NEWNEIGH`` message as neighbour_from sees an entry (address and MAC as text)."""
+    if len(payload) < NDMSG.size:
+        return None
+    family, _index, state, _flags, _type = NDMSG.unpack_from(payload)
+    attributes = _attributes(payload[NDMSG.size:])
+    raw_destination, lladdr = attributes.get(NDA_DST), attributes.get(NDA_LLADDR)
+    destination = None
+    if raw_destination is not None and len(raw_destination) == ADDRESS_BYTES.get(family):
+        destination = socket.inet_ntop(family, raw_destination)
+    mac = ":".join(f"{octet:02x}" for octet in lladdr) if lladdr else None
+    return neighbour_from(state, destination, mac)
+
+
+def _attributes(data: memoryview) -> dict[int, bytes]:
+    """The ``rtattr`` list of a message: type → value (the last one of a repeated type)."""
+    found = {}
+    offset = 0
+    while offset + RTATTR.size <= len(data):
+        length, kind = RTATTR.unpack_from(data, offset)
+        if length < RTATTR.size or offset + length > len(data):
+            break
+        found[kind] = bytes(data[offset + RTATTR.size:offset + length])
+        offset += (length + 3) & ~3
+    return found
 
 
 async def read_neighbours() -> list[Neighbour]:
-    """The usable entries of the neighbour table, IPv4 and IPv6, one per address.
-
-    pyroute2's asyncio socket is a datagram endpoint on an AF_NETLINK socket,
-    which uvloop (the agent's loop) cannot open (pyroute2 issue #1335, uvloop
-    issue #676). The dump therefore runs on a plain asyncio loop of its own, in
-    a worker thread: one short netlink exchange per cycle.
-    """
-    return await asyncio.to_thread(_dump_on_own_loop)
+    """The usable entries of the neighbour table, IPv4 and IPv6, one per address (the dump runs in a thread)."""
+    return await asyncio.to_thread(dump_neighbours)

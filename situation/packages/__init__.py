@@ -25,6 +25,8 @@ class Package:
     vendor: str = ""
     install_time_unix: int = 0
     files: tuple[str, ...] = ()
+    # A scanning reader gives only the files it was asked about in ``files``, and here how many there are.
+    file_count: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:

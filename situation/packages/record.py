@@ -11,8 +11,11 @@
    that can read a package's files again (dpkg: its ``.list`` files) gives them
    one package at a time, already merged, with a reloader: each package's files
    are then matched and counted as they are read and dropped, and only the
-   packages written (new or changed) are read again, a chunk at a time. The
-   module's memory then stays at one chunk's paths, not the whole database's.
+   packages written (new or changed) are read again, a chunk at a time. Such
+   a reader is given the paths looked for (applications' exes and their
+   aliases) and may give each package only those of its files, with their
+   number in ``file_count``: dpkg streams its lists and keeps no other path.
+   The module's memory then stays at one chunk's paths, not the whole database's.
 4. **Links.** Every application of this host whose ``name`` (the exe path) is a
    file of a package points to that package, found through a dict from path to
    applications built once (with ``/bin`` ↔ ``/usr/bin``-style aliases on a
@@ -62,6 +65,8 @@ class Distribution:
 
 # The reader gives the packages; a lazy iterable is consumed in a worker thread, one package at a time.
 Reader = Callable[[Distribution], Awaitable[Iterable[Package]]]
+# With a reloader the reader is also given the paths looked for; its packages may hold only those (and file_count).
+ScanningReader = Callable[[Distribution, frozenset[str]], Awaitable[Iterable[Package]]]
 # Blocking: the files of these packages read again, for a reader whose packages are unique by key.
 Reloader = Callable[[list[Package]], Mapping[tuple[str, str], tuple[str, ...]]]
 
@@ -89,7 +94,8 @@ def check_family(distribution: Distribution, families: Iterable[str]) -> None:
 
 
 async def record_packages(
-    ctx: Context, manager: str, families: tuple[str, ...], read: Reader, reload: Reloader | None = None
+    ctx: Context, manager: str, families: tuple[str, ...], read: Reader | ScanningReader,
+    reload: Reloader | None = None,
 ) -> None:
     """Gate, read, write and link (see the module docstring).
 
@@ -102,8 +108,9 @@ async def record_packages(
     distribution = await host_distribution(ctx)
     check_family(distribution, families)
     applications = await ctx.store.fetch("host_applications", host)
-    packages = await read(distribution)
-    listing = await asyncio.to_thread(list_packages, packages, ctx.root, applications, keep_files=reload is None)
+    owners = await asyncio.to_thread(Owners, ctx.root, applications)
+    packages = await (read(distribution, owners.paths()) if reload else read(distribution))  # type: ignore[call-arg]
+    listing = await asyncio.to_thread(list_packages, packages, owners, keep_files=reload is None)
     del packages
     if not listing.packages:
         raise Skip("no package found")
@@ -131,23 +138,20 @@ async def record_packages(
     await ctx.run_in_transaction(write)
 
 
-def list_packages(
-    packages: Iterable[Package], root: HostRoot, applications: list[Mapping[str, Any]], *, keep_files: bool
-) -> Listing:
+def list_packages(packages: Iterable[Package], owners: Owners, *, keep_files: bool) -> Listing:
     """The reader's packages (merged by key when their files are kept), matched to applications and counted.
 
     Blocking: a lazy reader reads its files here. Without ``keep_files`` each
     package's files are dropped once matched and counted.
     """
-    owners = Owners(root, applications)
     if keep_files:
         packages = merge_duplicates(packages)
     kept: list[Package] = []
     counts: dict[tuple[str, str], int] = {}
     for package in packages:
         owners.match(package)
-        counts[package.key] = len(package.files)
-        kept.append(package if keep_files else replace(package, files=()))
+        counts[package.key] = len(package.files) if package.file_count is None else package.file_count
+        kept.append(package if keep_files else replace(package, files=(), file_count=None))
     kept.sort(key=lambda p: p.key)
     return Listing(kept, counts, owners.found())
 
@@ -256,6 +260,10 @@ class Owners:
                 self.aliased.setdefault(alias, []).append(application["id"])
         self.by_path: dict[int, tuple[str, str]] = {}
         self.by_alias: dict[int, tuple[str, str]] = {}
+
+    def paths(self) -> frozenset[str]:
+        """Every path that would link an application: the exes and their aliases."""
+        return frozenset(self.exact).union(self.aliased)
 
     def match(self, package: Package) -> None:
         for path in package.files:
