@@ -152,7 +152,8 @@ async def machineless_nics(ctx: Context) -> list[dict]:
         return await ctx.store.fetch("machineless_nics")
     if ctx.host.id is None:
         raise Skip("this host has no machine row yet (host-basic did not run), so no attached subnetworks")
-    return await ctx.store.fetch("machineless_nics_near", ctx.host_id())
+    nics = await ctx.store.fetch("attached_neighbour_nics", ctx.host_id())
+    return [nic for nic in nics if nic["machine_id"] is None]
 
 
 def first_names(nics: Sequence[Mapping], addresses_of: Mapping[int, list[str]], named: Mapping[str, str]) -> dict[int, str]:

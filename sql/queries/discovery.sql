@@ -49,7 +49,7 @@ FROM (SELECT DISTINCT hashtextextended('situation.subnet-neighbours:' || id, 0) 
 -- name: attached_neighbour_nics
 -- Every NIC, with or without a machine, that is not this host's ($1, its machine id) and is
 -- linked to a subnetwork one of this host's NICs is linked to (the original's GetNeighorNICS;
--- tcp-scan and snmp with --discovery-scope attached).
+-- tcp-scan, snmp and reverse-lookup with --discovery-scope attached).
 SELECT n.id, n.ip, n.mac, n.tag, n.machine_id
 FROM network_interfaces n
 WHERE (n.machine_id IS NULL OR n.machine_id <> $1)

@@ -9,21 +9,6 @@ FROM network_interfaces
 WHERE machine_id IS NULL
 ORDER BY id;
 
--- name: machineless_nics_near
--- --discovery-scope attached: NICs without a machine that share a subnetwork
--- with a NIC of this host ($1, its machine id).
-SELECT n.id, n.mac, n.tag, n.ip
-FROM network_interfaces n
-WHERE n.machine_id IS NULL
-  AND EXISTS (
-    SELECT 1
-    FROM network_interface_subnets l
-    JOIN network_interface_subnets h ON h.subnetwork_id = l.subnetwork_id
-    JOIN network_interfaces hn ON hn.id = h.network_interface_id
-    WHERE l.network_interface_id = n.id AND hn.machine_id = $1
-  )
-ORDER BY n.id;
-
 -- name: lock_hostnames
 -- Agents sharing a database serialise on each host name ($1, a list) until
 -- their transaction ends, so that two never create a machine for one name.
