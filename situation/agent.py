@@ -151,6 +151,7 @@ class Agent:
                 return await self._finish_pass(results, healthy)
             delay = self._next_delay(healthy)
             await asyncio.to_thread(self._write_health, results, healthy, delay)
+            await self.store.release_memory()
             await asyncio.to_thread(release_free_memory)
             if await self._sleep(delay):
                 return 0

@@ -83,13 +83,17 @@ class HostRoot:
 # -- reading host files ------------------------------------------------------------------
 
 
-def read_text(path: Path) -> str:
+def read_text(path: str | os.PathLike[str]) -> str:
     r"""A host file's text, invalid UTF-8 replaced; raises OSError when it cannot be read.
 
     Bytes are decoded as they are: no universal-newline translation, so a lone
     ``\r`` stays inside its line (``Path.read_text`` would split it off).
+    A plain string path is opened as it is: a ``Path`` made of it interns each of
+    its parts, and a dict of interned strings grown by thousands of file names
+    never shrinks.
     """
-    return path.read_bytes().decode("utf-8", errors="replace")
+    with open(path, "rb") as stream:
+        return stream.read().decode("utf-8", errors="replace")
 
 
 def read_text_or_none(path: Path) -> str | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from situation import hostroot
 from situation.hostroot import HostRoot
 from situation.module import Skip
 from situation.packages import Package, drop_directories, merge_duplicates
@@ -103,6 +104,14 @@ def test_status_keeps_the_installed_set_only():
         ("leaving", "2.0", "amd64"),
         ("multi", "5.0", "i386"),
     ]
+
+
+def test_the_status_file_streamed_reads_as_its_text(tmp_path):
+    path = tmp_path / "status"
+    path.write_bytes(STATUS.encode() + b"\nPackage: odd\rname\nStatus: install ok installed\r\nVersion: 1\xff\n")
+    streamed = dpkg_reader.parse_status(dpkg_reader.status_lines(path))
+    assert streamed == dpkg_reader.parse_status(hostroot.read_text(path))
+    assert streamed[-1] == dpkg_reader.Installed("odd\rname", "1\ufffd", "")  # a lone \r is no line break
 
 
 LOG = """2024-01-02 10:00:00 install multi:i386 <none> 4.0

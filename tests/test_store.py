@@ -109,6 +109,13 @@ async def test_do_nothing_upsert(store):
     assert first.written == 1 and second.written == 0 and first.ids == second.ids
 
 
+async def test_memory_released_between_cycles_keeps_the_store_usable(store):
+    await host(store)
+    await store.release_memory()
+    assert await store.fetchval("ping") == 1
+    assert (await store.counts())["machines"] == 1
+
+
 async def test_empty_batch_is_a_noop(store):
     result = await store.upsert("disks", [], key="machine_disk_name")
     assert result.written == 0 and result.ids == []

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 from situation.hostroot import HostRoot, in_range, lines, read_text
@@ -51,11 +51,19 @@ class Installed:
     architecture: str
 
 
-def parse_status(text: str) -> list[Installed]:
-    """The installed packages of a dpkg status file, in file order."""
+STATUS_FIELDS = frozenset({"package", "status", "version", "architecture"})
+
+
+def parse_status(text: str | Iterable[str]) -> list[Installed]:
+    """The installed packages of a dpkg status file (its text, or its lines), in file order.
+
+    Only the fields read are kept, one paragraph at a time: the daemon reads a
+    ~2 MB file each cycle, and small strings held across it stay resident as
+    fragments.
+    """
     found: list[Installed] = []
     fields: dict[str, str] = {}
-    for line in [*lines(text), ""]:
+    for line in chain(lines(text) if isinstance(text, str) else text, [""]):
         if not line.strip():
             entry = _installed(fields)
             if entry is not None and len(found) < MAX_PACKAGES:
@@ -63,8 +71,17 @@ def parse_status(text: str) -> list[Installed]:
             fields = {}
         elif not line[0].isspace() and ":" in line:  # continuation lines belong to long fields
             name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
+            name = name.strip().lower()
+            if name in STATUS_FIELDS:
+                fields[name] = value.strip()
     return found
+
+
+def status_lines(path: Path) -> Iterator[str]:
+    r"""The lines of the status file, streamed (split on ``\n`` only, as :func:`~situation.hostroot.lines`)."""
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as stream:
+        for line in stream:
+            yield line.removesuffix("\n").removesuffix("\r")
 
 
 def _installed(fields: dict[str, str]) -> Installed | None:
@@ -88,7 +105,7 @@ def read_list(entry: os.DirEntry) -> tuple[tuple[str, ...], int] | None:
     """(leaf paths, mtime) of one ``.list`` file; None when it cannot be read."""
     try:
         mtime = int(entry.stat().st_mtime)
-        lines = split_list(read_text(Path(entry.path)))  # the text is freed before the paths are sorted out
+        lines = split_list(read_text(entry.path))  # the text is freed before the paths are sorted out
     except OSError:
         return None
     return leaf_paths(lines), in_range(mtime) or 0
@@ -156,7 +173,7 @@ class Database:
 def open_database(root: HostRoot) -> Database:
     """The status file parsed and the info directory listed. OSError: no status file."""
     installed: dict[tuple[str, str], list[Installed]] = {}
-    for entry in parse_status(read_text(root.path(STATUS))):
+    for entry in parse_status(status_lines(root.path(STATUS))):
         installed.setdefault((entry.name, entry.version), []).append(entry)
     return Database(installed, list_files(root.path(INFO)))
 

@@ -139,6 +139,9 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]: ...
 
+    async def release_memory(self) -> None:
+        """Hand back the caches a cycle filled (called between cycles)."""
+
     async def close(self) -> None: ...
 
 

@@ -282,6 +282,9 @@ class PostgresStore:
         casts = ", ".join(f"${i}::{_ARRAY_CASTS[types[c]]}" for i, c in enumerate(key_columns, start=1))
         return f"SELECT {found} FROM unnest({casts}) WITH ORDINALITY AS k({names}, n) ORDER BY k.n"
 
+    async def release_memory(self) -> None:
+        """Nothing to release: asyncpg's buffers go with each query."""
+
     async def counts(self) -> dict[str, int]:
         """Rows this agent wrote last, per table."""
         tables = sorted(t for t, cols in self.columns.items() if "updated_by" in cols)
