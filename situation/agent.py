@@ -13,6 +13,7 @@ Upserts are idempotent, so a cycle re-run after an outage duplicates nothing.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import random
@@ -41,13 +42,22 @@ from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
 from situation.store import Store, is_postgres_dsn, open_store
 from situation.store.postgres import StoreUnavailable
-from situation.store.sqlite import FREE_SPACE, busy_message, is_busy
+from situation.store.sqlite import FREE_SPACE, busy_message, is_busy, is_full
 
 log = structlog.get_logger("situation.agent")
 
 DEFAULT_INTERVAL = 15 * 60.0
 SHUTDOWN_GRACE = 5.0
+MAX_PROBLEM = 500  # characters of the database's problem kept in the health record
 BACKOFF_START, BACKOFF_CAP = 1.0, 60.0
+# The database's state, as the health record says it: it took the cycle's writes, it could not be
+# reached, or it was reached but had no room for them.
+UP, DOWN, FULL = "up", "down", "full"
+_TROUBLE_EVENTS = {
+    DOWN: "database unreachable, retrying with backoff",
+    FULL: "database has no room for writes, retrying with backoff",
+}
+_STATUS_SUFFIXES = {UP: "", DOWN: ", database unreachable", FULL: ", database full"}
 # What a driver raises when the database refuses or fails a statement.
 DATABASE_ERRORS = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectError, StoreUnavailable)
 # Known driver messages -> how to fix them.
@@ -113,7 +123,7 @@ class Agent:
         self.metrics = NO_METRICS
         self.stopping = asyncio.Event()
         self.store: Store | None = None
-        self._database_up: bool | None = None
+        self._database: str | None = None  # UP, DOWN or FULL once known
         self._database_problem = ""
         self._backoff = BACKOFF_START / 2
         self._health_warned = False
@@ -148,19 +158,19 @@ class Agent:
         while True:
             results, healthy = await self._guarded_cycle()
             if self.config.once:
-                return await self._finish_pass(results, healthy)
+                return await self._finish_pass(results)
             delay = self._next_delay(healthy)
-            await asyncio.to_thread(self._write_health, results, healthy, delay)
+            await asyncio.to_thread(self._write_health, results, delay)
             await self.store.release_memory()
             await asyncio.to_thread(release_free_memory)
             if await self._sleep(delay):
                 return 0
 
-    async def _finish_pass(self, results: list[ModuleResult], healthy: bool) -> int:
+    async def _finish_pass(self, results: list[ModuleResult]) -> int:
         """The status of a one-shot pass: 0 only when it ran to its end and something was recorded."""
         if self.stopping.is_set():
             return self._stopped_status()
-        if not healthy:
+        if self._database == DOWN:
             raise ConnectError(f"the database became unusable during the pass ({self._database_problem})",
                                transient=True)
         failure = pass_failure(results, self.config.database)
@@ -219,7 +229,7 @@ class Agent:
                 )
                 if store is None:
                     return None
-                self._database_state(True)
+                self._database_state(UP)
                 return store
             except (ConfigError, ModuleFailed):
                 raise
@@ -227,10 +237,11 @@ class Agent:
                 if self.config.once or not _is_transient(exc):
                     raise
                 self.metrics.database_error("connect")
-                self._database_state(False, str(exc))
+                self._database_problem = str(exc)
+                self._database_state(DOWN)
                 # Unhealthy while waiting, also to a health record left by an earlier run.
                 self.notifier.status("database unreachable, retrying")
-                await asyncio.to_thread(self._write_health, [], False, delay)
+                await asyncio.to_thread(self._write_health, [], delay)
             if await self._sleep(_jittered(delay)):
                 return None
             delay = min(delay * 2, BACKOFF_CAP)
@@ -252,22 +263,25 @@ class Agent:
         await asyncio.gather(task, return_exceptions=True)
         return None
 
-    def _database_state(self, up: bool, reason: str = "") -> None:
-        """Log the database's state once per change, not once per retry."""
-        self.metrics.database_up(up)
-        if up == self._database_up:
+    def _database_state(self, state: str) -> None:
+        """Log the database's state (UP, DOWN, FULL) once per change, not once per retry."""
+        self.metrics.database_up(state == UP)
+        previous, self._database = self._database, state
+        if state == previous:
             return
-        if up and self._database_up is False:
+        if state != UP:
+            log.error(_TROUBLE_EVENTS[state], reason=self._database_problem)
+        elif previous == DOWN:
             log.info("database reachable again")
-        elif not up:
-            log.error("database unreachable, retrying with backoff", reason=reason)
-        self._database_up = up
+        elif previous == FULL:
+            log.info("database takes writes again")
 
     async def _database_usable(self, results: list[ModuleResult]) -> bool:
         """Whether the database took this cycle's writes: no module lost it after its retries, and it answers now."""
         # A module that gave up on the database already waited through the store's retries:
         # pinging it again would only delay the report.
         problem = next((r.error for r in results if isinstance(r.error, StoreUnavailable)), None)
+        no_room = next((r.error for r in results if r.error is not None and out_of_space(r.error)), None)
         if problem is None:
             try:
                 await asyncio.wait_for(self.store.fetchval("ping"), timeout=10)
@@ -276,9 +290,13 @@ class Agent:
                 self.metrics.database_error("health-check")
         if problem is not None:
             self._database_problem = _one_line(problem)
-            self._database_state(False, self._database_problem)
+            self._database_state(DOWN)
             return False
-        self._database_state(True)
+        if no_room is not None:  # it answers, but this cycle's writes were lost
+            self._database_problem = _one_line(no_room) + _database_hint(no_room)
+            self._database_state(FULL)
+            return False
+        self._database_state(UP)
         return True
 
     # -- cycles ---------------------------------------------------------------------------
@@ -299,7 +317,7 @@ class Agent:
             return [], True
         self._cycle_seconds = time.monotonic() - started
         healthy = await self._database_usable(results)
-        self.notifier.status(_status_line(results, healthy))
+        self.notifier.status(_status_line(results, self._database or UP))
         self._record_metrics(results, healthy)
         return results, healthy
 
@@ -339,7 +357,7 @@ class Agent:
         self._backoff = BACKOFF_START / 2
         return self.config.interval + random.uniform(0, min(self.config.interval * 0.1, 60.0))
 
-    def _write_health(self, results: list[ModuleResult], healthy: bool, delay: float) -> None:
+    def _write_health(self, results: list[ModuleResult], delay: float) -> None:
         """What `situation health` reads: when the next cycle is due, and how the last one went."""
         now = time.time()
         record = {
@@ -347,15 +365,14 @@ class Agent:
             "finished_at": now,
             # room for the next cycle to run, as long as the last one took, twice over
             "next_cycle_before": now + delay + SHUTDOWN_GRACE + 60 + 2 * self._cycle_seconds,
-            "database": "up" if healthy else "down",
+            "database": self._database or DOWN,
             "failed_modules": [r.name for r in results if r.failed],
         }
+        if record["database"] != UP:
+            record["problem"] = self._database_problem[:MAX_PROBLEM]
         path = self.config.state_dir / HEALTH_FILE
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(record))
-            os.replace(temporary, path)
+            write_record(path, json.dumps(record).encode())
         except OSError as exc:
             if not self._health_warned:  # once: `situation health` will report the daemon overdue
                 log.warning("cannot write the health file", path=str(path), error=str(exc))
@@ -412,12 +429,37 @@ def _database_hint(exc: BaseException) -> str:
     return next((hint for needle, hint in _DATABASE_HINTS if needle in text), "")
 
 
-def _status_line(results: list[ModuleResult], healthy: bool) -> str:
+def _status_line(results: list[ModuleResult], database: str) -> str:
     failed = [r.name for r in results if r.failed]
     text = f"{len(results)} modules, {sum(r.rows for r in results)} rows written"
     if failed:
         text += f", failed: {', '.join(failed)}"
-    return text if healthy else text + ", database unreachable"
+    return text + _STATUS_SUFFIXES[database]
+
+
+def write_record(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically; on a full file system, overwrite it in place instead.
+
+    The health record must say "no room" when the state directory shares the full
+    disk with the database: a new file needs a free block, the old one has its own.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+            raise
+        with open(path, "r+b") as stream:
+            stream.write(data)
+            stream.truncate()
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """The database (SQLite's file system, or the PostgreSQL server's disk) had no room for a write."""
+    return is_full(exc) or isinstance(exc, asyncpg.DiskFullError)
 
 
 def _describe_database(database: str) -> str:

@@ -514,6 +514,9 @@ def health(state_dir: Path | None) -> None:
         raise SituationError(f"the health record at {path} is damaged; the daemon rewrites it after its next cycle")
     if time.time() > record["next_cycle_before"]:
         raise SituationError("the daemon's last cycle is overdue; check its logs")
+    if record.get("database") == "full":
+        problem = str(record.get("problem", ""))[:500]
+        raise SituationError(f"the daemon's database has no room for its writes ({problem}); check its logs")
     if record.get("database") != "up":
         raise SituationError("the daemon cannot reach its database; check its logs")
     click.echo("healthy")

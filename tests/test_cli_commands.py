@@ -81,6 +81,19 @@ def test_health(tmp_path):
     assert "damaged" in cli("health", env=env).stderr
 
 
+def test_health_says_why_a_full_database_is_unhealthy_in_one_inert_line(tmp_path):
+    env = state_env(tmp_path)
+    (tmp_path / "state").mkdir()
+    record = {"next_cycle_before": time.time() + 60, "database": "full",
+              "problem": "OperationalError: database or disk is full\x1b[2J\nforged line"}
+    (tmp_path / "state" / "health.json").write_text(json.dumps(record))
+    result = cli("health", env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("situation: error: the daemon's database has no room for its writes (OperationalError: "
+                           "database or disk is full") and "\x1b" not in line
+
+
 def test_health_record_that_is_not_a_finite_time_or_not_text_is_unhealthy(tmp_path):
     env = state_env(tmp_path)
     record = tmp_path / "state" / "health.json"

@@ -1,4 +1,4 @@
-"""Faults under SQLite: the agent killed inside a unit, and the disk full.
+"""Faults under SQLite: the agent killed inside a unit, and the disk full (one pass, and a daemon).
 
 Every test here runs whole cycles, so the agent runs inside a test-made network
 namespace (support/netns.py), behind the guard that refuses the machine's own.
@@ -6,16 +6,21 @@ namespace (support/netns.py), behind the guard that refuses the machine's own.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from support.cluster import clean_environ
 from support.fault_agent import NAME_PREFIX, kill_inside_the_unit
+from support.notify_socket import NotifySocket
 
 FAULT_AGENT = Path(__file__).with_name("support") / "fault_agent.py"
 AGENT_ID = "fa017fa017fa017fa017fa017fa017fa"
@@ -23,8 +28,8 @@ QUICK = ("--no-module-ping", "--no-module-tcp-scan", "--no-module-netstat")  # t
 
 
 def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return clean_environ(HOME=str(tmp_path), SITUATION_STATE_DIR=str(tmp_path / "state"),
-                         SITUATION_AGENT_ID=AGENT_ID, **extra)
+    settings = {"HOME": str(tmp_path), "SITUATION_STATE_DIR": str(tmp_path / "state"), "SITUATION_AGENT_ID": AGENT_ID}
+    return clean_environ(**{**settings, **extra})
 
 
 def integrity(database: Path) -> str:
@@ -137,3 +142,78 @@ def test_disk_full_is_one_clear_line_and_the_database_stays_sound(test_host, tmp
     assert again.returncode == 0, again.stderr
     assert integrity(database) == "ok"
     assert count(database, "SELECT count(*) FROM users") == users
+
+
+def test_a_daemon_on_a_full_disk_reports_it_and_takes_writes_again_once_there_is_room(test_host, tmp_path,
+                                                                                        small_disk):
+    # The state directory shares the full disk: the health record must still say so.
+    database, state = small_disk / "inventory.sqlite", small_disk / "state"
+    notify_dir = Path(tempfile.mkdtemp(dir="/tmp"))  # short: a socket path has ~107 bytes
+    notify = NotifySocket(notify_dir)
+    env = agent_env(tmp_path, SITUATION_STATE_DIR=str(state), NOTIFY_SOCKET=str(notify.path))
+    log = tmp_path / "agent.log"
+    with log.open("w") as stderr:
+        daemon = test_host.popen(sys.executable, "-m", "situation", "--log-format", "json", "run", "--interval", "1s",
+                                 *QUICK, "--db", str(database), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    filler = None
+    try:
+        wait_for_health(state, "up", daemon, log)
+        users = count(database, "SELECT count(*) FROM users")
+        filler = fill_between_cycles(daemon, database, small_disk)
+
+        record = wait_for_health(state, "full", daemon, log)
+        assert "database or disk is full" in record["problem"] and "free space" in record["problem"]
+        said = test_host.run(sys.executable, "-m", "situation", "health", env=env, timeout=60)
+        assert said.returncode == 1 and "no room for its writes" in said.stderr, said.stderr
+        assert notify.wait_for("database full", 30), notify.messages
+
+        filler.unlink()
+        filler = None
+        wait_for_health(state, "up", daemon, log)
+        assert test_host.run(sys.executable, "-m", "situation", "health", env=env, timeout=60).returncode == 0
+        assert daemon.poll() is None  # recovered without a restart
+    finally:
+        if filler is not None:
+            filler.unlink()
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        notify.close()
+        shutil.rmtree(notify_dir, ignore_errors=True)
+    events = [json.loads(line).get("event") for line in log.read_text().splitlines() if line.startswith("{")]
+    assert events.count("database has no room for writes, retrying with backoff") == 1  # once, not per retry
+    assert "database takes writes again" in events
+    assert integrity(database) == "ok"
+    assert count(database, "SELECT count(*) FROM users") == users
+
+
+def wait_for_health(state: Path, database: str, daemon: subprocess.Popen, log: Path) -> dict:
+    """The daemon's health record, once it says the database is ``database``."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            record = json.loads((state / "health.json").read_text())
+            if record["database"] == database:
+                return record
+        except (OSError, ValueError, KeyError):
+            pass
+        assert daemon.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, f"no health record with database {database}:\n{log.read_text()[-4000:]}"
+        time.sleep(0.1)
+
+
+def fill_between_cycles(daemon: subprocess.Popen, database: Path, disk: Path) -> Path:
+    """With the daemon paused, drop its users (the next cycle writes them again) and fill the disk."""
+    for _ in range(20):
+        daemon.send_signal(signal.SIGSTOP)
+        try:
+            with sqlite3.connect(database, timeout=0.5) as db:
+                db.execute("DELETE FROM users")
+            with sqlite3.connect(database, timeout=0.5) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return fill(disk)
+        except sqlite3.OperationalError:  # paused inside a write of its own: let it finish
+            pass
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+        time.sleep(0.3)
+    raise AssertionError("the daemon held its database the whole time")
