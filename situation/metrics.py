@@ -228,7 +228,7 @@ class PrometheusMetrics(NoMetrics):
         self.database_errors = Counter("situation_database_errors", "Database failures: a connection attempt "
                                        "refused, a module failed by the database, a failed health check.",
                                        ["stage"], registry=registry)
-        self.database_is_up = Gauge("situation_database_up", "1 while the database is reachable.",
+        self.database_is_up = Gauge("situation_database_up", "1 while the database is reachable and takes writes.",
                                     registry=registry)
         self.last_success = Gauge("situation_last_success_timestamp_seconds",
                                   "Unix time of the end of the last successful cycle.", registry=registry)
