@@ -1,19 +1,29 @@
-"""SNMP: querying one device (pysnmp 7, asyncio) and decoding what it says. No database code.
+"""SNMP: querying one device (v1, v2c, v3; asyncio) and decoding what it says. No database code.
 
-:class:`SnmpClient` sends GET and GETBULK (GETNEXT for v1) requests, one
-shared engine for every target, each request drawn from the agent's rate
-limiter. :func:`read_device` asks one address for its system group,
-interfaces, addresses and routes (agent-behaviour.md §4.16) and returns a
-:class:`Device`; the pure functions under it turn walked columns into
-interfaces, addresses, routes and the NICs worth storing.
+:class:`SnmpClient` sends GET and GETBULK (GETNEXT for v1) requests, each
+try drawn from the agent's rate limiter. :func:`read_device` asks one address
+for its system group, interfaces, addresses and routes (agent-behaviour.md
+§4.16) and returns a :class:`Device`; the pure functions under it turn walked
+columns into interfaces, addresses, routes and the NICs worth storing.
 
-Everything a device says is untrusted: strings are decoded with invalid
-UTF-8 replaced, control characters removed and lengths bounded; MACs are
-taken only from 6-byte strings; numbers are used only when their type and
-range are the MIB's (a huge Counter64 where TimeTicks belong is no uptime);
-addresses encoded in OIDs are parsed as integers and refused when a part is
-not a byte (the original's table lacked 255, so any ``ff`` byte decoded as
-0); walks stop after ``MAX_ROWS`` rows or at an OID that does not increase.
+v1 and v2c messages are assembled here with ``pysnmp.proto.api`` (pysnmp's
+message classes and pyasn1's BER codec) and sent on UDP sockets the client
+owns, one per address family for every target; answers are matched to their
+request by request-id and source. This is for memory: pysnmp's high-level API
+and its engine, with the MIB modules it loads and keeps, cost the daemon some
+12 MB for as long as it runs, the message classes about 3 MB. Only SNMPv3,
+whose USM (engine-ID discovery, localized keys, encryption) is the engine's
+work, imports pysnmp's high-level API, and only when version 3 is used.
+
+Everything a device says is untrusted: a datagram that is not the answer to
+one of our pending requests (wrong source, unknown request-id, another
+version or community, not a Response, not BER) is dropped unread; strings
+are decoded with invalid UTF-8 replaced, control characters removed and
+lengths bounded; MACs are taken only from 6-byte strings; numbers are used
+only when their type and range are the MIB's (a huge Counter64 where
+TimeTicks belong is no uptime); addresses encoded in OIDs are parsed as
+integers and refused when a part is not a byte (the original's table lacked
+255, so any ``ff`` byte decoded as 0); walks stop after ``MAX_ROWS`` rows or at an OID that does not increase.
 Each device also has a row budget for all its walks together
 (``SnmpClient(max_rows=...)``, every variable binding it sends counts):
 decoding costs CPU on the event loop, so one device that claims 100,000
@@ -27,6 +37,8 @@ import contextlib
 import ipaddress
 import platform
 import re
+import secrets
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -132,13 +144,11 @@ def check_credentials(credentials: Credentials) -> str | None:
     return None
 
 
-def auth_data(credentials: Credentials) -> Any:
-    """pysnmp's CommunityData (v1: mpModel 0, v2c: 1) or UsmUserData (v3)."""
-    from pysnmp.hlapi.v3arch.asyncio import CommunityData, UsmUserData
+def usm_user(credentials: Credentials) -> Any:
+    """pysnmp's UsmUserData for SNMPv3 credentials."""
+    from pysnmp.hlapi.v3arch.asyncio import UsmUserData
     from pysnmp.hlapi.v3arch.asyncio import auth as usm
 
-    if credentials.version in (0, 1):
-        return CommunityData(credentials.community, mpModel=credentials.version)
     auth_protocols = {
         "md5": usm.usmHMACMD5AuthProtocol, "sha": usm.usmHMACSHAAuthProtocol,
         "sha224": usm.usmHMAC128SHA224AuthProtocol, "sha256": usm.usmHMAC192SHA256AuthProtocol,
@@ -166,10 +176,217 @@ class NoAnswer(Exception):
 
 
 class Refused(Exception):
-    """The device answered with an error report (bad credentials, unknown user …)."""
+    """The device answered with an error report (SNMPv3: bad credentials, unknown user …)."""
 
 
 Rows = list[tuple[Oid, Any]]  # (index under the walked column, plain value)
+Answer = tuple[int, list[tuple[Oid, Any]]]  # error-status, (name, pyasn1 value) bindings
+GET, GETNEXT, GETBULK = "get", "next", "bulk"
+
+
+class SnmpClient:
+    """Requests to any number of targets; ``timeout`` per try, ``retries`` more tries.
+
+    v1 and v2c go through :class:`CommunityTransport`, v3 through the event
+    loop's pysnmp engine (:class:`EngineTransport`). ``max_rows``: the variable
+    bindings one device may send before its walks stop. Made inside the running
+    loop; ``close`` releases its sockets.
+    """
+
+    def __init__(self, credentials: Credentials, *, port: int, timeout: float, retries: int, rate: RateLimiter,
+                 max_rows: int = MAX_DEVICE_ROWS):
+        self.credentials = credentials
+        self.port, self.timeout, self.retries, self.rate = port, timeout, retries, rate
+        self.max_rows = max_rows
+        self.transport = EngineTransport(self) if credentials.version == 3 else CommunityTransport(self)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    async def session(self, address: IpAddress) -> Session:
+        return Session(self, await self.transport.target(address))
+
+
+class Session:
+    """Requests to one device, and what is left of its row budget."""
+
+    def __init__(self, client: SnmpClient, target: Any):
+        self.client, self.target = client, target
+        self.rows_left = client.max_rows
+
+    @property
+    def over_budget(self) -> bool:
+        return self.rows_left <= 0
+
+    async def _send(self, kind: str, oids: Sequence[Oid]) -> tuple[int, list[tuple[Oid, Any]]]:
+        status, varbinds = await self.client.transport.request(self.target, kind, oids)
+        self.rows_left -= len(varbinds)
+        return status, [(name, plain(value)) for name, value in varbinds]
+
+    async def get(self, oids: Sequence[Oid]) -> dict[Oid, Any]:
+        """The values of ``oids`` the device has (missing ones are absent)."""
+        status, varbinds = await self._send(GET, oids)
+        if status and len(oids) > 1:  # v1: one missing object fails the whole request
+            found: dict[Oid, Any] = {}
+            for one in oids:
+                found.update(await self.get([one]))
+            return found
+        if status:
+            return {}
+        return {name: value for name, value in varbinds if value is not None}
+
+    async def walk(self, column: Oid) -> Rows:
+        """Every (index, value) under ``column``, at most ``MAX_ROWS``; nothing more once over budget."""
+        kind = GETNEXT if self.client.credentials.version == 0 else GETBULK
+        rows: Rows = []
+        current = column
+        while len(rows) < MAX_ROWS and not self.over_budget:
+            status, varbinds = await self._send(kind, [current])
+            if status or not varbinds:
+                return rows
+            for name, value in varbinds:
+                if name[: len(column)] != column or value is None or name <= current:
+                    return rows
+                rows.append((name[len(column):], value))
+                current = name
+        return rows[:MAX_ROWS]
+
+
+# -- v1 and v2c: messages of our own on sockets of our own --------------------------------
+
+
+@dataclass
+class Pending:
+    """A request waiting for its answer, which must come from ``address``, ``port``."""
+
+    address: IpAddress
+    port: int
+    answer: asyncio.Future[Answer]
+
+    def sent_to(self, source: tuple) -> bool:
+        try:
+            return source[1] == self.port and ipaddress.ip_address(source[0]) == self.address
+        except (ValueError, IndexError, TypeError):
+            return False
+
+
+class CommunityTransport:
+    """SNMP v1/v2c: GET, GETNEXT and GETBULK built with ``pysnmp.proto.api``, one UDP socket per family.
+
+    Every target shares the client's sockets (opened on first use, on the
+    running loop); an answer is taken only when it decodes as a Response of
+    our version and community, carries the request-id of a pending request,
+    and comes from the address and port that request went to.
+    """
+
+    def __init__(self, client: SnmpClient):
+        from pysnmp.proto import api
+
+        self.client = client
+        self.proto = api.PROTOCOL_MODULES[client.credentials.version]
+        # surrogateescape: a community read from a non-UTF-8 environment goes out as its original bytes
+        self.community = client.credentials.community.encode("utf-8", "surrogateescape")
+        self.pending: dict[int, Pending] = {}
+        self.sockets: dict[int, asyncio.DatagramTransport] = {}
+        self._opening = asyncio.Lock()
+
+    async def target(self, address: IpAddress) -> IpAddress:
+        return address
+
+    def close(self) -> None:
+        for endpoint in self.sockets.values():
+            endpoint.close()
+        self.sockets.clear()
+
+    async def request(self, address: IpAddress, kind: str, oids: Sequence[Oid]) -> Answer:
+        """One request, sent again (same request-id) after each silent ``timeout``; NoAnswer after the last."""
+        client = self.client
+        endpoint = await self._socket(address.version)
+        request_id = self._new_request_id()
+        message = self.encode(request_id, kind, oids)
+        pending = self.pending[request_id] = Pending(address, client.port, asyncio.get_running_loop().create_future())
+        try:
+            for _ in range(1 + client.retries):
+                await client.rate.acquire(1)
+                endpoint.sendto(message, (str(address), client.port))
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(pending.answer), client.timeout)
+        finally:
+            del self.pending[request_id]
+        raise NoAnswer(f"no answer from {address} port {client.port} after {1 + client.retries} tries")
+
+    def _new_request_id(self) -> int:
+        while True:
+            request_id = secrets.randbelow(2**31 - 1) + 1  # unpredictable: a spoofed answer must guess it
+            if request_id not in self.pending:
+                return request_id
+
+    def encode(self, request_id: int, kind: str, oids: Sequence[Oid]) -> bytes:
+        from pyasn1.codec.ber import encoder
+
+        proto = self.proto
+        if kind == GETBULK:
+            pdu = proto.GetBulkRequestPDU()
+            proto.apiBulkPDU.set_defaults(pdu)
+            proto.apiBulkPDU.set_non_repeaters(pdu, 0)
+            proto.apiBulkPDU.set_max_repetitions(pdu, MAX_REPETITIONS)
+        else:
+            pdu = proto.GetRequestPDU() if kind == GET else proto.GetNextRequestPDU()
+            proto.apiPDU.set_defaults(pdu)
+        proto.apiPDU.set_request_id(pdu, request_id)
+        proto.apiPDU.set_varbinds(pdu, [(proto.ObjectIdentifier(o), proto.null) for o in oids])
+        message = proto.Message()
+        proto.apiMessage.set_defaults(message)
+        proto.apiMessage.set_community(message, self.community)
+        proto.apiMessage.set_pdu(message, pdu)
+        return encoder.encode(message)
+
+    def receive(self, data: bytes, source: tuple) -> bool:
+        """Hand an answer to the request waiting for it; False (and nothing else) for anything else."""
+        from pyasn1.codec.ber import decoder
+
+        proto = self.proto
+        try:
+            message, rest = decoder.decode(data, asn1Spec=proto.Message())
+            if rest or int(proto.apiMessage.get_version(message)) != self.client.credentials.version:
+                return False
+            if bytes(proto.apiMessage.get_community(message)) != self.community:
+                return False
+            pdu = proto.apiMessage.get_pdu(message)
+            if pdu.tagSet != proto.GetResponsePDU.tagSet:
+                return False
+            pending = self.pending.get(int(proto.apiPDU.get_request_id(pdu)))
+            if pending is None or pending.answer.done() or not pending.sent_to(source):
+                return False
+            answer = (int(proto.apiPDU.get_error_status(pdu)),
+                      [(tuple(name), value) for name, value in proto.apiPDU.get_varbinds(pdu)])
+        except Exception:  # noqa: BLE001 - not SNMP, or not the SNMP it claims to be (pyasn1 raises many kinds)
+            return False
+        pending.answer.set_result(answer)
+        return True
+
+    async def _socket(self, ip_version: int) -> asyncio.DatagramTransport:
+        async with self._opening:
+            if ip_version not in self.sockets:
+                family, anywhere = (socket.AF_INET6, "::") if ip_version == 6 else (socket.AF_INET, "0.0.0.0")
+                endpoint, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                    lambda: _Answers(self), local_addr=(anywhere, 0), family=family)
+                self.sockets[ip_version] = endpoint
+            return self.sockets[ip_version]
+
+
+class _Answers(asyncio.DatagramProtocol):
+    def __init__(self, transport: CommunityTransport):
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.transport.receive(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # e.g. an ICMP unreachable: that request just stays unanswered
+
+
+# -- v3: pysnmp's engine ------------------------------------------------------------------
 
 
 def _new_engine(engine_class):
@@ -202,21 +419,24 @@ def _loop_engine():
     return _engines[loop]
 
 
-class SnmpClient:
-    """The event loop's pysnmp engine for every target; ``timeout`` per try, ``retries`` more tries.
+class EngineTransport:
+    """SNMPv3 through the event loop's pysnmp engine (USM needs its engine-ID discovery and keys).
 
-    ``max_rows``: the variable bindings one device may send before its walks stop.
-    Made inside the running loop, one at a time (cycles do not overlap); ``close`` leaves the engine
-    with no socket, its targets configured for the next client.
+    pysnmp sends the retries itself: one request draws once from the rate limiter.
+    ``close`` leaves the engine with no socket, its targets configured for the next client.
     """
 
-    def __init__(self, credentials: Credentials, *, port: int, timeout: float, retries: int, rate: RateLimiter,
-                 max_rows: int = MAX_DEVICE_ROWS):
-        self.credentials = credentials
-        self.port, self.timeout, self.retries, self.rate = port, timeout, retries, rate
-        self.max_rows = max_rows
+    def __init__(self, client: SnmpClient):
+        self.client = client
         self.engine = _loop_engine()
-        self._auth = auth_data(credentials)
+        self._auth = usm_user(client.credentials)
+
+    async def target(self, address: IpAddress) -> Any:
+        from pysnmp.hlapi.v3arch.asyncio import Udp6TransportTarget, UdpTransportTarget
+
+        kind = Udp6TransportTarget if address.version == 6 else UdpTransportTarget
+        return await kind.create((str(address), self.client.port), timeout=self.client.timeout,
+                                 retries=self.client.retries)
 
     def close(self) -> None:
         self.engine.close_dispatcher()  # and its sockets
@@ -227,74 +447,20 @@ class SnmpClient:
         if configured:
             configured["tran"].clear()
 
-    async def session(self, address: IpAddress) -> Session:
-        from pysnmp.hlapi.v3arch.asyncio import Udp6TransportTarget, UdpTransportTarget
-
-        kind = Udp6TransportTarget if address.version == 6 else UdpTransportTarget
-        target = await kind.create((str(address), self.port), timeout=self.timeout, retries=self.retries)
-        return Session(self, target)
-
-
-class Session:
-    """Requests to one device, and what is left of its row budget."""
-
-    def __init__(self, client: SnmpClient, target: Any):
-        self.client, self.target = client, target
-        self.rows_left = client.max_rows
-
-    @property
-    def over_budget(self) -> bool:
-        return self.rows_left <= 0
-
-    async def _send(self, command, *args) -> tuple[int, list[tuple[Oid, Any]]]:
-        from pysnmp.hlapi.v3arch.asyncio import ContextData
+    async def request(self, target: Any, kind: str, oids: Sequence[Oid]) -> Answer:
+        from pysnmp.hlapi.v3arch.asyncio import ContextData, ObjectIdentity, ObjectType, bulk_cmd, get_cmd
         from pysnmp.proto.errind import RequestTimedOut
 
-        client = self.client
-        await client.rate.acquire(1)
+        command, repetitions = (bulk_cmd, (0, MAX_REPETITIONS)) if kind == GETBULK else (get_cmd, ())
+        await self.client.rate.acquire(1)
         indication, status, _index, varbinds = await command(
-            client.engine, client._auth, self.target, ContextData(), *args, lookupMib=False)
+            self.engine, self._auth, target, ContextData(), *repetitions,
+            *(ObjectType(ObjectIdentity(o)) for o in oids), lookupMib=False)
         if isinstance(indication, RequestTimedOut):
             raise NoAnswer(str(indication))
         if indication:
             raise Refused(str(indication))
-        self.rows_left -= len(varbinds)
-        return int(status), [(tuple(name), plain(value)) for name, value in varbinds]
-
-    async def get(self, oids: Sequence[Oid]) -> dict[Oid, Any]:
-        """The values of ``oids`` the device has (missing ones are absent)."""
-        from pysnmp.hlapi.v3arch.asyncio import ObjectIdentity, ObjectType, get_cmd
-
-        status, varbinds = await self._send(get_cmd, *(ObjectType(ObjectIdentity(o)) for o in oids))
-        if status and len(oids) > 1:  # v1: one missing object fails the whole request
-            found: dict[Oid, Any] = {}
-            for one in oids:
-                found.update(await self.get([one]))
-            return found
-        if status:
-            return {}
-        return {name: value for name, value in varbinds if value is not None}
-
-    async def walk(self, column: Oid) -> Rows:
-        """Every (index, value) under ``column``, at most ``MAX_ROWS``; nothing more once over budget."""
-        from pysnmp.hlapi.v3arch.asyncio import ObjectIdentity, ObjectType, bulk_cmd, next_cmd
-
-        rows: Rows = []
-        current = column
-        while len(rows) < MAX_ROWS and not self.over_budget:
-            request = ObjectType(ObjectIdentity(current))
-            if self.client.credentials.version == 0:
-                status, varbinds = await self._send(next_cmd, request)
-            else:
-                status, varbinds = await self._send(bulk_cmd, 0, MAX_REPETITIONS, request)
-            if status or not varbinds:
-                return rows
-            for name, value in varbinds:
-                if name[: len(column)] != column or value is None or name <= current:
-                    return rows
-                rows.append((name[len(column):], value))
-                current = name
-        return rows[:MAX_ROWS]
+        return int(status), [(tuple(name), value) for name, value in varbinds]
 
 
 def plain(value: Any) -> Any:
