@@ -34,15 +34,15 @@ TABLES = ("machines", "network_interfaces", "network_interface_subnets", "subnet
 V2C = ("--option", f"snmp.community={COMMUNITY}", "--option", "snmp.timeout=1s")
 
 
-@pytest.fixture
-def lab(tmp_path):
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
     skip_unless_snmp_lab()
     made = Lab(hosts=[LabHost(h.address, h.mac) for h in (SWITCH, SILENT, FENCED)]).create()
     agents = []
     try:
         name_and_route(made, ["switch", "silent", "fenced"])
         for host in (made.hosts[0], made.hosts[2]):
-            agents.append(start_snmpd(host.namespace, host.ip, tmp_path / host.namespace))
+            agents.append(start_snmpd(host.namespace, host.ip, tmp_path_factory.mktemp(host.namespace)))
         made.agents = agents
         yield made
     finally:
@@ -139,39 +139,126 @@ def test_v3_auth_priv_records_and_a_wrong_key_records_nothing(lab, database, tmp
     assert counts(database) == after
 
 
-# -- decoders (no network) ----------------------------------------------------------------
-
-
-TWO_CYCLES = """
+FOUR_CYCLES = """
 import asyncio, ipaddress, sys
 from situation.net.rate import RateLimiter
 from situation.net.snmp import Credentials, SnmpClient, read_device
 
+ENGINE = ("pysnmp.hlapi", "pysnmp.entity.engine")
+v1, v2c = Credentials(version=0, community=sys.argv[2]), Credentials(version=1, community=sys.argv[2])
+v3 = Credentials(version=3, user=sys.argv[3], auth_key=sys.argv[4], priv_key=sys.argv[5])
+
 async def main():
-    for credentials in (Credentials(version=1, community=sys.argv[2]),
-                        Credentials(version=3, user=sys.argv[3], auth_key=sys.argv[4], priv_key=sys.argv[5]),
-                        Credentials(version=1, community=sys.argv[2])):
+    for credentials in (v2c, v3, v1, v3):
         client = SnmpClient(credentials, port=161, timeout=1.0, retries=1, rate=RateLimiter(100))
         try:
             device = await read_device(client, ipaddress.ip_address(sys.argv[1]))
         finally:
             client.close()
-        print(device.system[(1, 3, 6, 1, 2, 1, 1, 5, 0)].decode(), len(device.interfaces), len(device.addresses))
+        engine = sorted(m for m in sys.modules if m in ENGINE)
+        print(device.system[(1, 3, 6, 1, 2, 1, 1, 5, 0)].decode(), len(device.interfaces), len(device.addresses),
+              engine)
 
 asyncio.run(main())
 """
 
 
-def test_one_event_loop_reuses_its_engine_cycle_after_cycle(lab):
-    # The daemon's cycles share one pysnmp engine (no engine and MIB load per cycle, which kept
-    # ~1 MB of memory each time): a closed client leaves it ready for the next, whatever its
-    # credentials. Runs inside the lab's scanner namespace.
+def test_v2c_needs_no_engine_and_v3_reuses_its_engine_cycle_after_cycle(lab):
+    # v1/v2c run on the light client: pysnmp's high-level API and engine (~12 MB with their MIB
+    # modules) are never imported for them; v1 (GETNEXT walks) reads what v2c (GETBULK) does. v3 uses the event loop's one engine, kept between
+    # cycles (no engine and MIB load per cycle, which kept ~1 MB each time), and the two kinds
+    # of client take turns in one loop. Runs inside the lab's scanner namespace.
     environ = clean_environ(PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    result = lab.run(sys.executable, "-c", TWO_CYCLES, SWITCH.ip, COMMUNITY, USER, AUTH_KEY, PRIV_KEY,
+    result = lab.run(sys.executable, "-c", FOUR_CYCLES, SWITCH.ip, COMMUNITY, USER, AUTH_KEY, PRIV_KEY,
                      env=environ, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 3 and len(set(lines)) == 1 and lines[0].startswith(SYS_NAME), lines
+    assert len(lines) == 4 and lines[0].startswith(SYS_NAME), lines
+    engine = str(["pysnmp.entity.engine", "pysnmp.hlapi"])
+    assert lines[0].endswith(" []") and all(line.endswith(engine) for line in lines[1:]), lines
+    assert len({line.rsplit(" [", 1)[0] for line in lines}) == 1, lines  # every cycle read the same device
+
+
+FAKE_AGENT = r"""
+import asyncio, ipaddress, json
+from pyasn1.codec.ber import decoder, encoder
+from pysnmp.proto import api
+from situation.net.rate import RateLimiter
+from situation.net.snmp import SYS_NAME, Credentials, NoAnswer, SnmpClient
+
+PROTO = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+
+
+def response(request, name, *, request_id=None, community=None):
+    message, _ = decoder.decode(request, asn1Spec=PROTO.Message())
+    answer = PROTO.apiMessage.get_response(message)
+    pdu = PROTO.apiMessage.get_pdu(answer)
+    PROTO.apiPDU.set_varbinds(pdu, [(SYS_NAME, PROTO.OctetString(name))])
+    if request_id is not None:
+        PROTO.apiPDU.set_request_id(pdu, request_id)
+    if community is not None:
+        PROTO.apiMessage.set_community(answer, community)
+    return encoder.encode(answer)
+
+
+class Agent(asyncio.DatagramProtocol):
+    # Before its true answer, the agent (and an impostor on another port) sends what must be ignored.
+    def __init__(self, honest, impostor):
+        self.honest, self.impostor, self.tries = honest, impostor, 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, source):
+        self.tries += 1
+        if not self.honest:
+            return
+        request = PROTO.apiMessage.get_pdu(decoder.decode(data, asn1Spec=PROTO.Message())[0])
+        request_id = int(PROTO.apiPDU.get_request_id(request))
+        self.impostor.sendto(response(data, b"impostor"), source)
+        lies = (response(data, b"wrong id", request_id=request_id ^ 1), b"\x30\x03not snmp", b"\x30\x80" * 5000,
+                response(data, b"wrong community", community=b"other"), data, response(data, b"cut")[:-1])
+        for lie in lies:
+            self.transport.sendto(lie, source)
+        self.transport.sendto(response(data, b"switch"), source)
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    impostor, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("::1", 0))
+    said = {}
+    for honest in (True, False):
+        endpoint, agent = await loop.create_datagram_endpoint(lambda: Agent(honest, impostor), local_addr=("::1", 0))
+        client = SnmpClient(Credentials(community="lab"), port=endpoint.get_extra_info("sockname")[1], timeout=0.3,
+                            retries=2, rate=RateLimiter(100))
+        try:
+            session = await client.session(ipaddress.ip_address("::1"))
+            said["honest" if honest else "silent"] = (await session.get([SYS_NAME]))[SYS_NAME].decode()
+        except NoAnswer:
+            said["silent"] = "no answer"
+        finally:
+            client.close()
+            endpoint.close()
+        said["tries" if honest else "silent tries"] = agent.tries
+    print(json.dumps(said))
+
+asyncio.run(main())
+"""
+
+
+def test_only_the_answer_from_the_target_to_the_pending_request_is_taken(lab):
+    # A fake v2c agent on ::1 (an IPv6 target, so the client's AF_INET6 socket), inside the lab's
+    # scanner namespace. Before its true answer come an impostor's from another port, a wrong
+    # request-id, garbage, deeply nested BER, a wrong community, the request itself and a cut
+    # answer: all dropped without a word. A silent agent gets the first try and 2 retries.
+    environ = clean_environ(PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = lab.run(sys.executable, "-c", FAKE_AGENT, env=environ, timeout=60)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    said = json.loads(result.stdout)
+    assert said == {"honest": "switch", "tries": 1, "silent": "no answer", "silent tries": 3}
+
+
+# -- decoders (no network) ----------------------------------------------------------------
 
 
 def test_addresses_in_oids_parse_every_byte_including_255():
