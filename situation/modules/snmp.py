@@ -5,7 +5,7 @@ subnetwork with this host's NICs; each of their
 addresses that is not loopback, link-local, multicast or unspecified and that
 ``ctx.discovery`` allows. At most ``PROBES`` targets are probed and
 ``CONCURRENCY`` answering devices walked at once,
-through one pysnmp engine, every request drawn from the shared rate limit;
+through one client (:mod:`situation.net.snmp`), every packet drawn from the shared rate limit;
 each device is written, in a transaction of its own, as soon as it has
 answered, and may send at most ``--snmp-max-rows`` rows (its walks stop
 there), so a huge or slow device cannot cost the others their rows.
@@ -170,7 +170,7 @@ async def query(ctx: Context, client: SnmpClient, target: Target, walking: async
         ctx.log.warning("SNMP agent refused the request", address=str(target.address), reason=str(exc))
     except NoAnswer:
         pass
-    except Exception as exc:  # pysnmp raising on a malformed exchange
+    except Exception as exc:  # pysnmp's v3 engine raising on a malformed exchange
         ctx.log.warning("SNMP query failed", address=str(target.address), error=str(exc))
     return None
 
