@@ -23,11 +23,11 @@ lengths bounded; MACs are taken only from 6-byte strings; numbers are used
 only when their type and range are the MIB's (a huge Counter64 where
 TimeTicks belong is no uptime); addresses encoded in OIDs are parsed as
 integers and refused when a part is not a byte (the original's table lacked
-255, so any ``ff`` byte decoded as 0); walks stop after ``MAX_ROWS`` rows or at an OID that does not increase.
-Each device also has a row budget for all its walks together
-(``SnmpClient(max_rows=...)``, every variable binding it sends counts):
-decoding costs CPU on the event loop, so one device that claims 100,000
-interfaces must not take the time every other device needs.
+255, so any ``ff`` byte decoded as 0); walks stop after ``MAX_ROWS`` rows or
+at an OID that does not increase. Each device also has a row budget for all
+its walks together (``SnmpClient(max_rows=...)``, every variable binding it
+sends counts): decoding costs CPU on the event loop, so one device that
+claims 100,000 interfaces must not take the time every other device needs.
 """
 
 from __future__ import annotations
