@@ -360,7 +360,7 @@ class CommunityTransport:
                 return False
             answer = (int(proto.apiPDU.get_error_status(pdu)),
                       [(tuple(name), value) for name, value in proto.apiPDU.get_varbinds(pdu)])
-        except Exception:  # noqa: BLE001 - not SNMP, or not the SNMP it claims to be (pyasn1 raises many kinds)
+        except Exception:  # not SNMP, or not the SNMP it claims to be: pyasn1 raises many kinds
             return False
         pending.answer.set_result(answer)
         return True
@@ -376,11 +376,13 @@ class CommunityTransport:
 
 
 class _Answers(asyncio.DatagramProtocol):
-    def __init__(self, transport: CommunityTransport):
-        self.transport = transport
+    """What arrives on one of a CommunityTransport's sockets, handed to it."""
+
+    def __init__(self, owner: CommunityTransport):
+        self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.transport.receive(data, addr)
+        self.owner.receive(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         pass  # e.g. an ICMP unreachable: that request just stays unanswered
