@@ -11,6 +11,7 @@ without one is asked too: see test_services_lab.py). SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyasn1.codec.ber import decoder, encoder
+from pysnmp.proto import api
 from support.cluster import clean_environ
 from support.lab import Lab, LabHost
 from support.neighbour_table import database  # noqa: F401 (fixture)
@@ -25,6 +28,7 @@ from support.snmpd import (AUTH_KEY, COMMUNITY, PRIV_KEY, SYS_NAME, USER, name_a
                            start_snmpd)
 
 from situation.net import snmp
+from situation.net.rate import RateLimiter
 
 SWITCH = LabHost("198.51.100.10/24", "02:1a:b0:00:00:10")
 SILENT = LabHost("198.51.100.11/24", "02:1a:b0:00:00:11")
@@ -259,6 +263,34 @@ def test_only_the_answer_from_the_target_to_the_pending_request_is_taken(lab):
 
 
 # -- decoders (no network) ----------------------------------------------------------------
+
+
+async def test_an_answer_is_matched_by_request_id_source_version_and_community():
+    # No packet: the light client's matching rules, fed datagrams by hand.
+    proto = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+    client = snmp.SnmpClient(snmp.Credentials(community="lab"), port=161, timeout=1, retries=0, rate=RateLimiter(1))
+    transport = client.transport
+    request = transport.encode(7, snmp.GET, [snmp.SYS_NAME])
+
+    def answer(request_id=7, community=b"lab", version=1) -> bytes:
+        message = proto.apiMessage.get_response(decoder.decode(request, asn1Spec=proto.Message())[0])
+        proto.apiMessage.set_version(message, version)
+        proto.apiMessage.set_community(message, community)
+        proto.apiPDU.set_request_id(proto.apiMessage.get_pdu(message), request_id)
+        proto.apiPDU.set_varbinds(proto.apiMessage.get_pdu(message), [(snmp.SYS_NAME, proto.OctetString(b"sw"))])
+        return encoder.encode(message)
+
+    pending = transport.pending[7] = snmp.Pending(ipaddress.ip_address("192.0.2.9"), 161,
+                                                  asyncio.get_running_loop().create_future())
+    source = ("192.0.2.9", 161)
+    lies = [(answer(), ("192.0.2.9", 1161)), (answer(), ("192.0.2.8", 161)), (answer(request_id=8), source),
+            (answer(community=b"other"), source), (answer(version=0), source), (request, source),
+            (b"\x30\x03abc", source), (b"\x30\x80" * 5000, source), (answer()[:-1], source), (answer() + b"\0", source)]
+    assert [transport.receive(data, where) for data, where in lies] == [False] * len(lies)
+    assert not pending.answer.done()
+    assert transport.receive(answer(), source) and not transport.receive(answer(), source)  # the first one only
+    status, [(name, value)] = pending.answer.result()
+    assert (status, name, snmp.plain(value)) == (0, snmp.SYS_NAME, b"sw")
 
 
 def test_addresses_in_oids_parse_every_byte_including_255():
