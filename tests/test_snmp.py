@@ -7,6 +7,9 @@ timeout's cost); FENCED runs snmpd but is excluded from the snmp run. The
 neighbour discovery modules run first; reverse-lookup names the hosts from
 the scanner's /etc/netns hosts file, so their NICs have machines (a neighbour
 without one is asked too: see test_services_lab.py). SQLite and PostgreSQL.
+The light v1/v2c client is also run, in the scanner namespace, against a fake
+agent on ::1 that lies before it answers, and its matching rules are fed
+datagrams by hand (no packet).
 """
 
 from __future__ import annotations
