@@ -11,8 +11,8 @@ message classes and pyasn1's BER codec) and sent on UDP sockets the client
 owns, one per address family for every target; answers are matched to their
 request by request-id and source. This is for memory: pysnmp's high-level API
 and its engine, with the MIB modules it loads and keeps for the process's
-life, take 12.5 MB in a bare process and 5.6 MB of the daemon's idle RSS; the
-message classes 3 MB and 2.5 MB (bench/README.md, soak.py). Only SNMPv3,
+life, took 5.6 MB of the daemon's idle RSS, this client takes 2.5 MB
+(bench/README.md, soak.py). Only SNMPv3,
 whose USM (engine-ID discovery, localized keys, encryption) is the engine's
 work, imports pysnmp's high-level API, and only when version 3 is used.
 
