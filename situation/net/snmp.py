@@ -12,9 +12,9 @@ owns, one per address family for every target; answers are matched to their
 request by request-id and source. This is for memory: pysnmp's high-level API
 and its engine, with the MIB modules it loads and keeps for the process's
 life, took 5.6 MB of the daemon's idle RSS, this client takes 2.5 MB
-(bench/README.md, soak.py). Only SNMPv3,
-whose USM (engine-ID discovery, localized keys, encryption) is the engine's
-work, imports pysnmp's high-level API, and only when version 3 is used.
+(bench/README.md, soak.py). Only SNMPv3, whose USM (engine-ID discovery,
+localized keys, encryption) is the engine's work, imports pysnmp's high-level
+API, and only when version 3 is used.
 
 Everything a device says is untrusted: a datagram that is not the answer to
 one of our pending requests (wrong source, unknown request-id, another
