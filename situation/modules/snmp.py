@@ -170,7 +170,7 @@ async def query(ctx: Context, client: SnmpClient, target: Target, walking: async
         ctx.log.warning("SNMP agent refused the request", address=str(target.address), reason=str(exc))
     except NoAnswer:
         pass
-    except Exception as exc:  # pysnmp's v3 engine raising on a malformed exchange
+    except Exception as exc:  # a socket error, or pysnmp (v3) raising on a malformed exchange
         ctx.log.warning("SNMP query failed", address=str(target.address), error=str(exc))
     return None
 
