@@ -97,7 +97,7 @@ Status: install ok installed
 
 
 def test_status_keeps_the_installed_set_only():
-    found = dpkg_reader.parse_status(STATUS)
+    found = dpkg_reader.parse_status(hostroot.lines(STATUS))
     assert [(p.name, p.version, p.architecture) for p in found] == [
         ("keep", "1:2.0-3+deb12u1", "amd64"),  # epoch and revision kept; continuation lines are not fields
         ("held", "1.0", "all"),
@@ -110,7 +110,7 @@ def test_the_status_file_streamed_reads_as_its_text(tmp_path):
     path = tmp_path / "status"
     path.write_bytes(STATUS.encode() + b"\nPackage: odd\rname\nStatus: install ok installed\r\nVersion: 1\xff\n")
     streamed = dpkg_reader.parse_status(dpkg_reader.status_lines(path))
-    assert streamed == dpkg_reader.parse_status(hostroot.read_text(path))
+    assert streamed == dpkg_reader.parse_status(hostroot.lines(hostroot.read_text(path)))
     assert streamed[-1] == dpkg_reader.Installed("odd\rname", "1\ufffd", "")  # a lone \r is no line break
 
 
@@ -192,7 +192,7 @@ def test_random_bytes_never_break_the_package_parsers(seed):
     alphabet = b"Package: Status: Version: install ok installed \n\r\x00/:.-\xff\xfe\t 0123456789abc"
     data = bytes(chance.choice(alphabet) for _ in range(chance.randrange(1, 4000)))
     text = data.decode("utf-8", errors="replace")
-    dpkg_reader.parse_status(text)
+    dpkg_reader.parse_status(hostroot.lines(text))
     dpkg_reader.parse_list(text)
     dpkg_reader.install_events([text])
     rpmquery.parse_output(text, "tok")

@@ -54,8 +54,8 @@ class Installed:
 STATUS_FIELDS = frozenset({"package", "status", "version", "architecture"})
 
 
-def parse_status(text: str | Iterable[str]) -> list[Installed]:
-    """The installed packages of a dpkg status file (its text, or its lines), in file order.
+def parse_status(status: Iterable[str]) -> list[Installed]:
+    """The installed packages of a dpkg status file, given its lines, in file order.
 
     Only the fields read are kept, one paragraph at a time: the daemon reads a
     ~2 MB file each cycle, and small strings held across it stay resident as
@@ -63,7 +63,7 @@ def parse_status(text: str | Iterable[str]) -> list[Installed]:
     """
     found: list[Installed] = []
     fields: dict[str, str] = {}
-    for line in chain(lines(text) if isinstance(text, str) else text, [""]):
+    for line in chain(status, [""]):
         if not line.strip():
             entry = _installed(fields)
             if entry is not None and len(found) < MAX_PACKAGES:
