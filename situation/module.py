@@ -158,8 +158,9 @@ async def command_output(argv: list[str], timeout: float) -> str | None:
     except OSError:
         return None
     try:
-        stdout, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can drop the module's cancellation
+            stdout, _ = await process.communicate()
+    except TimeoutError:
         process.kill()
         await process.wait()
         return None

@@ -7,6 +7,7 @@ into it. Nothing is sent from, or added to, the initial namespace.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -17,6 +18,8 @@ import pytest
 from support.cluster import clean_environ
 from support.lab import Lab, make_hosts, nft_available
 from support.netns import netns_available
+
+from situation.net import set_within
 
 MODULES = ("fingerprint", "host-basic", "host-network", "ping")
 LAN = "198.51.100.0/24"
@@ -228,3 +231,20 @@ def test_plan_sweeps_widths_and_addresses():
     policy = Discovery(exclude=parse_networks("10.1.2.7", what="x"))
     addresses = sweep_addresses(ipaddress.IPv4Network("10.1.2.0/24"), policy, {ipaddress.IPv4Address("10.1.2.1")})
     assert len(addresses) == 256 - 3 and str(addresses[0]) == "10.1.2.0"  # not .255, .7, ours
+
+
+async def test_waiting_for_the_answers_never_swallows_the_modules_cancellation():
+    # The last answer and the module's deadline in one loop iteration (no packet: an event set by hand).
+    answered = asyncio.Event()
+    assert not await set_within(answered, 0.01)
+    waiting = asyncio.create_task(set_within(answered, 5))
+    await asyncio.sleep(0)
+
+    def answer_and_cancel():
+        answered.set()
+        waiting.cancel()
+
+    asyncio.get_running_loop().call_soon(answer_and_cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await set_within(answered, 0)

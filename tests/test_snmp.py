@@ -296,6 +296,42 @@ async def test_an_answer_is_matched_by_request_id_source_version_and_community()
     assert (status, name, snmp.plain(value)) == (0, snmp.SYS_NAME, b"sw")
 
 
+class Outbox:
+    """Stands in for the client's UDP socket: keeps what is sent (no packet leaves this test)."""
+
+    def __init__(self):
+        self.sent = []
+
+    def sendto(self, data, address):
+        self.sent.append((data, address))
+
+    def close(self):
+        pass
+
+
+async def test_a_cancelled_request_stays_cancelled_when_its_answer_arrives_at_the_same_moment():
+    # The module's deadline and an answer in one loop iteration: Python 3.11's asyncio.wait_for
+    # returned the answer and dropped the cancellation, so a device past the deadline was walked on.
+    client = snmp.SnmpClient(snmp.Credentials(community="lab"), port=161, timeout=5, retries=0, rate=RateLimiter(100))
+    transport, outbox = client.transport, Outbox()
+    transport.sockets[4] = outbox
+    asking = asyncio.create_task(transport.request(ipaddress.ip_address("192.0.2.9"), snmp.GET, [snmp.SYS_NAME]))
+    while not outbox.sent:
+        await asyncio.sleep(0)
+    [(request, (address, port))] = outbox.sent
+    proto = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+    answer = encoder.encode(proto.apiMessage.get_response(decoder.decode(request, asn1Spec=proto.Message())[0]))
+
+    def answer_and_cancel():
+        assert transport.receive(answer, (address, port))
+        asking.cancel()
+
+    asyncio.get_running_loop().call_soon(answer_and_cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    assert not transport.pending
+
+
 def test_addresses_in_oids_parse_every_byte_including_255():
     ipv6 = (2, 16, 254, 128, 0, 0, 0, 0, 0, 0, 147, 108, 137, 216, 161, 31, 176, 130, 7, 8, 9)
     assert snmp.address_from_oid(ipv6) == (ipaddress.ip_address("fe80::936c:89d8:a11f:b082"), (7, 8, 9))

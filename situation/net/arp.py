@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
-from situation.net import ProbeUnavailable
+from situation.net import ProbeUnavailable, set_within
 from situation.net.links import link_named
 from situation.net.rate import RateLimiter
 
@@ -126,10 +126,7 @@ async def arp_sweep(
             await loop.sock_sendall(sock, frame)
             last_send = time.monotonic()
         if pending:
-            try:
-                await asyncio.wait_for(all_answered.wait(), max(0.0, last_send + timeout - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass
+            await set_within(all_answered, last_send + timeout - time.monotonic())
     finally:
         loop.remove_reader(sock.fileno())
         sock.close()

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from situation.net import ProbeUnavailable
+from situation.net import ProbeUnavailable, set_within
 from situation.net.rate import RateLimiter
 
 ECHO_REQUEST = {socket.AF_INET: 8, socket.AF_INET6: 128}
@@ -196,10 +196,7 @@ class EchoSweep:
         """Until ``timeout`` after the last send, or until every target answered; who answered."""
         remaining = self._last_send + timeout - time.monotonic()
         if remaining > 0 and not self._done.is_set():
-            try:
-                await asyncio.wait_for(self._done.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+            await set_within(self._done, remaining)
         return {ipaddress.ip_address(address) for address in self.answered}
 
     def _on_readable(self) -> None:

@@ -310,8 +310,10 @@ class CommunityTransport:
             for _ in range(1 + client.retries):
                 await client.rate.acquire(1)
                 endpoint.sendto(message, (str(address), client.port))
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(pending.answer), client.timeout)
+                # not wait_for: on Python 3.11 it drops a cancellation that comes with the answer
+                answered, _ = await asyncio.wait([pending.answer], timeout=client.timeout)
+                if answered:
+                    return pending.answer.result()
         finally:
             del self.pending[request_id]
         raise NoAnswer(f"no answer from {address} port {client.port} after {1 + client.retries} tries")

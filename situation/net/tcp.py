@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from situation.data.tcp_ports import TOP_1000
-from situation.net import ProbeUnavailable
+from situation.net import ProbeUnavailable, set_within
 from situation.net.icmp import checksum, enlarge_buffers, send_datagram
 from situation.net.rate import RateLimiter
 
@@ -344,10 +344,7 @@ class SynScanner:
                 self._silent.add(probe)
                 continue
             self._answered.clear()
-            try:
-                await asyncio.wait_for(self._answered.wait(), remaining)
-            except TimeoutError:
-                pass
+            await set_within(self._answered, remaining)
 
     async def _wait_answers(self, last_send: float) -> None:
         while self._pending:
@@ -355,9 +352,7 @@ class SynScanner:
             if remaining <= 0:
                 return
             self._answered.clear()
-            try:
-                await asyncio.wait_for(self._answered.wait(), remaining)
-            except TimeoutError:
+            if not await set_within(self._answered, remaining):
                 return
 
     async def _send(self, address: IPAddress, port: int) -> bool:
