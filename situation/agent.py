@@ -22,16 +22,16 @@ import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 
 from situation.discovery import Discovery
 from situation.connection.dsn import parse_dsn, redact_dsn
-from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError
+from situation.errors import ConfigError, ConnectError, DatabaseBusy, PassFailed, SituationError, StoreUnavailable
 from situation.hostroot import HostRoot
 from situation.identity import HEALTH_FILE
 from situation.logs import terminal_text
@@ -41,7 +41,6 @@ from situation.module import Context, HostMachine, ModuleSpec, load_builtin_modu
 from situation.notify import Notifier
 from situation.scheduler import OK, SKIPPED, ModuleFailed, ModuleResult, plan, run_cycle
 from situation.store import Store, is_postgres_dsn, open_store
-from situation.store.postgres import StoreUnavailable
 from situation.store.sqlite import FREE_SPACE, busy_message, is_busy, is_full
 
 log = structlog.get_logger("situation.agent")
@@ -49,6 +48,7 @@ log = structlog.get_logger("situation.agent")
 DEFAULT_INTERVAL = 15 * 60.0
 SHUTDOWN_GRACE = 5.0
 MAX_PROBLEM = 500  # characters of the database's problem kept in the health record
+WORKER_THREADS = 4  # blocking file reads and /proc walks of a cycle, at once
 BACKOFF_START, BACKOFF_CAP = 1.0, 60.0
 # The database's state, as the health record says it: it took the cycle's writes, it could not be
 # reached, or it was reached but had no room for them.
@@ -58,8 +58,6 @@ _TROUBLE_EVENTS = {
     FULL: "database has no room for writes, retrying with backoff",
 }
 _STATUS_SUFFIXES = {UP: "", DOWN: ", database unreachable", FULL: ", database full"}
-# What a driver raises when the database refuses or fails a statement.
-DATABASE_ERRORS = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectError, StoreUnavailable)
 # Known driver messages -> how to fix them.
 _DATABASE_HINTS = (
     ("readonly database", "; give this user write access to the database file and its directory"),
@@ -134,6 +132,10 @@ class Agent:
 
     async def run(self) -> int:
         tune_allocator()  # before the store's and the cycles' threads exist
+        # A fixed pool for blocking reads, not Python's default of one per core up to 32: on a
+        # large host each idle worker would keep its stack and allocator caches.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="situation-worker"))
         self._install_signal_handlers()
         if self.config.metrics_address is not None:  # first: a bad address ends the start before anything
             self.metrics = await serve_metrics(self.config.metrics_address, self.config.agent_id)
@@ -322,7 +324,7 @@ class Agent:
         return results, healthy
 
     def _record_metrics(self, results: list[ModuleResult], healthy: bool) -> None:
-        failed_by_database = sum(1 for r in results if r.failed and isinstance(r.error, DATABASE_ERRORS))
+        failed_by_database = sum(1 for r in results if r.failed and is_database_error(r.error))
         self.metrics.database_error("module", failed_by_database)
         succeeded = healthy and pass_failure(results, self.config.database) is None
         self.metrics.cycle_finished(results, self._cycle_seconds, succeeded=succeeded)
@@ -390,7 +392,9 @@ class Agent:
         where = await asyncio.to_thread(_describe_database, self.config.database)  # may read a service file
         try:
             counts = await self.store.counts()
-        except DATABASE_ERRORS as exc:
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
             raise PassFailed(f"the pass was recorded, but {where} cannot be read back for the summary "
                              f"({_one_line(exc)}){_database_hint(exc)}") from None
         print(f"recorded in {where}:", file=sys.stdout)
@@ -401,7 +405,7 @@ class Agent:
 
 def pass_failure(results: list[ModuleResult], database: str) -> SituationError | None:
     """Why a finished pass counts as failed: the database failed a module, or no module succeeded."""
-    broken = next((r for r in results if r.failed and isinstance(r.error, DATABASE_ERRORS)), None)
+    broken = next((r for r in results if r.failed and is_database_error(r.error)), None)
     if broken is not None:
         if is_busy(broken.error):
             return DatabaseBusy(busy_message(database))
@@ -457,9 +461,23 @@ def write_record(path: Path, data: bytes) -> None:
             stream.truncate()
 
 
+def _asyncpg():
+    """asyncpg when this process loaded it: an agent on SQLite never does, and its errors cannot occur there."""
+    return sys.modules.get("asyncpg")
+
+
+def is_database_error(exc: BaseException | None) -> bool:
+    """Raised by a driver because the database refused or failed a statement."""
+    if isinstance(exc, (sqlite3.Error, ConnectError, StoreUnavailable)):
+        return True
+    asyncpg = _asyncpg()
+    return asyncpg is not None and isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError))
+
+
 def out_of_space(exc: BaseException) -> bool:
     """The database (SQLite's file system, or the PostgreSQL server's disk) had no room for a write."""
-    return is_full(exc) or isinstance(exc, asyncpg.DiskFullError)
+    asyncpg = _asyncpg()
+    return is_full(exc) or (asyncpg is not None and isinstance(exc, asyncpg.DiskFullError))
 
 
 def _describe_database(database: str) -> str:

@@ -56,3 +56,7 @@ class MigrationError(SituationError):
 
 class PassFailed(SituationError):
     """A one-shot pass recorded nothing, or its database refused writes."""
+
+
+class StoreUnavailable(SituationError):
+    """The database could not be used, even after retries."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from situation import __version__
-from situation.connection.migrations import load_migrations
+from situation.connection.migration_files import load_migrations
 
 DIALECTS = ("postgres", "sqlite")
 # The dialect names the original uses in the resource URI.

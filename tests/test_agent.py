@@ -476,8 +476,8 @@ def test_once_interrupted_before_its_pass_exits_128_plus_the_signal(number, test
 
 # Imports that the command line makes at start-up, in this order: a Ctrl-C right after
 # each must still end the process quietly.
-STARTUP_IMPORTS = ("asyncpg", "click", "structlog", "uvloop", "situation.config", "situation.modules.host_network",
-                   "situation.cli")
+STARTUP_IMPORTS = ("click", "structlog", "uvloop", "situation.config", "situation.modules.host_network",
+                   "situation.cli", "situation.store.sqlite")
 
 
 @pytest.mark.parametrize("after", STARTUP_IMPORTS)
@@ -507,3 +507,24 @@ def test_ctrl_c_while_starting_prints_no_traceback(after, test_host, tmp_path):
     # turns a KeyboardInterrupt that ended a string exec (a dataclass being built, say) into
     # that at exit even when it was caught. The installed `situation` script never does.
     assert process.returncode in (128 + signal.SIGINT, -signal.SIGINT), rest
+
+
+def test_an_agent_on_sqlite_never_loads_the_postgresql_driver(tmp_path):
+    # asyncpg would cost an SQLite daemon ~4 MB of resident memory for nothing (bench/soak.py).
+    code = f"""
+import asyncio, sys
+from situation import agent, cli
+from situation.module import load_builtin_modules
+from situation.store import open_store
+
+async def main():
+    store = await open_store({str(tmp_path / "agent.sqlite")!r}, "agent-1")
+    await store.close()
+
+load_builtin_modules()
+asyncio.run(main())
+print("asyncpg" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=clean_environ())
+    assert result.stdout.strip() == "False", result.stderr

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from support.cluster import clean_environ
@@ -244,7 +245,7 @@ def test_cli_status_and_dry_run(tls_cluster, fresh_database, tmp_path):
 
 def test_wheel_ships_the_migrations(tmp_path):
     """A non-editable install must find sql/ inside the package."""
-    root = migrations.Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
         capture_output=True, text=True, timeout=300,

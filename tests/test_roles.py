@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from situation.connection import migrations
+from situation.connection import migration_files, migrations
 from situation.connection.connect import connect
 from situation.connection.dsn import parse_dsn
 from situation.errors import MigrationError
@@ -158,20 +158,16 @@ async def test_non_superuser_owner_can_migrate(tls_cluster, fresh_database, cert
 # isolated host in test_agent.py.
 
 
-async def test_no_migration_refuses_a_database_one_version_behind(migrated):
+async def test_no_migration_refuses_a_database_one_version_behind(migrated, monkeypatch):
     import hashlib
 
     _, owner = migrated
     sql = "SELECT 1"
     ahead = [*migrations.load_migrations(), migrations.Migration(2, "next", sql, hashlib.sha256(sql.encode()).hexdigest())]
     # An agent built with one more migration than the database has:
-    original = migrations.load_migrations
-    migrations.load_migrations = lambda *a, **k: ahead
-    try:
-        with pytest.raises(MigrationError, match="version 1 but this build needs 2"):
-            await migrations.verify_agent_schema(owner)
-    finally:
-        migrations.load_migrations = original
+    monkeypatch.setattr(migration_files, "load_migrations", lambda *a, **k: ahead)
+    with pytest.raises(MigrationError, match="version 1 but this build needs 2"):
+        await migrations.verify_agent_schema(owner)
 
 
 async def test_concurrent_grants_all_succeed(migrated, tls_cluster):

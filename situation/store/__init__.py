@@ -52,7 +52,7 @@ from itertools import chain, islice
 from typing import Any, Protocol
 
 from situation.errors import SituationError
-from situation.connection.migrations import sql_root
+from situation.connection.migration_files import sql_root
 
 # Conflict targets by name, per table: the key columns, and the expression list
 # used in ON CONFLICT (...) where it differs from the plain columns on a backend.

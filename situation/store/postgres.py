@@ -22,7 +22,7 @@ import structlog
 
 from situation.connection.connect import create_pool
 from situation.connection.dsn import ConnectParams
-from situation.errors import ConnectError, MigrationError, SituationError
+from situation.errors import ConnectError, MigrationError, StoreUnavailable
 from situation.store import JsonText, UpsertResult, clean_arguments, json_text, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
@@ -60,10 +60,6 @@ _ARRAY_CASTS = {
     "ARRAY": "text[]",
     "timestamp with time zone": "timestamptz[]",
 }
-
-
-class StoreUnavailable(SituationError):
-    """The database could not be used, even after retries."""
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

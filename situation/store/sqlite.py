@@ -27,7 +27,7 @@ import structlog
 
 from situation.connection.dsn import redact_dsn
 from situation.errors import ConfigError, DatabaseBusy, MigrationError, SituationError
-from situation.connection.migrations import Applied, Migration, load_migrations, plan
+from situation.connection.migration_files import Applied, Migration, load_migrations, plan
 from situation.store import UpsertResult, clean_arguments, plan_batch, query_text, quote_ident
 
 log = structlog.get_logger("situation.store")
