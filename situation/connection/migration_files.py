@@ -36,7 +36,6 @@ class Migration:
         return f"{self.version:04d}_{self.name}.sql"
 
 
-
 @dataclass(frozen=True)
 class Applied:
     version: int
@@ -45,7 +44,6 @@ class Applied:
     applied_at: datetime
     applied_by: str
     duration_ms: int
-
 
 
 def sql_root() -> Path:
@@ -116,4 +114,3 @@ def plan(migrations: list[Migration], history: list[Applied]) -> list[Migration]
             "it was changed by hand, restore it before migrating"
         )
     return [m for m in migrations if m.version > len(applied_versions)]
-
